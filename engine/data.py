@@ -1,0 +1,494 @@
+"""Data files: reading, column mapping and validation that names every problem.
+
+Three kinds of file (CSV, TSV, JSONL or a JSON array):
+
+- ``sft``:  ``question``, ``answer``; optional ``context``, ``id``
+- ``test``: ``question``, ``reference``; optional ``context``, ``id``, ``answer``
+- ``dpo``:  TRL's preference format, ``prompt``/``chosen``/``rejected`` as strings, or
+  conversational (lists of ``{"role", "content"}`` messages); optional ``id``
+
+Real files name their columns differently, so each canonical field can be mapped to a
+column of the file (``columns={"question": "Question", "answer": "Response"}``).
+
+Files are read a line at a time with a cap on the line length, so a 2 GB line is
+reported, not loaded. Every problem carries the file, line and field, and a hint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from engine.errors import UserError
+
+KINDS = {
+    "sft": (("question", "answer"), ("context", "id")),
+    "test": (("question", "reference"), ("context", "id", "answer")),
+    "dpo": (("prompt", "chosen", "rejected"), ("id",)),
+}
+ROLES = ("system", "user", "assistant", "tool")
+MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_JSON_ARRAY_BYTES = 256 * 1024 * 1024
+MAX_PROBLEMS_KEPT = 10_000
+
+
+@dataclass
+class Problem:
+    message: str
+    file: str
+    line: int | None = None
+    field: str | None = None
+    hint: str | None = None
+    severity: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.field:
+            where.append(f"field {self.field!r}")
+        text = f"{', '.join(where)}: {self.severity}: {self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+@dataclass
+class DataReport:
+    file: str
+    kind: str
+    format: str = "?"
+    rows: list[dict] = field(default_factory=list)  # valid rows, canonical field names, with "line"
+    records_seen: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    problems_dropped: int = 0
+    conversational: bool | None = None  # dpo only
+    token_stats: dict | None = None
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.problems_dropped == 0
+
+    def add(self, message: str, line: int | None = None, field: str | None = None, hint: str | None = None,
+            severity: str = "error") -> None:
+        if len(self.problems) >= MAX_PROBLEMS_KEPT:
+            self.problems_dropped += 1
+            return
+        self.problems.append(Problem(message, self.file, line, field, hint, severity))
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.file, "kind": self.kind, "format": self.format,
+            "records": self.records_seen, "valid_rows": len(self.rows),
+            "errors": len(self.errors) + self.problems_dropped, "warnings": len(self.warnings),
+            "conversational": self.conversational, "token_stats": self.token_stats,
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+
+# --------------------------------------------------------------------------- reading lines
+
+def _lines(path: Path, report: DataReport) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each line, decoded as UTF-8; overlong and undecodable
+    lines are reported and skipped without ever holding more than the cap in memory."""
+    with open(path, "rb") as f:
+        n = 0
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            n += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                total = len(raw)
+                while True:  # skip the rest of the line in bounded chunks
+                    more = f.readline(1024 * 1024)
+                    total += len(more)
+                    if not more or more.endswith(b"\n"):
+                        break
+                report.add(f"line is {total / 2**20:,.0f} MiB long (the limit is {MAX_LINE_BYTES // 2**20} MiB); "
+                           "it was not read", line=n,
+                           hint="is this really one record per line? split it, or check the file was not damaged")
+                continue
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                report.add(f"not UTF-8: byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line", line=n,
+                           hint="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)")
+                continue
+            yield n, text
+
+
+def _detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    if suffix == ".tsv":
+        return "tsv"
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        return "json"
+    if head.startswith(b"{"):
+        return "jsonl"
+    return "csv"
+
+
+def _records(path: Path, fmt: str, report: DataReport) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) pairs; parse problems go to the report."""
+    if fmt == "jsonl":
+        for n, text in _lines(path, report):
+            if not text.strip():
+                continue
+            try:
+                yield n, json.loads(text)
+            except json.JSONDecodeError as e:
+                report.add(f"invalid JSON: {e.msg} (column {e.colno})", line=n,
+                           hint="each line must be one complete JSON object")
+    elif fmt == "json":
+        size = path.stat().st_size
+        if size > MAX_JSON_ARRAY_BYTES:
+            report.add(f"a JSON array of {size / 2**20:,.0f} MiB is too big to load at once",
+                       hint="convert it to JSONL (one object per line), e.g. `jq -c '.[]' IN > OUT.jsonl`")
+            return
+        text = "".join(t for _, t in _lines(path, report))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            report.add(f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno)
+            return
+        if not isinstance(data, list):
+            report.add("the file is JSON but not an array of records",
+                       hint="use JSONL (one object per line) or a JSON array of objects")
+            return
+        for i, rec in enumerate(data):
+            yield i + 1, rec  # "line" means record number in a JSON array
+    else:
+        yield from _csv_records(path, "\t" if fmt == "tsv" else ",", report)
+
+
+def _csv_records(path: Path, delimiter: str, report: DataReport) -> Iterator[tuple[int, Any]]:
+    csv.field_size_limit(MAX_LINE_BYTES)
+    numbered = _lines(path, report)
+    current = [0]
+
+    def texts() -> Iterator[str]:
+        for n, text in numbered:
+            current[0] = n
+            yield text
+
+    reader = csv.reader(texts(), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as e:
+        report.add(f"cannot read the CSV header: {e}", line=current[0])
+        return
+    header = [h.strip() for h in header]
+    yield 1, {"__header__": header}
+    while True:
+        start = current[0] + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            report.add(f"CSV error: {e}", line=current[0], hint="check the quoting on this line")
+            return
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            report.add(f"has {len(row)} columns but the header has {len(header)}", line=start,
+                       hint="a field with a comma or newline in it must be in double quotes")
+            continue
+        yield start, dict(zip(header, row))
+
+
+# --------------------------------------------------------------------------- validation
+
+def _flag(canonical: str) -> str:
+    return f"--{canonical}"
+
+
+def validate_file(path: str | os.PathLike, kind: str, columns: dict[str, str] | None = None) -> DataReport:
+    """Read ``path`` as data of ``kind`` and report every problem found."""
+    if kind not in KINDS:
+        raise UserError(f"unknown data kind {kind!r}", field="--kind", hint=f"use one of: {', '.join(KINDS)}")
+    path = Path(path)
+    report = DataReport(file=str(path), kind=kind)
+    required, optional = KINDS[kind]
+    mapping = {c: c for c in required + optional}
+    for canonical, source in (columns or {}).items():
+        if canonical not in mapping:
+            raise UserError(f"{canonical!r} is not a field of {kind} data",
+                            hint=f"{kind} fields are: {', '.join(required + optional)}")
+        mapping[canonical] = source
+
+    if not path.exists():
+        raise UserError(f"{path}: no such file", hint="check the path")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a data file")
+    if path.stat().st_size == 0:
+        report.add("the file is empty", hint=f"it needs one record per line with the fields {', '.join(required)}")
+        return report
+
+    fmt = _detect_format(path)
+    report.format = fmt
+    seen_ids: dict[str, int] = {}
+    seen_rows: dict[tuple, int] = {}
+    header_missing: list[str] = []
+    got_header = False
+
+    for line, rec in _records(path, fmt, report):
+        if isinstance(rec, dict) and "__header__" in rec:
+            got_header = True
+            header = rec["__header__"]
+            header_missing = [mapping[c] for c in required if mapping[c] not in header]
+            for col in header_missing:
+                canonical = next(c for c in required if mapping[c] == col)
+                report.add(f"missing column {col!r}; the columns are: {', '.join(header) or '(none)'}",
+                           line=1, field=col,
+                           hint=f"rename the column, or map it: {_flag(canonical)} COLUMN")
+            if header_missing:
+                return report
+            continue
+        report.records_seen += 1
+        if not isinstance(rec, dict):
+            report.add(f"expected a JSON object, got {type(rec).__name__}", line=line)
+            continue
+        row = _check_record(rec, line, kind, mapping, report)
+        if row is None:
+            continue
+        if "id" in row and row["id"] not in (None, ""):
+            rid = str(row["id"])
+            if rid in seen_ids:
+                report.add(f"duplicate id {rid!r} (first on line {seen_ids[rid]})", line=line, field=mapping["id"],
+                           hint="ids must be unique: results and marks are joined on them")
+                continue
+            seen_ids[rid] = line
+        key = tuple(json.dumps(row.get(c), sort_keys=True) for c in required)
+        if key in seen_rows:
+            report.add(f"same content as line {seen_rows[key]}", line=line, severity="warning",
+                       hint="a duplicated example counts twice in training and in rates")
+        else:
+            seen_rows[key] = line
+        row["line"] = line
+        report.rows.append(row)
+
+    if fmt in ("csv", "tsv") and got_header and report.records_seen == 0 and not report.errors:
+        report.add("the CSV has a header but no data rows", line=1, hint="add rows below the header")
+    elif report.records_seen == 0 and not report.errors and not got_header:
+        report.add("no records in the file", hint=f"it needs records with the fields {', '.join(required)}")
+    return report
+
+
+def _check_record(rec: dict, line: int, kind: str, mapping: dict[str, str], report: DataReport) -> dict | None:
+    required, optional = KINDS[kind]
+    row: dict[str, Any] = {}
+    ok = True
+    for canonical in required:
+        col = mapping[canonical]
+        if col not in rec:
+            present = ", ".join(k for k in rec) or "(none)"
+            report.add(f"missing field {col!r}; the fields are: {present}", line=line, field=col,
+                       hint=f"add it, or map another field: {_flag(canonical)} NAME")
+            ok = False
+            continue
+        row[canonical] = rec[col]
+    for canonical in optional:
+        col = mapping[canonical]
+        if col in rec and rec[col] is not None:
+            row[canonical] = rec[col]
+    if not ok:
+        return None
+
+    if kind == "dpo":
+        return row if _check_dpo(row, line, mapping, report) else None
+
+    for canonical in dict.fromkeys(required + ("context", "answer")):
+        if canonical not in row:
+            continue
+        col = mapping[canonical]
+        value = row[canonical]
+        if not isinstance(value, str):
+            report.add(f"must be text, got {type(value).__name__}", line=line, field=col)
+            ok = False
+        elif canonical in required and not value.strip():
+            report.add("is empty", line=line, field=col, hint="fill it in or remove the row")
+            ok = False
+    if "id" in row and not isinstance(row["id"], (str, int)):
+        report.add(f"must be a string or a number, got {type(row['id']).__name__}", line=line, field=mapping["id"])
+        ok = False
+    return row if ok else None
+
+
+def _check_messages(value: Any, line: int, col: str, report: DataReport) -> bool:
+    if not value:
+        report.add("is an empty list of messages", line=line, field=col)
+        return False
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+            report.add(f"message {i + 1} must be an object with 'role' and 'content'", line=line, field=col)
+            return False
+        if msg["role"] not in ROLES:
+            report.add(f"message {i + 1} has role {msg['role']!r}", line=line, field=col,
+                       hint=f"roles are: {', '.join(ROLES)}")
+            return False
+        if not isinstance(msg["content"], str) or not msg["content"].strip():
+            report.add(f"message {i + 1} has empty content", line=line, field=col)
+            return False
+    return True
+
+
+def _check_dpo(row: dict, line: int, mapping: dict[str, str], report: DataReport) -> bool:
+    conversational = isinstance(row["prompt"], list)
+    if report.conversational is None:
+        report.conversational = conversational
+    elif report.conversational != conversational:
+        first = "conversational (message lists)" if report.conversational else "plain strings"
+        report.add(f"mixes formats: earlier lines are {first}", line=line, field=mapping["prompt"],
+                   hint="TRL needs one format per file; convert the odd lines")
+        return False
+    for canonical in ("prompt", "chosen", "rejected"):
+        col, value = mapping[canonical], row[canonical]
+        if conversational:
+            if not isinstance(value, list):
+                report.add(f"must be a list of messages like the prompt, got {type(value).__name__}",
+                           line=line, field=col)
+                return False
+            if not _check_messages(value, line, col, report):
+                return False
+        else:
+            if not isinstance(value, str):
+                report.add(f"must be text, got {type(value).__name__}", line=line, field=col)
+                return False
+            if not value.strip():
+                report.add("is empty", line=line, field=col, hint="a pair needs a prompt and two different answers")
+                return False
+    def normal(v: Any) -> Any:
+        return v.strip() if isinstance(v, str) else [(m["role"], m["content"].strip()) for m in v]
+
+    if normal(row["chosen"]) == normal(row["rejected"]):
+        report.add("chosen and rejected are identical; the pair teaches nothing", line=line,
+                   field=mapping["rejected"], hint="drop the row or fix the rejected answer")
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- loading for use
+
+def load(path: str | os.PathLike, kind: str, columns: dict[str, str] | None = None) -> list[dict]:
+    """Valid rows of a data file, or a ``UserError`` that lists its first problems."""
+    report = validate_file(path, kind, columns)
+    if report.errors or report.problems_dropped:
+        errors = report.errors
+        shown = "\n".join(str(p) for p in errors[:10])
+        more = len(errors) + report.problems_dropped - 10
+        raise UserError(
+            f"{len(errors) + report.problems_dropped} problem(s) in {path}:\n{shown}"
+            + (f"\n... and {more} more" if more > 0 else ""),
+            hint=f"run `rounds validate {path} --kind {kind}` for the full list",
+        )
+    return report.rows
+
+
+# --------------------------------------------------------------------------- token lengths
+
+def _summary(values: list[int], max_length: int | None) -> dict:
+    values = sorted(values)
+    out = {
+        "min": values[0], "median": int(statistics.median(values)),
+        "p95": values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))],
+        "max": values[-1], "mean": round(statistics.fmean(values), 1),
+    }
+    if max_length:
+        out["over_max_length"] = sum(v > max_length for v in values)
+    return out
+
+
+def _as_messages(value: Any, role: str) -> list[dict]:
+    return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def token_stats(report: DataReport, tokenizer: Any, max_length: int | None = None) -> dict:
+    """Token counts of prompts, answers and whole examples as the chat template renders them."""
+    def render(messages: list[dict], generation_prompt: bool) -> int:
+        if getattr(tokenizer, "chat_template", None):
+            ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return len(ids)
+        return len(tokenizer("\n".join(m["content"] for m in messages))["input_ids"])
+
+    prompts, answers, totals = [], [], []
+    for row in report.rows:
+        if report.kind == "dpo":
+            prompt = _as_messages(row["prompt"], "user")
+            answer_sets = [_as_messages(row["chosen"], "assistant"), _as_messages(row["rejected"], "assistant")]
+        else:
+            text = row["question"] if not row.get("context") else f"{row['context']}\n\n{row['question']}"
+            prompt = [{"role": "user", "content": text}]
+            answer = row.get("answer") or row.get("reference")
+            answer_sets = [[{"role": "assistant", "content": answer}]] if answer else []
+        p = render(prompt, True)
+        prompts.append(p)
+        for ans in answer_sets:
+            t = render(prompt + ans, False)
+            totals.append(t)
+            answers.append(t - p)
+    stats = {"prompt": _summary(prompts, None)} if prompts else {}
+    if answers:
+        stats["answer"] = _summary(answers, None)
+        stats["total"] = _summary(totals, max_length)
+    if max_length:
+        stats["max_length"] = max_length
+    report.token_stats = stats
+    return stats
+
+
+def format_report(report: DataReport, max_problems: int = 50) -> str:
+    """The text ``rounds validate`` prints."""
+    out = io.StringIO()
+    kind_text = {"sft": "SFT data", "test": "test set", "dpo": "DPO pairs"}[report.kind]
+    fmt = report.format.upper()
+    extra = ""
+    if report.kind == "dpo" and report.conversational is not None:
+        extra = ", conversational" if report.conversational else ", plain strings"
+    out.write(f"{report.file}: {kind_text} ({fmt}{extra}): {report.records_seen} records, "
+              f"{len(report.rows)} valid\n")
+    shown = report.problems if max_problems <= 0 else report.problems[:max_problems]
+    for p in shown:
+        out.write(f"{p}\n")
+    hidden = len(report.problems) - len(shown) + report.problems_dropped
+    if hidden > 0:
+        out.write(f"... {hidden} more problem(s) not shown (use --max-problems 0 or --json for all)\n")
+    if report.token_stats:
+        for part in ("prompt", "answer", "total"):
+            s = report.token_stats.get(part)
+            if s:
+                over = f", {s['over_max_length']} over --max-length {report.token_stats['max_length']}" \
+                    if "over_max_length" in s else ""
+                out.write(f"tokens {part:<6}: min {s['min']}, median {s['median']}, p95 {s['p95']}, "
+                          f"max {s['max']}{over}\n")
+    n_err, n_warn = len(report.errors) + report.problems_dropped, len(report.warnings)
+    verdict = "OK" if n_err == 0 else "FAILED"
+    out.write(f"{verdict}: {n_err} error(s), {n_warn} warning(s)\n")
+    return out.getvalue()

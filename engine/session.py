@@ -1,0 +1,487 @@
+"""The session folder: the only contract between a run and the console.
+
+A run *writes* (``SessionWriter``): ``session.json`` replaced atomically, events
+appended to ``events.jsonl`` one JSON object a line. The console *reads*
+(``read_session``, ``list_sessions``, ``EventTail``) and never needs the run to be
+alive. See DESIGN.md, "Session folder".
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import json
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from engine.errors import FormatVersionError, SessionLockedError, UserError
+
+FORMAT = 1
+KINDS = ("train", "eval", "assess")
+STATUSES = ("planned", "running", "finished", "failed", "stopped")
+SESSION_JSON = "session.json"
+EVENTS = "events.jsonl"
+
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+SHARED_DIR, SHARED_FILE = 0o750, 0o640
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+# --------------------------------------------------------------------------- paths
+
+def sessions_root(cli_value: str | os.PathLike | None = None) -> Path:
+    """``--sessions DIR`` wins, then ``$ROUNDS_SESSIONS``, then ``./sessions``."""
+    value = cli_value or os.environ.get("ROUNDS_SESSIONS") or "sessions"
+    return Path(value).expanduser()
+
+
+def check_name(name: str) -> str:
+    """A session name becomes part of a folder name: refuse anything that could leave the root."""
+    if not _NAME_RE.match(name) or ".." in name:
+        raise UserError(
+            f"session name {name!r} is not allowed",
+            field="--name",
+            hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                 "(no '/' and no '..')",
+        )
+    return name
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:40] or "run"
+
+
+def file_mode(session_dir: Path) -> int:
+    """Files follow their folder: a shared (group-readable) folder gets group-readable files."""
+    try:
+        return SHARED_FILE if os.stat(session_dir).st_mode & 0o070 else PRIVATE_FILE
+    except OSError:
+        return PRIVATE_FILE
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def write_json_atomic(path: Path, obj: Any, mode: int = PRIVATE_FILE) -> None:
+    """Write ``obj`` to a temporary file in the same folder, fsync it, then rename it over
+    ``path``: a reader sees the old file or the new one, never an empty or half one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = (json.dumps(obj, indent=1, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- writer
+
+class SessionWriter:
+    """Creates and writes one session folder. Used by the process that does the work."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path = Path(path)
+        self.meta = meta
+        self._mode = file_mode(self.path)
+        self._events = None
+
+    @property
+    def id(self) -> str:
+        return self.meta["id"]
+
+    @classmethod
+    def create(cls, root: str | os.PathLike, kind: str, *, name: str | None = None, stage: str | None = None,
+               command: list[str] | None = None, config: dict | None = None, shared: bool = False,
+               status: str = "planned") -> "SessionWriter":
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        if name is not None:
+            check_name(name)
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        dir_mode = SHARED_DIR if shared else PRIVATE_DIR
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        base = f"{stamp}-{kind}-{_slug(name or stage or kind)}"
+        # mkdir is atomic: whoever creates the folder owns the id; the others try the next suffix.
+        for n in range(1, 10_000):
+            sid = base if n == 1 else f"{base}-{n}"
+            path = root / sid
+            try:
+                os.mkdir(path, dir_mode)
+            except FileExistsError:
+                continue
+            os.chmod(path, dir_mode)  # mkdir's mode is filtered by the umask
+            break
+        else:  # pragma: no cover - ten thousand sessions in one second
+            raise UserError(f"{root}: could not find a free session id for {base}")
+        meta = {
+            "format": FORMAT,
+            "id": sid,
+            "name": name or sid,
+            "kind": kind,
+            "stage": stage,
+            "status": status,
+            "command": command if command is not None else list(sys.argv),
+            "config": config or {},
+            "plan": None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "shared": shared,
+            "created": _now_iso(),
+            "started": None,
+            "ended": None,
+        }
+        writer = cls(path, meta)
+        writer._write_meta()
+        return writer
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike) -> "SessionWriter":
+        """Continue writing an existing session (resume, a later eval pass)."""
+        path = Path(path)
+        return cls(path, read_session_json(path))
+
+    def _write_meta(self) -> None:
+        write_json_atomic(self.path / SESSION_JSON, self.meta, self._mode)
+
+    def update(self, **fields: Any) -> None:
+        self.meta.update(fields)
+        self._write_meta()
+
+    def event(self, type: str, *, sync: bool = False, **fields: Any) -> dict:
+        """Append one event line and flush it; ``sync`` also fsyncs (status changes)."""
+        record = {"time": round(time.time(), 3), "type": type, **fields}
+        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        if self._events is None:
+            fd = os.open(self.path / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self._mode)
+            self._events = os.fdopen(fd, "ab", buffering=0)
+        # One write() of the whole line: readers see it complete or as a tail they skip.
+        self._events.write(line)
+        if sync:
+            os.fsync(self._events.fileno())
+        return record
+
+    def set_status(self, status: str, **fields: Any) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
+        now = _now_iso()
+        extra: dict[str, Any] = {"status": status, "pid": os.getpid(), "host": socket.gethostname()}
+        if status == "running" and not self.meta.get("started"):
+            extra["started"] = now
+        if status in ("finished", "failed", "stopped"):
+            extra["ended"] = now
+        self.event("status", status=status, sync=True, **fields)
+        self.update(**extra, **{k: v for k, v in fields.items() if k in ("error", "reason")})
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+
+    def __enter__(self) -> "SessionWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- readers
+
+def read_session_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``session.json`` of the session folder ``path``."""
+    file = Path(path) / SESSION_JSON
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{file}: not found", hint="is this a session folder? `rounds` lists the sessions") from None
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"not valid JSON ({e})", file=str(file),
+                        hint="the file was edited or damaged; restore it from a backup") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("format"), int):
+        raise UserError("no integer 'format' field", file=str(file), field="format",
+                        hint="this does not look like a rounds session file")
+    if meta["format"] > FORMAT:
+        raise FormatVersionError(
+            f"format {meta['format']} is newer than this rounds understands (format {FORMAT})",
+            file=str(file), field="format",
+            hint="upgrade rounds (pip install -U rounds) to read this session; it was not changed",
+        )
+    return meta
+
+
+@dataclass
+class SessionInfo:
+    path: Path
+    id: str
+    kind: str = "?"
+    stage: str | None = None
+    name: str | None = None
+    status: str = "?"
+    created: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    last_event_time: float | None = None
+    error: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float | None:
+        if self.step is None or not self.total_steps:
+            return None
+        return min(1.0, self.step / self.total_steps)
+
+    @property
+    def effective_status(self) -> str:
+        """``running`` only while the writing process is alive; ``lost`` when it died silently."""
+        if self.status == "running" and self.host == socket.gethostname() and self.pid and not pid_alive(self.pid):
+            return "lost"
+        return self.status
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_session(path: str | os.PathLike) -> SessionInfo:
+    path = Path(path)
+    meta = read_session_json(path)
+    info = SessionInfo(
+        path=path, id=meta.get("id", path.name), kind=meta.get("kind", "?"), stage=meta.get("stage"),
+        name=meta.get("name"), status=meta.get("status", "?"), created=meta.get("created"),
+        started=meta.get("started"), ended=meta.get("ended"), pid=meta.get("pid"), host=meta.get("host"),
+        error=meta.get("error"), meta=meta,
+    )
+    for rec in reversed(last_events(path / EVENTS)):
+        if info.last_event_time is None:
+            info.last_event_time = rec.get("time")
+        if "step" in rec and "total_steps" in rec:
+            info.step, info.total_steps = rec["step"], rec["total_steps"]
+            break
+    return info
+
+
+def list_sessions(root: str | os.PathLike) -> list[SessionInfo]:
+    """Every session under ``root``, newest first. A damaged or newer-format session is
+    listed with status ``unreadable`` and the reason, never skipped and never fatal."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    infos = []
+    for child in root.iterdir():
+        if not (child / SESSION_JSON).is_file():
+            continue
+        try:
+            infos.append(read_session(child))
+        except UserError as e:
+            infos.append(SessionInfo(path=child, id=child.name, status="unreadable", error=str(e)))
+    infos.sort(key=lambda i: (i.created or "", i.id), reverse=True)
+    return infos
+
+
+def last_events(path: Path, max_bytes: int = 64 * 1024) -> list[dict]:
+    """The complete events in the last ``max_bytes`` of an events file (cheap on any size)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read(size - start)
+    except FileNotFoundError:
+        return []
+    if start > 0:  # the first line is probably cut
+        data = data[data.find(b"\n") + 1:]
+    out = []
+    for line in data.split(b"\n")[:-1]:  # the last piece is empty or half-written
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+class EventTail:
+    """Follows an append-only JSONL file from a byte offset.
+
+    Each ``read()`` returns only lines that are complete (end in ``\\n``); a half-written
+    last line is left for a later call. It reads at most ``max_bytes`` per call, only the
+    bytes added since the last call, and costs one ``stat`` when nothing changed — cheap
+    to call every second on a file of any size. A missing file reads as empty; a file
+    that shrank or was replaced is read again from the start (``reset`` counts those).
+    """
+
+    def __init__(self, path: str | os.PathLike, offset: int = 0, max_bytes: int = 8 * 1024 * 1024):
+        self.path = Path(path)
+        self.offset = offset
+        self.line_no = 0  # complete lines consumed so far (counts from where we started)
+        self.max_bytes = max_bytes
+        self.resets = 0
+        self.skipped_long_lines = 0
+        self.bytes_read = 0
+        self._ino: int | None = None
+
+    def read_lines(self) -> list[bytes]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return []
+        if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
+            self.offset, self.line_no = 0, 0
+            self.resets += 1
+        self._ino = st.st_ino
+        if st.st_size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read(min(self.max_bytes, st.st_size - self.offset))
+            self.bytes_read += len(chunk)
+            end = chunk.rfind(b"\n")
+            if end < 0:
+                if len(chunk) == self.max_bytes:  # a line longer than one whole read
+                    self._skip_long_line(f)
+                return []
+        lines = chunk[:end].split(b"\n")
+        self.offset += end + 1
+        self.line_no += len(lines)
+        return lines
+
+    def _skip_long_line(self, f) -> None:
+        """A line longer than we are willing to hold: skip to its end, if it has one yet."""
+        pos = self.offset
+        f.seek(pos)
+        while True:
+            block = f.read(1024 * 1024)
+            if not block:
+                return  # still being written; try again later
+            nl = block.find(b"\n")
+            if nl >= 0:
+                self.offset = pos + nl + 1
+                self.line_no += 1
+                self.skipped_long_lines += 1
+                return
+            pos += len(block)
+
+    def read(self) -> list[dict]:
+        """New complete events, parsed. A line that is not a JSON object comes back as
+        ``{"type": "corrupt", "line": N, "error": ...}`` so nothing is silently lost."""
+        first = self.line_no + 1
+        out = []
+        for i, line in enumerate(self.read_lines()):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as e:
+                rec = {"type": "corrupt", "line": first + i, "error": str(e)[:200]}
+            out.append(rec)
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        """Everything available now, in chunks (for reading a whole history once)."""
+        while True:
+            batch = self.read()
+            if not batch and self._at_end():
+                return
+            yield from batch
+
+    def _at_end(self) -> bool:
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return True
+        if size - self.offset < self.max_bytes:
+            return True  # what is left is a half-written line at most
+        return False
+
+
+# --------------------------------------------------------------------------- writer lock
+
+class WriterLock:
+    """An exclusive, non-blocking ``flock`` that says who holds it.
+
+    ``WriterLock(session / "assessments.jsonl", owner="alice")`` makes sure only one
+    process appends marks as annotator ``alice``. The kernel drops the lock when the
+    holder dies, so a crashed console never leaves a stale lock behind.
+    """
+
+    def __init__(self, target: str | os.PathLike, owner: str):
+        self.target = Path(target)
+        self.owner = owner
+        self.lock_path = self.target.with_name(f".{self.target.name}.{_slug(owner)}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> "WriterLock":
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, file_mode(self.lock_path.parent))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise SessionLockedError(
+                f"{self.target.name} is already being written as {self.owner!r} by another process"
+                + (f" ({holder})" if holder else ""),
+                file=str(self.target),
+                hint="close the other console first, or use a different --annotator",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now_iso()}".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "WriterLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
