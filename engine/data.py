@@ -21,9 +21,10 @@ import io
 import json
 import os
 import statistics
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from engine.errors import UserError
 
@@ -219,7 +220,7 @@ def _csv_records(path: Path, delimiter: str, report: DataReport) -> Iterator[tup
             report.add(f"has {len(row)} columns but the header has {len(header)}", line=start,
                        hint="a field with a comma or newline in it must be in double quotes")
             continue
-        yield start, dict(zip(header, row))
+        yield start, dict(zip(header, row, strict=True))
 
 
 # --------------------------------------------------------------------------- validation
@@ -264,9 +265,11 @@ def validate_file(path: str | os.PathLike, kind: str, columns: dict[str, str] | 
             header_missing = [mapping[c] for c in required if mapping[c] not in header]
             for col in header_missing:
                 canonical = next(c for c in required if mapping[c] == col)
+                alike = [h for h in header if h.lower() == col.lower()]
                 report.add(f"missing column {col!r}; the columns are: {', '.join(header) or '(none)'}",
                            line=1, field=col,
-                           hint=f"rename the column, or map it: {_flag(canonical)} COLUMN")
+                           hint=f"map it: {_flag(canonical)} {alike[0]}" if alike
+                           else f"rename the column, or map it: {_flag(canonical)} COLUMN")
             if header_missing:
                 return report
             continue

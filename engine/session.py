@@ -17,9 +17,10 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from engine.errors import FormatVersionError, SessionLockedError, UserError
 
@@ -100,7 +101,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- writer
@@ -121,7 +122,7 @@ class SessionWriter:
     @classmethod
     def create(cls, root: str | os.PathLike, kind: str, *, name: str | None = None, stage: str | None = None,
                command: list[str] | None = None, config: dict | None = None, shared: bool = False,
-               status: str = "planned") -> "SessionWriter":
+               status: str = "planned") -> SessionWriter:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         if name is not None:
@@ -129,7 +130,7 @@ class SessionWriter:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         dir_mode = SHARED_DIR if shared else PRIVATE_DIR
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
         base = f"{stamp}-{kind}-{_slug(name or stage or kind)}"
         # mkdir is atomic: whoever creates the folder owns the id; the others try the next suffix.
         for n in range(1, 10_000):
@@ -165,7 +166,7 @@ class SessionWriter:
         return writer
 
     @classmethod
-    def reopen(cls, path: str | os.PathLike) -> "SessionWriter":
+    def reopen(cls, path: str | os.PathLike) -> SessionWriter:
         """Continue writing an existing session (resume, a later eval pass)."""
         path = Path(path)
         return cls(path, read_session_json(path))
@@ -207,7 +208,7 @@ class SessionWriter:
             self._events.close()
             self._events = None
 
-    def __enter__(self) -> "SessionWriter":
+    def __enter__(self) -> SessionWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -354,54 +355,56 @@ class EventTail:
 
     def __init__(self, path: str | os.PathLike, offset: int = 0, max_bytes: int = 8 * 1024 * 1024):
         self.path = Path(path)
-        self.offset = offset
+        self._pos = offset  # bytes of the file read so far
+        self._pending = b""  # the incomplete last line, kept so no byte is read twice
         self.line_no = 0  # complete lines consumed so far (counts from where we started)
         self.max_bytes = max_bytes
         self.resets = 0
         self.skipped_long_lines = 0
         self.bytes_read = 0
+        self._skipping = False
         self._ino: int | None = None
+
+    @property
+    def offset(self) -> int:
+        """Byte offset just past the last complete line returned."""
+        return self._pos - len(self._pending)
 
     def read_lines(self) -> list[bytes]:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return []
-        if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
-            self.offset, self.line_no = 0, 0
+        if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self._pos:
+            self._pos, self._pending, self.line_no, self._skipping = 0, b"", 0, False
             self.resets += 1
         self._ino = st.st_ino
-        if st.st_size == self.offset:
+        if st.st_size == self._pos:
             return []
         with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read(min(self.max_bytes, st.st_size - self.offset))
-            self.bytes_read += len(chunk)
-            end = chunk.rfind(b"\n")
-            if end < 0:
-                if len(chunk) == self.max_bytes:  # a line longer than one whole read
-                    self._skip_long_line(f)
+            f.seek(self._pos)
+            chunk = f.read(min(self.max_bytes, st.st_size - self._pos))
+        self._pos += len(chunk)
+        self.bytes_read += len(chunk)
+        if self._skipping:  # inside a line too long to keep: drop bytes up to its end
+            nl = chunk.find(b"\n")
+            if nl < 0:
                 return []
-        lines = chunk[:end].split(b"\n")
-        self.offset += end + 1
+            chunk = chunk[nl + 1:]
+            self._skipping = False
+            self.line_no += 1
+            self.skipped_long_lines += 1
+        data = self._pending + chunk
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._pending = data
+            if len(data) >= self.max_bytes:  # a line longer than one whole read
+                self._pending, self._skipping = b"", True
+            return []
+        self._pending = data[end + 1:]
+        lines = data[:end].split(b"\n")
         self.line_no += len(lines)
         return lines
-
-    def _skip_long_line(self, f) -> None:
-        """A line longer than we are willing to hold: skip to its end, if it has one yet."""
-        pos = self.offset
-        f.seek(pos)
-        while True:
-            block = f.read(1024 * 1024)
-            if not block:
-                return  # still being written; try again later
-            nl = block.find(b"\n")
-            if nl >= 0:
-                self.offset = pos + nl + 1
-                self.line_no += 1
-                self.skipped_long_lines += 1
-                return
-            pos += len(block)
 
     def read(self) -> list[dict]:
         """New complete events, parsed. A line that is not a JSON object comes back as
@@ -433,9 +436,7 @@ class EventTail:
             size = os.stat(self.path).st_size
         except FileNotFoundError:
             return True
-        if size - self.offset < self.max_bytes:
-            return True  # what is left is a half-written line at most
-        return False
+        return size == self._pos
 
 
 # --------------------------------------------------------------------------- writer lock
@@ -454,7 +455,7 @@ class WriterLock:
         self.lock_path = self.target.with_name(f".{self.target.name}.{_slug(owner)}.lock")
         self._fd: int | None = None
 
-    def acquire(self) -> "WriterLock":
+    def acquire(self) -> WriterLock:
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, file_mode(self.lock_path.parent))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -480,7 +481,7 @@ class WriterLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

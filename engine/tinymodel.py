@@ -106,7 +106,8 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
         raise UserError(f"unknown size {size!r}", hint=f"choose one of: {', '.join(SIZES)}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out}: folder exists and is not empty", hint="choose another OUT or pass --force to replace it")
+        raise UserError(f"{out}: folder exists and is not empty",
+                        hint="choose another OUT or pass --force to replace it")
 
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
