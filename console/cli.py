@@ -83,6 +83,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-problems", type=int, default=50, metavar="N", help="problems to print (0: all; default 50)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_validate)
+
+    p = _verb(sub, "train", "run Stage A (SFT) or Stage B (DPO) in a session that records, checkpoints and resumes",
+              "rounds train dpo --model sessions/SFT_ID/merged --data pairs.jsonl --plan qlora --precompute-ref "
+              "--detach",
+              "Creates a session folder, checks the model folder and the data before loading anything, and\n"
+              "trains with TRL (SFTTrainer / DPOTrainer). Plans: full (DPO: policy + a frozen reference copy),\n"
+              "lora (PEFT on all linear layers; DPO's reference is the same weights with adapters off),\n"
+              "qlora (4-bit NF4 base + LoRA). Ctrl-C, SIGTERM or SIGHUP save a checkpoint and stop;\n"
+              "`rounds resume SESSION` continues. --detach keeps running after the terminal closes.")
+    p.add_argument("stage", choices=["sft", "dpo"], help="sft: question/answer data; dpo: prompt/chosen/rejected")
+    p.add_argument("--model", required=True, metavar="PATH", help="local model folder (safetensors)")
+    p.add_argument("--adapter", metavar="PATH", help="start from this LoRA adapter (e.g. an SFT session's adapter/)")
+    p.add_argument("--data", required=True, metavar="FILE", help="training data (see `rounds validate`)")
+    p.add_argument("--val", metavar="FILE", help="validation data of the same kind")
+    p.add_argument("--plan", choices=["full", "lora", "qlora"], default="lora", help="training plan (default: lora)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, default=1.0, metavar="N", help="passes over the data (default 1)")
+    length.add_argument("--max-steps", type=int, default=-1, metavar="N", help="optimizer steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, metavar="X", help="learning rate (default depends on stage and plan)")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="micro-batch per step (default 1)")
+    p.add_argument("--grad-accum", type=int, default=1, metavar="N", help="gradient accumulation (default 1)")
+    p.add_argument("--max-length", type=int, default=512, metavar="N", help="tokens per example (default 512)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precompute-ref", action="store_true",
+                   help="DPO: compute reference log-probs once before training (no reference forward per step)")
+    p.add_argument("--beta", type=float, default=0.1, metavar="X", help="DPO beta (default 0.1)")
+    p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more activation memory")
+    p.add_argument("--lora-rank", type=int, default=16, metavar="R")
+    p.add_argument("--lora-alpha", type=int, default=32, metavar="A")
+    p.add_argument("--save-steps", type=int, default=100, metavar="N", help="checkpoint every N steps (default 100)")
+    p.add_argument("--save-minutes", type=float, default=30.0, metavar="M", help="and every M minutes (default 30)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K", help="keep the last K (default 3)")
+    p.add_argument("--logging-steps", type=int, default=1, metavar="N", help="a metrics event every N steps")
+    p.add_argument("--eval-steps", type=int, metavar="N", help="with --val: evaluate every N steps")
+    p.add_argument("--merge", action="store_true", help="also write a merged model folder (next stage's --model)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
+    p.add_argument("--system-interval", type=float, default=2.0, metavar="S", help="system sample every S seconds")
+    for fld in ("question", "answer", "context", "prompt", "chosen", "rejected", "id"):
+        p.add_argument(f"--{fld}", dest=f"col_{fld}", metavar="COL", help=argparse.SUPPRESS)
+    p.add_argument("--detach", action="store_true", help="run in its own process session; output to run.log")
+    p.add_argument("--name", metavar="NAME", help="session name (letters, digits, . _ -)")
+    p.set_defaults(func=cmd_train)
+
+    p = _verb(sub, "resume", "continue a stopped or failed training run from its last complete checkpoint",
+              "rounds resume 20261128-021500-train-sft-demo --detach",
+              "Restores weights or adapter, optimizer, scheduler, RNG and step from the newest complete\n"
+              "checkpoint and continues the same session (its events.jsonl goes on). A run with no\n"
+              "checkpoint yet starts again from the beginning.")
+    p.add_argument("session", metavar="SESSION", help="session id or folder")
+    p.add_argument("--detach", action="store_true", help="run in its own process session")
+    p.set_defaults(func=cmd_resume)
     return parser
 
 
@@ -116,6 +168,81 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(format_report(report, args.max_problems))
     return 0 if report.ok else 1
+
+
+def _session_path(args: argparse.Namespace, ref: str) -> Path:
+    """A session given by id (under the sessions root) or by path."""
+    from engine.session import sessions_root
+
+    p = Path(ref)
+    if (p / "session.json").is_file():
+        return p
+    candidate = sessions_root(args.sessions) / ref
+    if (candidate / "session.json").is_file():
+        return candidate
+    raise UserError(f"no session {ref!r} (looked in {sessions_root(args.sessions)})",
+                    hint="give a session id from `ls sessions/` or a session folder path")
+
+
+def _announce(writer, detach: bool, verb: str = "started") -> None:
+    path = writer.path
+    print(f"rounds: {verb} session {writer.id}")
+    print(f"  folder : {path}")
+    print(f"  log    : tail -f {path / 'run.log'}")
+    if detach:
+        print("  it runs on after this terminal closes; stop it with: "
+              f"kill -TERM $(python -c \"import json;print(json.load(open('{path}/session.json'))['pid'])\")")
+    print(f"  resume : rounds resume {writer.id}" + (f" --sessions {path.parent}" if path.parent.name != "sessions"
+                                                        else ""), flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.recipe import TrainSpec
+    from engine.session import sessions_root
+    from engine.train import follow, start
+
+    if args.stage == "sft" and (args.precompute_ref or args.col_prompt or args.col_chosen or args.col_rejected):
+        raise UserError("--precompute-ref and --prompt/--chosen/--rejected are for `rounds train dpo`")
+    fields = ("question", "answer", "context", "prompt", "chosen", "rejected", "id")
+    spec = TrainSpec(
+        stage=args.stage, model=args.model, data=args.data, val=args.val, adapter=args.adapter, plan=args.plan,
+        epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch=args.batch, grad_accum=args.grad_accum,
+        max_length=args.max_length, device=args.device, precompute_ref=args.precompute_ref, beta=args.beta,
+        gradient_checkpointing=not args.no_gradient_checkpointing, lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha, save_steps=args.save_steps, save_minutes=args.save_minutes,
+        keep_checkpoints=args.keep_checkpoints, logging_steps=args.logging_steps, eval_steps=args.eval_steps,
+        merge=args.merge, seed=args.seed, trust_remote_code=args.trust_remote_code,
+        system_interval=args.system_interval,
+        columns={f: getattr(args, f"col_{f}") for f in fields if getattr(args, f"col_{f}")},
+    )
+    writer, proc = start(spec, sessions_root(args.sessions), name=args.name, shared=args.shared_sessions,
+                         detach=args.detach, command=["rounds", *sys.argv[1:]])
+    _announce(writer, args.detach)
+    if args.detach:
+        return 0
+    return _finish(writer.path, follow(proc, writer.path / "run.log"))
+
+
+def _finish(session: Path, code: int) -> int:
+    """After a foreground run: say plainly how it ended (stderr when it failed)."""
+    from engine.session import read_session_json
+
+    meta = read_session_json(session)
+    if meta.get("status") == "failed":
+        print(f"rounds: error: run {meta['id']} failed: {meta.get('error')}\n"
+              f"  details: {session / 'run.log'}", file=sys.stderr)
+        return code or 1
+    return code
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from engine.train import follow, resume
+
+    writer, proc = resume(_session_path(args, args.session), detach=args.detach)
+    _announce(writer, args.detach, verb="resumed")
+    if args.detach:
+        return 0
+    return _finish(writer.path, follow(proc, writer.path / "run.log"))
 
 
 def _load_tokenizer(path: str):

@@ -398,6 +398,12 @@ def _check_dpo(row: dict, line: int, mapping: dict[str, str], report: DataReport
 
 # --------------------------------------------------------------------------- loading for use
 
+def prompt_text(row: dict) -> str:
+    """The user turn for a question row: training, evaluation and token counts all use this."""
+    context = (row.get("context") or "").strip()
+    return f"{context}\n\n{row['question']}" if context else row["question"]
+
+
 def load(path: str | os.PathLike, kind: str, columns: dict[str, str] | None = None) -> list[dict]:
     """Valid rows of a data file, or a ``UserError`` that lists its first problems."""
     report = validate_file(path, kind, columns)
@@ -447,8 +453,7 @@ def token_stats(report: DataReport, tokenizer: Any, max_length: int | None = Non
             prompt = _as_messages(row["prompt"], "user")
             answer_sets = [_as_messages(row["chosen"], "assistant"), _as_messages(row["rejected"], "assistant")]
         else:
-            text = row["question"] if not row.get("context") else f"{row['context']}\n\n{row['question']}"
-            prompt = [{"role": "user", "content": text}]
+            prompt = [{"role": "user", "content": prompt_text(row)}]
             answer = row.get("answer") or row.get("reference")
             answer_sets = [[{"role": "assistant", "content": answer}]] if answer else []
         p = render(prompt, True)

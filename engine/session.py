@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class SessionWriter:
         self.meta = meta
         self._mode = file_mode(self.path)
         self._events = None
+        self._lock = threading.Lock()  # the run's main thread and its sampler thread both append
 
     @property
     def id(self) -> str:
@@ -182,13 +184,14 @@ class SessionWriter:
         """Append one event line and flush it; ``sync`` also fsyncs (status changes)."""
         record = {"time": round(time.time(), 3), "type": type, **fields}
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-        if self._events is None:
-            fd = os.open(self.path / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self._mode)
-            self._events = os.fdopen(fd, "ab", buffering=0)
-        # One write() of the whole line: readers see it complete or as a tail they skip.
-        self._events.write(line)
-        if sync:
-            os.fsync(self._events.fileno())
+        with self._lock:
+            if self._events is None:
+                fd = os.open(self.path / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self._mode)
+                self._events = os.fdopen(fd, "ab", buffering=0)
+            # One write() of the whole line: readers see it complete or as a tail they skip.
+            self._events.write(line)
+            if sync:
+                os.fsync(self._events.fileno())
         return record
 
     def set_status(self, status: str, **fields: Any) -> None:
@@ -204,9 +207,10 @@ class SessionWriter:
         self.update(**extra, **{k: v for k, v in fields.items() if k in ("error", "reason")})
 
     def close(self) -> None:
-        if self._events is not None:
-            self._events.close()
-            self._events = None
+        with self._lock:
+            if self._events is not None:
+                self._events.close()
+                self._events = None
 
     def __enter__(self) -> SessionWriter:
         return self
@@ -296,8 +300,9 @@ def read_session(path: str | os.PathLike) -> SessionInfo:
     for rec in reversed(last_events(path / EVENTS)):
         if info.last_event_time is None:
             info.last_event_time = rec.get("time")
-        if "step" in rec and "total_steps" in rec:
-            info.step, info.total_steps = rec["step"], rec["total_steps"]
+        total = rec.get("max_steps")
+        if "step" in rec and total:
+            info.step, info.total_steps = rec["step"], total
             break
     return info
 

@@ -221,11 +221,11 @@ def test_damaged_session_json_is_listed_not_fatal(tmp_path):
 def test_list_is_newest_first_with_progress_and_status(tmp_path):
     a = SessionWriter.create(tmp_path, "train", name="first", stage="sft")
     a.set_status("running")
-    a.event("metrics", step=25, total_steps=100, loss=1.2)
+    a.event("metrics", step=25, max_steps=100, loss=1.2)
     a.set_status("finished")
     time.sleep(1.1)  # created timestamps have one-second resolution
     b = SessionWriter.create(tmp_path, "eval", name="second")
-    b.event("progress", step=3, total_steps=10)
+    b.event("progress", step=3, max_steps=10)
     infos = list_sessions(tmp_path)
     assert [i.id for i in infos] == [b.id, a.id]
     assert infos[1].status == "finished" and infos[1].progress == 0.25 and infos[1].stage == "sft"

@@ -1,0 +1,449 @@
+"""Run a training stage inside a session: fit, record, survive the night, resume.
+
+``start()`` (called by ``rounds train``) checks the inputs, creates the session folder
+and starts the worker process, ``python -m engine.train SESSION``, which reads its
+``TrainSpec`` back from session.json and runs ``run_session()``. ``resume()`` starts
+the same worker again; it continues from the newest complete checkpoint.
+
+The worker handles SIGTERM, SIGINT and SIGHUP by finishing the current step, saving a
+checkpoint and exiting with status ``stopped``; a second signal stops at once. SIGUSR1
+or a ``requests/checkpoint`` file in the session asks for a checkpoint at the next step;
+a ``requests/stop`` file asks for a graceful stop. On out-of-memory it halves the
+micro-batch (doubling gradient accumulation, so the effective batch is the same) and
+resumes from the last checkpoint.
+
+Fault injection for tests: ``ROUNDS_FAULT_OOM_AT_STEP=k`` raises
+``torch.OutOfMemoryError`` when step k begins (``ROUNDS_FAULT_OOM_TIMES``, default 1,
+says how often); ``ROUNDS_FAULT_CRASH_AT_STEP=k`` raises a ``RuntimeError``;
+``ROUNDS_FAULT_STEP_SLEEP=s`` sleeps s seconds in every step (to make runs slow enough
+to interrupt).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.recipe import TrainSpec, check_adapter_folder, check_model_folder, load_rows
+from engine.session import SessionWriter, pid_alive, read_session_json, write_json_atomic
+
+COMPLETE = "rounds-complete.json"
+REQUESTS = "requests"
+RUN_LOG = "run.log"
+
+
+# --------------------------------------------------------------------------- launching (no torch here)
+
+def prepare(spec: TrainSpec) -> dict:
+    """Everything that can be checked without loading weights; raises ``UserError``."""
+    if spec.stage not in ("sft", "dpo"):
+        raise UserError(f"unknown stage {spec.stage!r}", hint="use `rounds train sft` or `rounds train dpo`")
+    if spec.batch < 1 or spec.grad_accum < 1:
+        raise UserError("--batch and --grad-accum must be at least 1")
+    if spec.max_length < 8:
+        raise UserError("--max-length must be at least 8", field="--max-length")
+    config = check_model_folder(spec.model, spec.trust_remote_code)
+    if spec.adapter:
+        check_adapter_folder(spec.adapter)
+    train_rows = load_rows(spec, "data")
+    val_rows = load_rows(spec, "val") if spec.val else []
+    return {"model_type": config.get("model_type"), "train_rows": len(train_rows), "val_rows": len(val_rows)}
+
+
+def start(spec: TrainSpec, root: Path, *, name: str | None = None, shared: bool = False, detach: bool = False,
+          command: list[str] | None = None) -> tuple[SessionWriter, subprocess.Popen]:
+    facts = prepare(spec)
+    writer = SessionWriter.create(root, "train", name=name, stage=spec.stage, command=command,
+                                  config=spec.to_json(), shared=shared)
+    writer.update(plan={"name": spec.plan, "precompute_ref": spec.precompute_ref,
+                        "gradient_checkpointing": spec.gradient_checkpointing,
+                        "micro_batch": spec.batch, "grad_accum": spec.grad_accum},
+                  data={"train_rows": facts["train_rows"], "val_rows": facts["val_rows"]},
+                  launcher="detached" if detach else "foreground")
+    return writer, spawn_worker(writer.path, detach)
+
+
+def spawn_worker(session: Path, detach: bool) -> subprocess.Popen:
+    log = open(session / RUN_LOG, "ab", buffering=0)  # noqa: SIM115 - handed to the child
+    os.chmod(session / RUN_LOG, 0o600 if not os.stat(session).st_mode & 0o070 else 0o640)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.Popen([sys.executable, "-m", "engine.train", str(session)], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=detach, close_fds=True, env=env)
+    log.close()
+    return proc
+
+
+def follow(proc: subprocess.Popen, log_path: Path, out=None) -> int:
+    """Show a foreground run's log as it grows until the worker exits. Ctrl-C reaches
+    the worker too (same process group): it stops gracefully, and we wait for it."""
+    out = out or sys.stdout.buffer
+    previous = signal.signal(signal.SIGINT, lambda *a: None)
+    pos = 0
+    try:
+        while True:
+            done = proc.poll() is not None
+            with open(log_path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+            if chunk:
+                pos += len(chunk)
+                try:
+                    out.write(chunk)
+                    out.flush()
+                except (BrokenPipeError, OSError):
+                    pass
+            if done:
+                return proc.returncode
+            time.sleep(0.2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def resume(session: Path, detach: bool = False) -> tuple[SessionWriter, subprocess.Popen]:
+    meta = read_session_json(session)
+    if meta.get("kind") != "train":
+        raise UserError(f"{session} is a {meta.get('kind')} session, not a training run",
+                        hint="only training runs resume; `rounds eval` continues by itself")
+    status = meta.get("status")
+    if status == "running" and meta.get("pid") and pid_alive(meta["pid"]):
+        raise UserError(f"{session.name} is still running (pid {meta['pid']})",
+                        hint="watch it, or stop it first")
+    if status == "finished":
+        raise UserError(f"{session.name} finished; there is nothing to resume",
+                        hint="start a new run from its outputs (see `outputs` in session.json)")
+    writer = SessionWriter.reopen(session)
+    writer.event("event", kind="resume_requested", previous_status=status)
+    writer.update(launcher="detached" if detach else "foreground")
+    return writer, spawn_worker(session, detach)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Checkpoints that were completely written, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and (p / COMPLETE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+def set_aside_incomplete(ckpt_dir: Path, writer: SessionWriter) -> None:
+    """A checkpoint without its completion mark was cut off mid-save: never resume from it."""
+    if not ckpt_dir.is_dir():
+        return
+    for p in ckpt_dir.glob("checkpoint-*"):
+        if p.is_dir() and not (p / COMPLETE).is_file():
+            target = ckpt_dir / f"incomplete-{p.name}-{int(time.time())}"
+            p.rename(target)
+            writer.event("event", kind="warning", message=f"checkpoint {p.name} was incomplete; set aside as "
+                                                          f"{target.name}")
+
+
+# --------------------------------------------------------------------------- the worker
+
+class RunControl:
+    """Signals and request files, turned into flags the trainer callback acts on."""
+
+    STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self, session: Path):
+        self.session = session
+        self.stop_reason: str | None = None
+        self.checkpoint_reason: str | None = None
+        self.injected_ooms = 0
+        self._stop_signals = 0
+
+    def install(self) -> None:
+        for sig in self.STOP_SIGNALS:
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGUSR1, self._on_checkpoint)
+
+    def _on_stop(self, signum, frame) -> None:
+        self._stop_signals += 1
+        if self._stop_signals > 1:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        self.stop_reason = signal.Signals(signum).name
+
+    def _on_checkpoint(self, signum, frame) -> None:
+        self.checkpoint_reason = "SIGUSR1"
+
+    def poll_requests(self) -> None:
+        req = self.session / REQUESTS
+        if (req / "stop").exists() and not self.stop_reason:
+            self.stop_reason = "stop requested"
+        if (req / "checkpoint").exists() and not self.checkpoint_reason:
+            self.checkpoint_reason = "checkpoint requested"
+
+    def clear_checkpoint_request(self) -> None:
+        self.checkpoint_reason = None
+        try:
+            (self.session / REQUESTS / "checkpoint").unlink()
+        except FileNotFoundError:
+            pass
+
+    def clear_stop_request(self) -> None:
+        try:
+            (self.session / REQUESTS / "stop").unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _control_callback(writer: SessionWriter, control: RunControl, spec: TrainSpec):
+    import torch
+    from transformers import TrainerCallback
+
+    oom_at = int(os.environ.get("ROUNDS_FAULT_OOM_AT_STEP", "0") or 0)
+    oom_times = int(os.environ.get("ROUNDS_FAULT_OOM_TIMES", "1") or 1)
+    crash_at = int(os.environ.get("ROUNDS_FAULT_CRASH_AT_STEP", "0") or 0)
+    step_sleep = float(os.environ.get("ROUNDS_FAULT_STEP_SLEEP", "0") or 0)
+
+    class ControlCallback(TrainerCallback):
+        def __init__(self):
+            self.last_save = time.monotonic()
+            self.save_started: float | None = None
+            self.save_reason = "every --save-steps"
+
+        def on_step_begin(self, args, state, control_, **kwargs):
+            step = state.global_step + 1
+            if oom_at and step == oom_at and control.injected_ooms < oom_times:
+                control.injected_ooms += 1
+                raise torch.OutOfMemoryError(f"injected by ROUNDS_FAULT_OOM_AT_STEP={oom_at} "
+                                             f"({control.injected_ooms}/{oom_times})")
+            if crash_at and step == crash_at:
+                raise RuntimeError(f"injected by ROUNDS_FAULT_CRASH_AT_STEP={crash_at}")
+            if step_sleep:
+                time.sleep(step_sleep)
+
+        def on_step_end(self, args, state, control_, **kwargs):
+            control.poll_requests()
+            if control.stop_reason:
+                control_.should_save = True
+                control_.should_training_stop = True
+                self.save_reason = f"stopping ({control.stop_reason})"
+            elif control.checkpoint_reason:
+                control_.should_save = True
+                self.save_reason = control.checkpoint_reason
+            elif time.monotonic() - self.last_save >= spec.save_minutes * 60:
+                control_.should_save = True
+                self.save_reason = f"every --save-minutes {spec.save_minutes:g}"
+            if control_.should_save:
+                self.save_started = time.monotonic()
+
+        def on_save(self, args, state, control_, **kwargs):
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            took = time.monotonic() - (self.save_started or time.monotonic())
+            write_json_atomic(ckpt / COMPLETE, {"step": state.global_step, "time": time.time(),
+                                                "seconds": round(took, 3), "reason": self.save_reason})
+            writer.event("event", kind="checkpoint", path=str(ckpt), step=state.global_step,
+                         seconds=round(took, 3), reason=self.save_reason)
+            self.last_save = time.monotonic()
+            self.save_reason = "every --save-steps"
+            control.clear_checkpoint_request()
+
+    return ControlCallback()
+
+
+def _format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _echo(record: dict) -> None:
+    parts = [f"step {record['step']}/{record['max_steps']}"]
+    if isinstance(record.get("loss"), (int, float)):
+        parts.append(f"loss {record['loss']:.4f}")
+    if isinstance(record.get("rewards/margins"), (int, float)):
+        parts.append(f"margin {record['rewards/margins']:.3f}")
+        parts.append(f"acc {record.get('rewards/accuracies', 0):.2f}")
+    if record.get("seconds_per_step"):
+        parts.append(f"{record['seconds_per_step']:.2f} s/step")
+    parts.append(f"ETA {_format_eta(record.get('eta_seconds'))}")
+    print("  ".join(parts), flush=True)
+
+
+def _quiet_libraries() -> None:
+    """run.log is for people: keep the libraries' progress bars and deprecation chatter out."""
+    import logging
+    import warnings
+
+    # bitsandbytes tries to fetch a CPU kernel from the Hub (never reachable here) and says so.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # bitsandbytes' gemv_4bit (used where no gradient is needed) has no autograd kernel and
+    # torch warns when a graph passes it; QLoRA gradients on CPU equal those of the dequantized
+    # model (tests/test_train.py::test_qlora_gradients_match_the_dequantized_model).
+    warnings.filterwarnings("ignore", message=".*autograd kernel was not registered.*")
+    # Long passes (TRL's reference log-prob precompute) keep their progress bar, at a calm rate.
+    os.environ.setdefault("TQDM_MININTERVAL", "10")
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def oom_advice(spec: TrainSpec) -> str:
+    options = []
+    if spec.plan != "qlora":
+        options.append("--plan qlora (4-bit base weights)")
+    if spec.stage == "dpo" and not spec.precompute_ref:
+        options.append("--precompute-ref (no reference forward while training)")
+    if not spec.gradient_checkpointing:
+        options.append("gradient checkpointing (drop --no-gradient-checkpointing)")
+    options.append(f"a shorter --max-length (now {spec.max_length})")
+    return "options that lower memory: " + "; ".join(options)
+
+
+def run_session(session: Path) -> int:
+    """The worker: run (or continue) the training described in ``session``."""
+    writer = SessionWriter.reopen(session)
+    spec = TrainSpec.from_json(writer.meta["config"])
+    control = RunControl(session)
+    control.install()
+    control.clear_stop_request()  # a stale request from an earlier stop must not end this run
+    writer.update(pid=os.getpid())
+    sampler = None
+    ckpt_dir = session / "checkpoints"
+    try:
+        _quiet_libraries()
+        from engine.probe import SystemSampler
+        from engine.recipe import build_trainer, load_tokenizer, resolve_runtime, save_outputs
+        from engine.telemetry import TelemetryCallback
+
+        rt = resolve_runtime(spec)
+        writer.update(runtime=asdict(rt))
+        for note in rt.notes:
+            writer.event("event", kind="warning", message=note)
+        writer.event("event", kind="plan", plan=spec.plan, device=rt.device, bf16=rt.bf16, optimizer=rt.optimizer,
+                     micro_batch=spec.batch, grad_accum=spec.grad_accum, precompute_ref=spec.precompute_ref,
+                     gradient_checkpointing=spec.gradient_checkpointing, max_length=spec.max_length)
+        sampler = SystemSampler(writer, spec.system_interval).start()
+        tokenizer = load_tokenizer(spec)
+        writer.event("event", kind="data", train_rows=len(load_rows(spec, "data")),
+                     val_rows=len(load_rows(spec, "val")) if spec.val else 0)
+        print(f"rounds: {spec.stage} on {rt.device}, plan {spec.plan}, micro-batch {spec.batch} x {spec.grad_accum}",
+              flush=True)
+
+        telemetry = None
+        trainer = None
+        while True:
+            set_aside_incomplete(ckpt_dir, writer)
+            done = complete_checkpoints(ckpt_dir)
+            resume_from = str(done[-1]) if done else None
+            telemetry = TelemetryCallback(writer, samples_per_step=spec.batch * spec.grad_accum, echo=_echo)
+            writer.event("event", kind="loading", message=f"loading {spec.model}"
+                         + (f" + adapter {spec.adapter}" if spec.adapter else ""))
+            trainer = build_trainer(spec, rt, ckpt_dir, [telemetry, _control_callback(writer, control, spec)],
+                                    tokenizer)
+            if writer.meta.get("status") != "running":
+                writer.set_status("running")
+            if resume_from:
+                writer.event("event", kind="resumed", checkpoint=resume_from)
+                print(f"rounds: resuming from {resume_from}", flush=True)
+            if control.stop_reason:
+                break
+            try:
+                trainer.train(resume_from_checkpoint=resume_from)
+                break
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                if spec.batch == 1:
+                    raise UserError(f"out of memory at micro-batch 1 ({e})", hint=oom_advice(spec)) from None
+                old = (spec.batch, spec.grad_accum)
+                spec.batch, spec.grad_accum = spec.batch // 2, spec.grad_accum * 2
+                step = trainer.state.global_step
+                trainer = None
+                _free_memory()
+                writer.update(config=spec.to_json(),
+                              plan={**(writer.meta.get("plan") or {}), "micro_batch": spec.batch,
+                                    "grad_accum": spec.grad_accum})
+                writer.event("event", kind="oom_recovered", step=step, error=str(e)[:300],
+                             micro_batch=[old[0], spec.batch], grad_accum=[old[1], spec.grad_accum])
+                print(f"rounds: out of memory at step {step}; micro-batch {old[0]} -> {spec.batch}, "
+                      f"gradient accumulation {old[1]} -> {spec.grad_accum}", flush=True)
+
+        if control.stop_reason:
+            control.clear_stop_request()
+            writer.event("event", kind="stopped", reason=control.stop_reason, step=trainer.state.global_step)
+            writer.set_status("stopped", reason=control.stop_reason)
+            print(f"rounds: stopped ({control.stop_reason}) at step {trainer.state.global_step}; "
+                  f"resume with `rounds resume {session.name}`", flush=True)
+            return 0
+        outputs = save_outputs(trainer, spec, rt, session, tokenizer)
+        writer.update(outputs=outputs)
+        writer.event("event", kind="finished", step=trainer.state.global_step, outputs=outputs,
+                     **(telemetry.final if telemetry else {}))
+        writer.set_status("finished")
+        print(f"rounds: finished at step {trainer.state.global_step}; outputs: "
+              + ", ".join(f"{k} {v}" for k, v in outputs.items()), flush=True)
+        return 0
+    except KeyboardInterrupt as e:
+        writer.event("event", kind="stopped", reason=f"{e}: stopped at once, no checkpoint")
+        writer.set_status("stopped", reason=f"{e}: stopped at once, no checkpoint")
+        print(f"rounds: {e}: stopped at once without a checkpoint", flush=True)
+        return 130
+    except UserError as e:
+        writer.event("event", kind="error", message=str(e))
+        writer.set_status("failed", error=e.message)
+        print(f"rounds: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as e:
+        traceback.print_exc()
+        sys.stderr.flush()
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        writer.event("event", kind="error", message=reason)
+        writer.set_status("failed", error=reason)
+        return 1
+    finally:
+        if sampler:
+            sampler.stop()
+        writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m engine.train SESSION_DIR", file=sys.stderr)
+        return 2
+    session = Path(argv[0])
+    if not (session / "session.json").is_file():
+        print(f"engine.train: {session}: not a session folder", file=sys.stderr)
+        return 2
+    return run_session(session)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
