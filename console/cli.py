@@ -184,14 +184,13 @@ def _session_path(args: argparse.Namespace, ref: str) -> Path:
                     hint="give a session id from `ls sessions/` or a session folder path")
 
 
-def _announce(writer, detach: bool, verb: str = "started") -> None:
+def _announce(writer, proc, detach: bool, verb: str = "started") -> None:
     path = writer.path
-    print(f"rounds: {verb} session {writer.id}")
+    print(f"rounds: {verb} session {writer.id} (pid {proc.pid})")
     print(f"  folder : {path}")
     print(f"  log    : tail -f {path / 'run.log'}")
     if detach:
-        print("  it runs on after this terminal closes; stop it with: "
-              f"kill -TERM $(python -c \"import json;print(json.load(open('{path}/session.json'))['pid'])\")")
+        print(f"  it runs on after this terminal closes; to stop it with a checkpoint: kill -TERM {proc.pid}")
     print(f"  resume : rounds resume {writer.id}" + (f" --sessions {path.parent}" if path.parent.name != "sessions"
                                                         else ""), flush=True)
 
@@ -217,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     writer, proc = start(spec, sessions_root(args.sessions), name=args.name, shared=args.shared_sessions,
                          detach=args.detach, command=["rounds", *sys.argv[1:]])
-    _announce(writer, args.detach)
+    _announce(writer, proc, args.detach)
     if args.detach:
         return 0
     return _finish(writer.path, follow(proc, writer.path / "run.log"))
@@ -239,7 +238,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from engine.train import follow, resume
 
     writer, proc = resume(_session_path(args, args.session), detach=args.detach)
-    _announce(writer, args.detach, verb="resumed")
+    _announce(writer, proc, args.detach, verb="resumed")
     if args.detach:
         return 0
     return _finish(writer.path, follow(proc, writer.path / "run.log"))

@@ -265,9 +265,24 @@ def trainer_config(spec: TrainSpec, rt: Runtime, output_dir: Path, has_eval: boo
     return DPOConfig(**common, beta=spec.beta, precompute_ref_log_probs=spec.precompute_ref)
 
 
+def right_size_logprob_tiles(vocab_size: int) -> int | None:
+    """TRL's fused LM head scores tokens in [4096, 32768] tiles, a buffer of up to 512 MiB in
+    fp32 whatever the vocabulary. For a vocabulary narrower than a tile, a tile as wide as
+    the vocabulary computes the same log-probs with a fraction of the memory. Returns the
+    width set, or None where this TRL has no such setting."""
+    from trl.trainer import utils as trl_utils
+
+    if not hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE"):
+        return None
+    width = min(32768, -(-vocab_size // 64) * 64)
+    trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = width
+    return width
+
+
 def build_trainer(spec: TrainSpec, rt: Runtime, output_dir: Path, callbacks: list, tokenizer=None):
     tokenizer = tokenizer or load_tokenizer(spec)
     model, ref_model = load_policy(spec, rt)
+    right_size_logprob_tiles(model.config.get_text_config().vocab_size)
     train = build_dataset(spec, load_rows(spec, "data"))
     val = build_dataset(spec, load_rows(spec, "val")) if spec.val else None
     args = trainer_config(spec, rt, output_dir, has_eval=val is not None)

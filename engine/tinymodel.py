@@ -111,6 +111,9 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
 
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     spec = SIZES[size]
     tokenizer = train_tokenizer(spec.vocab_size)

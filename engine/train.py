@@ -325,6 +325,23 @@ def oom_advice(spec: TrainSpec) -> str:
     return "options that lower memory: " + "; ".join(options)
 
 
+def _data_event(writer: SessionWriter, spec: TrainSpec, tokenizer) -> None:
+    """Row counts and token lengths; warn when examples will be cut by --max-length."""
+    from engine.data import DataReport, token_stats
+
+    rows = load_rows(spec, "data")
+    report = DataReport(file=spec.data, kind=spec.stage, rows=rows)
+    stats = token_stats(report, tokenizer, spec.max_length)
+    writer.event("event", kind="data", train_rows=len(rows),
+                 val_rows=len(load_rows(spec, "val")) if spec.val else 0, tokens=stats)
+    over = stats.get("total", {}).get("over_max_length", 0)
+    if over:
+        writer.event("event", kind="warning",
+                     message=f"{over} of {len(rows)} training examples are longer than --max-length "
+                             f"{spec.max_length} tokens (longest {stats['total']['max']}): TRL cuts them, and drops "
+                             f"any whose answer is cut away entirely")
+
+
 def run_session(session: Path) -> int:
     """The worker: run (or continue) the training described in ``session``."""
     writer = SessionWriter.reopen(session)
@@ -350,8 +367,7 @@ def run_session(session: Path) -> int:
                      gradient_checkpointing=spec.gradient_checkpointing, max_length=spec.max_length)
         sampler = SystemSampler(writer, spec.system_interval).start()
         tokenizer = load_tokenizer(spec)
-        writer.event("event", kind="data", train_rows=len(load_rows(spec, "data")),
-                     val_rows=len(load_rows(spec, "val")) if spec.val else 0)
+        _data_event(writer, spec, tokenizer)
         print(f"rounds: {spec.stage} on {rt.device}, plan {spec.plan}, micro-batch {spec.batch} x {spec.grad_accum}",
               flush=True)
 

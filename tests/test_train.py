@@ -150,9 +150,9 @@ def test_qlora_gradients_match_the_dequantized_model(tiny_model):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    quant = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, quantization_config=BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float32))
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    quant = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, quantization_config=nf4)
     dense = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     with torch.no_grad():
         for name, mod in quant.named_modules():
