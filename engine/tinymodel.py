@@ -99,9 +99,14 @@ def train_tokenizer(vocab_size: int):
     return fast
 
 
-def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, force: bool = False) -> Path:
+def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, force: bool = False,
+                     overrides: dict | None = None) -> Path:
     """Write the model folder to ``out``; built in a temporary folder and renamed into place,
-    so an interrupted build never leaves a half-written model behind."""
+    so an interrupted build never leaves a half-written model behind.
+
+    ``overrides`` changes Llama config fields (``hidden_size``, ``num_hidden_layers``,
+    ``vocab_size`` >= the tokenizer's, ...): the planner's accuracy benchmark builds models of
+    other shapes this way, with the same tokenizer."""
     if size not in SIZES:
         raise UserError(f"unknown size {size!r}", hint=f"choose one of: {', '.join(SIZES)}")
     out = Path(out)
@@ -131,6 +136,10 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
         tie_word_embeddings=False,
         dtype="float32",
     )
+    for key, value in (overrides or {}).items():
+        if key == "vocab_size" and value < len(tokenizer):
+            raise UserError(f"vocab_size {value} is smaller than the tokenizer's {len(tokenizer)}")
+        setattr(config, key, value)
     # Seed both the global generator (used by transformers' init) and a fork, so
     # building does not disturb the caller's random state.
     with torch.random.fork_rng(devices=[]):
@@ -150,7 +159,8 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "rounds_tiny_model.json").write_text(
-            json.dumps({"size": size, "seed": seed, "parameters": model.num_parameters()}, indent=1) + "\n"
+            json.dumps({"size": size, "seed": seed, "parameters": model.num_parameters(),
+                        "overrides": overrides or {}}, indent=1) + "\n"
         )
         os.chmod(tmp, 0o755)
         if out.exists():

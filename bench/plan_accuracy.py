@@ -1,0 +1,208 @@
+"""How good are `rounds plan`'s predictions? Predicted vs measured, point by point.
+
+For a grid of real runs — models of several shapes built here with random weights, every
+plan, sequence lengths and micro-batches — it runs real training steps through the same
+code `rounds train` uses and compares:
+
+- memory: the planner's predicted peak of live tensor bytes vs the measured peak of live
+  tensor bytes (weights + everything allocated during the steps; engine.memtrack), and the
+  peak RSS growth of the fresh process, for information;
+- time: predicted vs measured seconds per step on this CPU (median of the steps after
+  the first), with the planner's calibrated device throughput.
+
+It prints every point and the worst |predicted - measured| / measured for each.
+Targets: <= 10 % for memory on every point, <= 25 % for CPU time per step.
+
+    python bench/plan_accuracy.py [--quick] [--steps 4]
+
+On a CUDA machine it also compares against torch.cuda.max_memory_allocated (the
+--device cuda path); this file has only been run on CPU so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {
+    "tiny": {},
+    "small": None,  # the demo's small size
+    "wide": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 4, "num_attention_heads": 16,
+             "num_key_value_heads": 8, "vocab_size": 4096},
+    "bigvocab": {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 3, "num_attention_heads": 6,
+                 "num_key_value_heads": 2, "vocab_size": 32000},
+}
+
+
+def build_shapes(tmp: Path, names: list[str]) -> dict[str, Path]:
+    from engine.tinymodel import build_tiny_model
+
+    out = {}
+    for name in names:
+        if name == "small":
+            out[name] = build_tiny_model(tmp / name, size="small")
+        else:
+            out[name] = build_tiny_model(tmp / name, size="tiny", overrides=SHAPES[name])
+    return out
+
+
+def make_rows(model: Path, stage: str, seq: int, n: int) -> list[dict]:
+    """Rows that render to exactly ``seq`` tokens through the chat template (all equal,
+    so padding never changes the measured shapes)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+
+    def length(prompt: str, answer: str) -> int:
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        return len(tok.apply_chat_template(msgs)["input_ids"])
+
+    half = max(2, seq // 2)
+    answer = "used" + " used" * (half - 1)
+    prompt = "used"
+    while length(prompt, answer) < seq:
+        prompt += " used"
+    rows = []
+    for i in range(n):
+        if stage == "sft":
+            rows.append({"id": str(i), "question": prompt, "answer": answer})
+        else:
+            rows.append({"prompt": prompt, "chosen": answer, "rejected": answer.replace("used", "is", 1)})
+    return rows
+
+
+def run_point(point: dict, model: str, data: str, steps: int) -> dict:
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ["TQDM_DISABLE"] = "1"
+    import bitsandbytes  # noqa: F401
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import torch
+    import trl  # noqa: F401
+    from transformers import TrainerCallback
+    from transformers.utils import logging as hf_logging
+
+    from engine.memtrack import LiveTensorBytes, static_bytes
+    from engine.recipe import TrainSpec, build_trainer, resolve_runtime
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t)
+
+    spec = TrainSpec(stage=point["stage"], model=model, data=data, plan=point["plan"],
+                     precompute_ref=point.get("precompute_ref", False),
+                     gradient_checkpointing=point.get("gradient_checkpointing", True), max_steps=steps,
+                     batch=point["batch"], max_length=point["seq"], save_steps=10_000, device="cpu",
+                     lora_rank=point.get("lora_rank", 16))
+    rss0 = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build_trainer(spec, resolve_runtime(spec), Path(out), [Clock()])
+        static = static_bytes(trainer.model, getattr(trainer, "ref_model", None))
+        tracker = LiveTensorBytes().exclude(trainer.model, getattr(trainer, "ref_model", None))
+        with tracker:
+            trainer.train()
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"static": static, "dynamic": tracker.peak, "measured": static + tracker.peak,
+            "rss_growth": peak_rss - rss0, "seconds_per_step": statistics.median(times[1:] or times)}
+
+
+def grid(quick: bool) -> list[dict]:
+    pts = []
+    shapes = ["tiny", "small", "wide", "bigvocab"]
+    for shape in shapes:
+        for stage, plan, pre in [("sft", "full", False), ("sft", "lora", False), ("sft", "qlora", False),
+                                 ("dpo", "full", False), ("dpo", "full", True), ("dpo", "lora", False),
+                                 ("dpo", "lora", True), ("dpo", "qlora", True)]:
+            pts.append({"shape": shape, "stage": stage, "plan": plan, "precompute_ref": pre, "seq": 256, "batch": 2})
+        pts.append({"shape": shape, "stage": "dpo", "plan": "lora", "seq": 512, "batch": 4})
+        pts.append({"shape": shape, "stage": "sft", "plan": "lora", "seq": 128, "batch": 1,
+                    "gradient_checkpointing": False})
+        pts.append({"shape": shape, "stage": "dpo", "plan": "full", "seq": 128, "batch": 4,
+                    "gradient_checkpointing": False})
+    if quick:
+        pts = [p for i, p in enumerate(pts) if i % 3 == 0]
+    return pts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="a third of the grid")
+    ap.add_argument("--shapes", help="comma-separated subset of: " + ",".join(SHAPES))
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_point(json.loads(args.one), args.model, args.data, args.steps)))
+        return
+
+    from engine.plan import ModelShape, Strategy, Workload, calibrate_cpu, predict_memory, predict_seconds
+
+    points = grid(args.quick)
+    if args.shapes:
+        points = [p for p in points if p["shape"] in args.shapes.split(",")]
+    device = calibrate_cpu()
+    print(f"CPU ({os.cpu_count()} cores), measured matmul throughput {device.flops / 1e9:.1f} GFLOP/s (fp32); "
+          f"{len(points)} points, {args.steps} steps each, every point in a fresh process")
+    print(f"{'point':<44}{'predicted':>11}{'measured':>11}{'err':>7}{'RSS grow':>10}"
+          f"{'s/step pred':>12}{'meas':>8}{'err':>7}")
+    worst_mem, worst_time = 0.0, 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = build_shapes(tmp, sorted({p["shape"] for p in points}))
+        for p in points:
+            model = models[p["shape"]]
+            rows = make_rows(model, p["stage"], p["seq"], n=p["batch"] * (args.steps + 1))
+            data = tmp / f"data-{p['stage']}-{p['seq']}-{p['batch']}-{p['shape']}.jsonl"
+            data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(p), "--model", str(model),
+                                   "--data", str(data), "--steps", str(args.steps)], capture_output=True, text=True)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            label = (f"{p['shape']} {p['stage']} {p['plan']}{'+pre' if p.get('precompute_ref') else ''}"
+                     f"{' no-gc' if p.get('gradient_checkpointing') is False else ''} s{p['seq']} b{p['batch']}")
+            if line is None:
+                print(f"{label:<44} FAILED\n{proc.stderr[-1500:]}")
+                continue
+            m = json.loads(line[7:])
+            shape = ModelShape.from_config(json.loads((model / "config.json").read_text()))
+            strat = Strategy(plan=p["plan"], precompute_ref=p.get("precompute_ref", False),
+                             gradient_checkpointing=p.get("gradient_checkpointing", True), micro_batch=p["batch"])
+            work = Workload(stage=p["stage"], max_length=p["seq"], lora_rank=p.get("lora_rank", 16))
+            pred = predict_memory(shape, strat, work, device)["peak_bytes"]
+            pred_t = predict_seconds(shape, strat, work, device)
+            err = (pred - m["measured"]) / m["measured"]
+            terr = (pred_t - m["seconds_per_step"]) / m["seconds_per_step"]
+            worst_mem, worst_time = max(worst_mem, abs(err)), max(worst_time, abs(terr))
+            mib = 2**20
+            print(f"{label:<44}{pred / mib:>8.1f}MiB{m['measured'] / mib:>8.1f}MiB{err * 100:>6.1f}%"
+                  f"{m['rss_growth'] / mib:>7.0f}MiB{pred_t:>12.3f}{m['seconds_per_step']:>8.3f}{terr * 100:>6.1f}%",
+                  flush=True)
+    print(f"worst memory error {worst_mem * 100:.1f} % (target <= 10 %: {'MET' if worst_mem <= 0.10 else 'NOT MET'}); "
+          f"worst CPU time error {worst_time * 100:.1f} % (target <= 25 %: {'MET' if worst_time <= 0.25 else 'NOT MET'})")
+
+
+if __name__ == "__main__":
+    main()

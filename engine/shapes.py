@@ -1,0 +1,128 @@
+"""A model's shape and exact parameter count from its ``config.json`` alone (no torch).
+
+Dense decoder-only families are counted exactly, bias by bias and norm by norm: Llama
+2/3, Mistral, Qwen2/2.5, Phi-3 and Gemma/Gemma 2 (tests check the counts against the
+published totals and against the model instantiated on the meta device). Any other
+``model_type`` with the usual fields gets the same formula, labelled a generic estimate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import UserError
+
+SUPPORTED = ("llama", "mistral", "qwen2", "phi3", "gemma", "gemma2")
+
+_ALIASES = {  # other spellings of the same fields
+    "hidden_size": ("n_embd", "d_model"),
+    "num_hidden_layers": ("n_layer", "num_layers"),
+    "num_attention_heads": ("n_head",),
+    "intermediate_size": ("ffn_dim", "n_inner"),
+}
+
+
+def _get(cfg: dict, key: str, default=None):
+    if key in cfg and cfg[key] is not None:
+        return cfg[key]
+    for alt in _ALIASES.get(key, ()):
+        if cfg.get(alt) is not None:
+            return cfg[alt]
+    return default
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    model_type: str
+    supported: bool
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool
+    norms_per_layer: int
+    params_total: int
+    params_linear: int  # the decoder's linear layers (what LoRA targets and 4-bit quantizes)
+    params_embed: int
+    params_lm_head: int  # 0 when tied to the embeddings
+    params_other: int  # norms and biases
+
+    @property
+    def q_out(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_out(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def lora_params(self, rank: int) -> int:
+        """Adapter parameters for LoRA on every linear layer of the decoder (PEFT's all-linear)."""
+        h, i, q, kv = self.hidden, self.intermediate, self.q_out, self.kv_out
+        per_layer = rank * ((h + q) + (h + kv) * 2 + (q + h) + (h + i) * 2 + (i + h))
+        return per_layer * self.layers
+
+    def linear_dims(self) -> list[tuple[int, int]]:
+        """(in, out) of each linear layer in one decoder layer."""
+        h, i, q, kv = self.hidden, self.intermediate, self.q_out, self.kv_out
+        return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+
+    def describe(self) -> str:
+        label = self.model_type if self.supported else f"{self.model_type} (generic estimate)"
+        return f"{label}, {self.params_total / 1e9:.2f} B parameters"
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> ModelShape:
+        model_type = str(cfg.get("model_type", "?"))
+        text = cfg.get("text_config")
+        if isinstance(text, dict) and "hidden_size" not in cfg:
+            cfg = {**text, "model_type": text.get("model_type", model_type)}
+            model_type = str(cfg["model_type"])
+        missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+                   if _get(cfg, k) is None]
+        if missing:
+            raise UserError(f"config has no {', '.join(missing)}", field=missing[0],
+                            hint="is this a causal language model's config.json?")
+        h = int(_get(cfg, "hidden_size"))
+        layers = int(_get(cfg, "num_hidden_layers"))
+        heads = int(_get(cfg, "num_attention_heads"))
+        kv = int(cfg.get("num_key_value_heads") or heads)
+        head_dim = int(cfg.get("head_dim") or h // heads)
+        inter = int(_get(cfg, "intermediate_size") or 4 * h)
+        vocab = int(cfg["vocab_size"])
+        tied = bool(cfg.get("tie_word_embeddings", model_type in ("gemma", "gemma2")))
+        qkv_bias = model_type == "qwen2" or bool(cfg.get("attention_bias", False))
+        o_bias = bool(cfg.get("attention_bias", False)) and model_type != "qwen2"
+        mlp_bias = bool(cfg.get("mlp_bias", False))
+        norms = 4 if model_type == "gemma2" else 2
+        q_out, kv_out = heads * head_dim, kv * head_dim
+        linear = (h * q_out + 2 * h * kv_out + q_out * h + 3 * h * inter) * layers
+        biases = ((q_out + 2 * kv_out) * qkv_bias + h * o_bias + (2 * inter + h) * mlp_bias) * layers
+        other = biases + norms * h * layers + h  # per-layer norms and the final norm
+        embed = vocab * h
+        lm_head = 0 if tied else vocab * h
+        return cls(model_type=model_type, supported=model_type in SUPPORTED, hidden=h, layers=layers, heads=heads,
+                   kv_heads=kv, head_dim=head_dim, intermediate=inter, vocab=vocab, tied=tied, qkv_bias=qkv_bias,
+                   norms_per_layer=norms, params_total=linear + other + embed + lm_head, params_linear=linear,
+                   params_embed=embed, params_lm_head=lm_head, params_other=other)
+
+
+def read_config(path: str | Path) -> dict:
+    """``path`` is a model folder or a config.json; errors say which and what to do."""
+    p = Path(path)
+    file = p / "config.json" if p.is_dir() else p
+    if not file.exists():
+        raise UserError(f"{path}: no config.json" if p.is_dir() else f"{path}: no such file", field="--model",
+                        hint="give a model folder or its config.json (only the config is read)")
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"not valid JSON ({e})", file=str(file)) from None
+    if not isinstance(cfg, dict):
+        raise UserError("not a JSON object", file=str(file))
+    return cfg
