@@ -200,8 +200,10 @@ def main() -> None:
             print(f"{label:<44}{pred / mib:>8.1f}MiB{m['measured'] / mib:>8.1f}MiB{err * 100:>6.1f}%"
                   f"{m['rss_growth'] / mib:>7.0f}MiB{pred_t:>12.3f}{m['seconds_per_step']:>8.3f}{terr * 100:>6.1f}%",
                   flush=True)
-    print(f"worst memory error {worst_mem * 100:.1f} % (target <= 10 %: {'MET' if worst_mem <= 0.10 else 'NOT MET'}); "
-          f"worst CPU time error {worst_time * 100:.1f} % (target <= 25 %: {'MET' if worst_time <= 0.25 else 'NOT MET'})")
+    mem_ok = "MET" if worst_mem <= 0.10 else "NOT MET"
+    time_ok = "MET" if worst_time <= 0.25 else "NOT MET"
+    print(f"worst memory error {worst_mem * 100:.1f} % (target <= 10 %: {mem_ok}); "
+          f"worst CPU time error {worst_time * 100:.1f} % (target <= 25 %: {time_ok})")
 
 
 if __name__ == "__main__":

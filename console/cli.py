@@ -84,6 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_validate)
 
+    p = _verb(sub, "plan", "predict peak memory and time of SFT/DPO strategies from config.json alone",
+              "rounds plan --model models/llama-2-7b/config.json --stage dpo --gpu-mem 12GiB --pairs 8484",
+              "Reads only the model's config.json (no weights) and predicts, for each strategy (full, lora,\n"
+              "qlora; with and without precomputed reference log-probs and gradient checkpointing; micro-batch\n"
+              "1..--batch), the peak memory by component and the time per step and in total. Says which fit\n"
+              "the budget (10% kept free) and why the others don't, and recommends the fastest that fits.")
+    p.add_argument("--model", required=True, metavar="PATH", help="a model folder or its config.json")
+    p.add_argument("--stage", choices=["sft", "dpo"], required=True)
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--gpu-mem", metavar="SIZE", help="plan for a GPU with this much memory (12GiB, 16GB, ...)")
+    budget.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="plan for this machine's GPU (auto) or its CPU and free RAM")
+    p.add_argument("--max-length", type=int, default=1024, metavar="N", help="tokens per example (default 1024)")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="effective batch; micro-batches 1..N are tried")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--pairs", "--examples", type=int, dest="examples", metavar="N", help="training examples")
+    size.add_argument("--data", metavar="FILE", help="count the examples of this data file")
+    p.add_argument("--epochs", type=float, default=1.0, metavar="N")
+    p.add_argument("--lora-rank", type=int, default=16, metavar="R")
+    p.add_argument("--all", action="store_true", help="show every strategy, not the best of each plan")
+    p.add_argument("--json", action="store_true", help="machine-readable output (stable schema)")
+    p.set_defaults(func=cmd_plan)
+
     p = _verb(sub, "train", "run Stage A (SFT) or Stage B (DPO) in a session that records, checkpoints and resumes",
               "rounds train dpo --model sessions/SFT_ID/merged --data pairs.jsonl --plan qlora --precompute-ref "
               "--detach",
@@ -97,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", metavar="PATH", help="start from this LoRA adapter (e.g. an SFT session's adapter/)")
     p.add_argument("--data", required=True, metavar="FILE", help="training data (see `rounds validate`)")
     p.add_argument("--val", metavar="FILE", help="validation data of the same kind")
-    p.add_argument("--plan", choices=["full", "lora", "qlora"], default="lora", help="training plan (default: lora)")
+    p.add_argument("--plan", choices=["auto", "full", "lora", "qlora"], default="auto",
+                   help="training plan; auto (default) takes `rounds plan`'s recommendation")
+    p.add_argument("--mem-budget", metavar="SIZE",
+                   help="memory the run may use (default: the GPU's memory, or the free RAM on CPU)")
+    p.add_argument("--ignore-plan", action="store_true",
+                   help="start an explicit plan even when the planner predicts it will not fit")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, default=1.0, metavar="N", help="passes over the data (default 1)")
     length.add_argument("--max-steps", type=int, default=-1, metavar="N", help="optimizer steps (overrides --epochs)")
@@ -195,6 +223,81 @@ def _announce(writer, proc, detach: bool, verb: str = "started") -> None:
                                                         else ""), flush=True)
 
 
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = seconds / 60
+    if minutes < 60:
+        return f"{minutes:.0f} min"
+    return f"{minutes / 60:.1f} h"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from engine import plan as pl
+    from engine.shapes import ModelShape, read_config
+
+    shape = ModelShape.from_config(read_config(args.model))
+    examples = args.examples
+    if args.data:
+        from engine.data import load
+
+        examples = len(load(args.data, args.stage))
+    budget = pl.parse_size(args.gpu_mem) if args.gpu_mem else None
+    device = pl.cuda_device(budget, name=f"GPU with {args.gpu_mem}") if budget else pl.detect_device(args.device)
+    work = pl.Workload(args.stage, args.max_length, max(1, args.batch), examples, args.epochs, args.lora_rank)
+    result = pl.plan(shape, work, device)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+        return 0 if result.recommended else 1
+    print(format_plan(result, args.model, show_all=args.all))
+    return 0 if result.recommended else 1
+
+
+def format_plan(result, model: str, show_all: bool = False) -> str:
+    from engine.plan import human_bytes
+
+    w, d, shape = result.workload, result.device, result.shape
+    lines = []
+    size = f"{w.examples:,} {'pairs' if w.stage == 'dpo' else 'examples'} x {w.epochs:g} epoch" if w.examples else \
+        "no data size given (--pairs N or --data FILE for a total)"
+    lines.append(f"{model}: {shape.describe()}")
+    lines.append(f"{w.stage.upper()} on {d.name or d.kind}: {human_bytes(d.budget_bytes)}, "
+                 f"{human_bytes(result.usable_bytes)} usable ({d.margin:.0%} kept free); max length {w.max_length}, "
+                 f"batch {w.batch}, {size}")
+    if show_all:
+        rows = result.strategies
+    else:  # per plan and reference choice: the fastest that fits, else the smallest
+        groups: dict = {}
+        for r in result.strategies:
+            groups.setdefault((r.strategy.plan, r.strategy.precompute_ref), []).append(r)
+        rows = []
+        for group in groups.values():
+            fit = [r for r in group if r.fits]
+            rows.append(min(fit, key=lambda r: r.seconds_per_step) if fit else min(group, key=lambda r: r.peak_bytes))
+    lines.append(f"  {'strategy':<20}{'peak':>10}  {'fits':<5}{'s/step':>9}{'total':>9}  why")
+    for r in rows:
+        mark = "*" if r is result.recommended else " "
+        lines.append(f"{mark} {r.strategy.name:<20}{human_bytes(r.peak_bytes):>10}  {'yes' if r.fits else 'no':<5}"
+                     f"{_fmt_seconds(r.seconds_per_step):>9}{_fmt_seconds(r.total_seconds):>9}  {r.why}")
+    if result.recommended:
+        rec = result.recommended
+        c = rec.components
+        parts = ", ".join(f"{k.replace('_', ' ')} {human_bytes(v)}" for k, v in c.items() if v)
+        lines.append(f"recommended: {rec.strategy.name} (gradient checkpointing "
+                     f"{'on' if rec.strategy.gradient_checkpointing else 'off'}): {parts}")
+        flag = f"--plan {rec.strategy.plan}" + (" --precompute-ref" if rec.strategy.precompute_ref else "")
+        lines.append(f"  train it with: rounds train {w.stage} {flag} --batch {rec.strategy.micro_batch} "
+                     f"--grad-accum {max(1, -(-w.batch // rec.strategy.micro_batch))}   (or --plan auto)")
+    else:
+        lines.append("nothing fits this budget: shorten --max-length, or use a bigger device")
+    from engine.plan import time_uncertainty
+
+    lines.append(f"times: {time_uncertainty(d)}")
+    return "\n".join(lines)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.recipe import TrainSpec
     from engine.session import sessions_root
@@ -214,8 +317,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         system_interval=args.system_interval,
         columns={f: getattr(args, f"col_{f}") for f in fields if getattr(args, f"col_{f}")},
     )
+    from engine.plan import human_bytes, parse_size
+
+    budget = parse_size(args.mem_budget, "--mem-budget") if args.mem_budget else None
     writer, proc = start(spec, sessions_root(args.sessions), name=args.name, shared=args.shared_sessions,
-                         detach=args.detach, command=["rounds", *sys.argv[1:]])
+                         detach=args.detach, command=["rounds", *sys.argv[1:]], budget_bytes=budget,
+                         ignore_plan=args.ignore_plan)
+    plan = writer.meta["plan"]
+    print(f"rounds: plan {plan['name']}{' +precompute-ref' if plan['precompute_ref'] else ''}, micro-batch "
+          f"{plan['micro_batch']} x {plan['grad_accum']}, gradient checkpointing "
+          f"{'on' if plan['gradient_checkpointing'] else 'off'} ({plan['chosen_by']}); predicted peak "
+          f"{human_bytes(plan['predicted_peak_bytes'])} of {human_bytes(plan['usable_bytes'])} usable")
     _announce(writer, proc, args.detach)
     if args.detach:
         return 0

@@ -74,7 +74,9 @@ class ModelShape:
 
     def describe(self) -> str:
         label = self.model_type if self.supported else f"{self.model_type} (generic estimate)"
-        return f"{label}, {self.params_total / 1e9:.2f} B parameters"
+        n = self.params_total
+        count = f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+        return f"{label}, {count} parameters"
 
     @classmethod
     def from_config(cls, cfg: dict) -> ModelShape:

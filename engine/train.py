@@ -42,8 +42,57 @@ RUN_LOG = "run.log"
 
 # --------------------------------------------------------------------------- launching (no torch here)
 
+def choose_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None, ignore: bool = False) -> dict:
+    """Settle the plan before any weight is loaded: ``auto`` takes the planner's
+    recommendation; an explicit plan predicted not to fit is refused (unless ``ignore``)
+    with the nearest plan that fits. Returns the plan record for session.json."""
+    from engine import plan as pl
+    from engine.shapes import ModelShape, read_config
+
+    shape = ModelShape.from_config(read_config(spec.model))
+    device = pl.detect_device(spec.device, budget_bytes)
+    work = pl.Workload(spec.stage, spec.max_length, spec.batch * spec.grad_accum, examples, spec.epochs,
+                       spec.lora_rank)
+    chosen_by = "user"
+    if spec.plan == "auto":
+        result = pl.plan(shape, work, device)
+        if result.recommended is None:
+            smallest = min(result.strategies, key=lambda r: r.peak_bytes)
+            raise UserError(f"no plan fits {pl.human_bytes(result.usable_bytes)}: the smallest, "
+                            f"{smallest.strategy.name}, {smallest.why}",
+                            hint="shorten --max-length, or use a device with more memory (`rounds plan` shows all)")
+        r = result.recommended
+        effective = spec.batch * spec.grad_accum
+        spec.plan, spec.precompute_ref = r.strategy.plan, r.strategy.precompute_ref if spec.stage == "dpo" else False
+        spec.gradient_checkpointing = r.strategy.gradient_checkpointing
+        spec.batch, spec.grad_accum = r.strategy.micro_batch, max(1, -(-effective // r.strategy.micro_batch))
+        chosen_by = "auto"
+    else:
+        r = pl.strategy_result(shape, pl.Strategy(spec.plan, spec.precompute_ref, spec.gradient_checkpointing,
+                                                  spec.batch), work, device)
+        if not r.fits and not ignore:
+            near = pl.nearest_fitting(pl.plan(shape, work, device), r.strategy)
+            hint = "pass --ignore-plan to start it anyway"
+            if near:
+                flags = f"--plan {near.strategy.plan}" + (" --precompute-ref" if near.strategy.precompute_ref else "") \
+                    + ("" if near.strategy.gradient_checkpointing else " --no-gradient-checkpointing") \
+                    + f" --batch {near.strategy.micro_batch}"
+                hint = f"the nearest plan that fits: {near.strategy.name} ({flags}), peak " \
+                       f"{pl.human_bytes(near.peak_bytes)}; or pass --ignore-plan to start it anyway"
+            raise UserError(f"plan {r.strategy.name} will not fit: {r.why}", field="--plan", hint=hint)
+    return {"name": spec.plan, "precompute_ref": spec.precompute_ref,
+            "gradient_checkpointing": spec.gradient_checkpointing, "micro_batch": spec.batch,
+            "grad_accum": spec.grad_accum, "chosen_by": chosen_by, "fits": r.fits,
+            "predicted_peak_bytes": r.peak_bytes, "components": r.components, "moment": r.moment,
+            "budget_bytes": device.budget_bytes, "usable_bytes": int(device.budget_bytes * (1 - device.margin)),
+            "device": device.kind, "predicted_seconds_per_step": r.seconds_per_step,
+            "predicted_total_seconds": r.total_seconds}
+
+
 def prepare(spec: TrainSpec) -> dict:
     """Everything that can be checked without loading weights; raises ``UserError``."""
+    if spec.plan not in ("auto", "full", "lora", "qlora"):
+        raise UserError(f"unknown plan {spec.plan!r}", field="--plan", hint="use auto, full, lora or qlora")
     if spec.stage not in ("sft", "dpo"):
         raise UserError(f"unknown stage {spec.stage!r}", hint="use `rounds train sft` or `rounds train dpo`")
     if spec.batch < 1 or spec.grad_accum < 1:
@@ -59,13 +108,13 @@ def prepare(spec: TrainSpec) -> dict:
 
 
 def start(spec: TrainSpec, root: Path, *, name: str | None = None, shared: bool = False, detach: bool = False,
-          command: list[str] | None = None) -> tuple[SessionWriter, subprocess.Popen]:
+          command: list[str] | None = None, budget_bytes: int | None = None,
+          ignore_plan: bool = False) -> tuple[SessionWriter, subprocess.Popen]:
     facts = prepare(spec)
+    plan_record = choose_plan(spec, facts["train_rows"], budget_bytes, ignore_plan)
     writer = SessionWriter.create(root, "train", name=name, stage=spec.stage, command=command,
                                   config=spec.to_json(), shared=shared)
-    writer.update(plan={"name": spec.plan, "precompute_ref": spec.precompute_ref,
-                        "gradient_checkpointing": spec.gradient_checkpointing,
-                        "micro_batch": spec.batch, "grad_accum": spec.grad_accum},
+    writer.update(plan=plan_record,
                   data={"train_rows": facts["train_rows"], "val_rows": facts["val_rows"]},
                   launcher="detached" if detach else "foreground")
     return writer, spawn_worker(writer.path, detach)
@@ -362,7 +411,9 @@ def run_session(session: Path) -> int:
         writer.update(runtime=asdict(rt))
         for note in rt.notes:
             writer.event("event", kind="warning", message=note)
+        predicted = (writer.meta.get("plan") or {}).get("predicted_peak_bytes")
         writer.event("event", kind="plan", plan=spec.plan, device=rt.device, bf16=rt.bf16, optimizer=rt.optimizer,
+                     predicted_peak_bytes=predicted, chosen_by=(writer.meta.get("plan") or {}).get("chosen_by"),
                      micro_batch=spec.batch, grad_accum=spec.grad_accum, precompute_ref=spec.precompute_ref,
                      gradient_checkpointing=spec.gradient_checkpointing, max_length=spec.max_length)
         sampler = SystemSampler(writer, spec.system_interval).start()

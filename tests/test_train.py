@@ -39,8 +39,9 @@ def metrics(session: Path) -> list[dict]:
 def train(tmp_path: Path, stage: str, *args: str, env: dict | None = None, model: Path, data: Path | None = None):
     data = data or DEMO / ("sft_train.jsonl" if stage == "sft" else "dpo_train.jsonl")
     root = tmp_path / "sessions"
+    plan = () if "--plan" in args else ("--plan", "lora")  # explicit, so the tests don't depend on the planner
     r = run_rounds("--sessions", str(root), "train", stage, "--model", str(model), "--data", str(data),
-                   "--system-interval", "0.5", *args, env=env, timeout=300)
+                   "--system-interval", "0.5", *plan, *args, env=env, timeout=300)
     return r, root
 
 
@@ -184,7 +185,8 @@ def _start_slow_detached(tmp_path, model, *extra, env_extra=None, steps=12):
     root = tmp_path / "sessions"
     env = {"ROUNDS_FAULT_STEP_SLEEP": "0.4", **(env_extra or {})}
     r = run_rounds("--sessions", str(root), "train", "sft", "--model", str(model), "--data",
-                   str(DEMO / "sft_train.jsonl"), "--max-steps", str(steps), "--batch", "2", "--save-steps", "100",
+                   str(DEMO / "sft_train.jsonl"), "--plan", "lora", "--max-steps", str(steps), "--batch", "2",
+                   "--save-steps", "100",
                    "--system-interval", "0.5", "--detach", "--name", "night", *extra, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "rounds: started session" in r.stdout and "rounds resume" in r.stdout
@@ -259,7 +261,7 @@ def test_checkpoint_request_file_and_sigusr1(tmp_path, tiny_model):
 def test_detached_run_survives_the_hangup_of_its_shell(tmp_path, tiny_model):
     root = tmp_path / "sessions"
     cmd = (f"{sys.executable} -m console.cli --sessions {root} train sft --model {tiny_model} "
-           f"--data {DEMO / 'sft_train.jsonl'} --max-steps 10 --batch 2 --detach; sleep 60")
+           f"--data {DEMO / 'sft_train.jsonl'} --plan lora --max-steps 10 --batch 2 --detach; sleep 60")
     env = {**os.environ, "ROUNDS_FAULT_STEP_SLEEP": "0.3"}
     shell = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,0 +1,424 @@
+"""Predict peak memory and time of a training step from ``config.json`` alone.
+
+The memory model follows what a step holds, component by component:
+
+- weights: the policy (bf16/fp32, or NF4 4-bit + quantization constants for the decoder's
+  linear layers under QLoRA), DPO's frozen reference copy (``full`` without
+  ``--precompute-ref`` only; LoRA plans use the same weights with adapters off);
+- trainable parameters, their gradients and AdamW's two moments (fp32, or bf16 where TRL
+  casts QLoRA adapters to bf16; 8-bit paged AdamW on CUDA keeps two bytes a parameter);
+- activations per token and layer — every tensor the Llama-style decoder layer saves for
+  backward — without gradient checkpointing, or, with it, one layer input per layer plus
+  one layer recomputed at a time;
+- the LM head: TRL scores tokens in tiles (fused LM head), [min(tokens, 4096) x tile width];
+  DPO runs chosen and rejected in one forward, so its token count is doubled;
+- a dequantized weight at a time under QLoRA; CUDA context and allocator slack on GPU.
+
+The step's peak is the larger of two moments: the start of backward (all activations,
+the LM head's tiles) and the optimizer step (all gradients, with the moments). The
+per-token activation coefficients were calibrated against measured live-tensor peaks of
+real TRL runs (bench/plan_accuracy.py prints predicted vs measured for every point).
+
+Time: FLOPs of the step (forward, backward, recomputation, the reference forward) over
+the device's measured matmul throughput; ``calibrate_cpu`` runs a short probe, cached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.shapes import ModelShape
+
+GiB = 1024**3
+TOKEN_TILE = 4096  # TRL's fused LM head: tokens per tile
+MAX_TILE_WIDTH = 32768
+
+# Activation elements per token, fitted by least squares to measured live-tensor peaks of
+# real TRL steps on CPU (transformers' Llama, SDPA attention; bench/plan_accuracy.py):
+# "layer" x hidden for each layer whose activations are alive (all layers without gradient
+# checkpointing, one with it), "inputs" x hidden per layer for the layer inputs checkpointing
+# keeps, "inter" x intermediate once, and "tiles" copies of TRL's LM-head tile (CPU path).
+ACT = {
+    "full": {"layer": 27.5, "inputs": 4.5, "tiles_sft": 1.5, "tiles_dpo": 2.2},
+    "lora": {"layer": 30.9, "inputs": 0.0, "tiles_sft": 3.8, "tiles_dpo": 2.9},
+    "qlora": {"layer": 30.9, "inputs": 0.0, "tiles_sft": 3.8, "tiles_dpo": 2.9},
+}
+OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the gradients
+CUDA_CONTEXT = 600 * 2**20
+ALLOCATOR_SLACK = 0.08  # reserved beyond allocated on CUDA, as a fraction of the dynamic part
+
+
+@dataclass
+class Strategy:
+    plan: str  # full | lora | qlora
+    precompute_ref: bool = False
+    gradient_checkpointing: bool = True
+    micro_batch: int = 1
+
+    @property
+    def name(self) -> str:
+        parts = [self.plan]
+        if self.precompute_ref:
+            parts.append("+pre")
+        text = "".join(parts)
+        return f"{text}{'' if self.gradient_checkpointing else ' no-gc'} mb{self.micro_batch}"
+
+
+@dataclass
+class Workload:
+    stage: str  # sft | dpo
+    max_length: int = 1024
+    batch: int = 1  # effective batch (micro-batch x gradient accumulation)
+    examples: int | None = None  # pairs for DPO
+    epochs: float = 1.0
+    lora_rank: int = 16
+
+
+@dataclass
+class Device:
+    kind: str  # cpu | cuda
+    budget_bytes: int
+    dtype: str = "fp32"  # fp32 | bf16
+    flops: float = 0.0  # measured matmul FLOP/s, 0 when unknown
+    name: str = ""
+    calibrated: bool = False
+    margin: float = 0.10  # kept free
+
+    @property
+    def width(self) -> int:
+        return 2 if self.dtype == "bf16" else 4
+
+
+# --------------------------------------------------------------------------- sizes and devices
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?i?B?)\s*$", re.I)
+
+
+def parse_size(text: str, what: str = "--gpu-mem") -> int:
+    """'12GiB', '12 GB', '12G', '12000MiB' -> bytes. GB is 10^9, GiB 2^30; a bare G means GiB."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise UserError(f"{text!r} is not a size", field=what,
+                        hint="write it like 12GiB, 12GB, 12000MiB or 12G (G means GiB)")
+    value, unit = float(m.group(1)), m.group(2).upper()
+    if unit in ("", "B"):
+        return int(value)
+    prefix = unit[0]
+    power = "KMGT".index(prefix) + 1
+    decimal = unit.endswith("B") and "I" not in unit
+    return int(value * (1000**power if decimal else 1024**power))
+
+
+def _probe_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "rounds" / "device_probe.json"
+
+
+def matmul_flops(device: str = "cpu", dtype: str = "fp32", n: int = 1024, repeats: int = 3) -> float:
+    """Measured FLOP/s of an n x n x n matmul on this device (best of a few)."""
+    import torch
+
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dt)
+    b = torch.randn(n, n, device=device, dtype=dt)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        (a @ b).sum().item()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Device:
+    import psutil
+
+    cache = _probe_cache()
+    key = f"cpu:{os.cpu_count()}"
+    data = {}
+    if cache.exists():
+        try:
+            data = json.loads(cache.read_text())
+        except (OSError, json.JSONDecodeError):
+            data = {}
+    if refresh or key not in data:
+        data[key] = {"flops": matmul_flops("cpu", "fp32"), "time": time.time()}
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(data))
+        except OSError:
+            pass
+    if budget_bytes is None:
+        budget_bytes = psutil.virtual_memory().available
+    return Device("cpu", budget_bytes, "fp32", data[key]["flops"], name=f"CPU ({os.cpu_count()} cores)",
+                  calibrated=True)
+
+
+def cuda_device(budget_bytes: int, name: str = "GPU", bf16: bool = True, flops: float = 0.0) -> Device:
+    return Device("cuda", budget_bytes, "bf16" if bf16 else "fp32", flops, name=name, calibrated=flops > 0)
+
+
+# --------------------------------------------------------------------------- memory
+
+def _tokens(stage: str, micro_batch: int, seq: int) -> int:
+    return micro_batch * seq * (2 if stage == "dpo" else 1)
+
+
+def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> dict:
+    wb = d.width
+    P = shape.params_total
+    N = _tokens(w.stage, s.micro_batch, w.max_length)
+    h, L = shape.hidden, shape.layers
+    comp: dict[str, int] = {}
+
+    # weights
+    if s.plan == "qlora":
+        quantized = shape.params_linear
+        comp["policy_weights"] = int(quantized * (0.5 + 1 / 64 + 4 / (64 * 256)) + (P - quantized) * wb)
+    else:
+        comp["policy_weights"] = P * wb
+    comp["reference_weights"] = P * wb if (w.stage == "dpo" and s.plan == "full" and not s.precompute_ref) else 0
+
+    # trainable parameters, gradients, optimizer state
+    if s.plan == "full":
+        trainable, tw = P, wb
+        comp["trainable_parameters"] = 0  # they are the policy weights
+    else:
+        trainable = shape.lora_params(w.lora_rank)
+        tw = 2 if s.plan == "qlora" else 4  # TRL casts QLoRA adapters to bf16; PEFT keeps LoRA in fp32
+        comp["trainable_parameters"] = trainable * tw
+    grads = trainable * tw
+    if d.kind == "cuda":
+        opt = trainable * 2 + trainable * 4 // 2048  # paged 8-bit AdamW: two 1-byte moments + block scales
+    else:
+        opt = 2 * trainable * tw  # AdamW's moments, in the parameters' dtype
+
+    # activations (elements per token)
+    coef = ACT[s.plan]
+    if s.gradient_checkpointing:
+        per_token = coef["layer"] * h + coef["inputs"] * L * h
+    else:
+        per_token = coef["layer"] * L * h
+    act = N * per_token * wb
+    width = min(MAX_TILE_WIDTH, -(-shape.vocab // 64) * 64)
+    # on CUDA, TRL's Triton path keeps one tile; its torch fallback on CPU keeps several temporaries
+    copies = 1.0 if d.kind == "cuda" else coef["tiles_sft" if w.stage == "sft" else "tiles_dpo"]
+    tile = min(N, TOKEN_TILE) * width * wb * copies
+    head_grad = shape.vocab * h * tw if (s.plan == "full" and not shape.tied) else 0
+    quant = shape.intermediate * shape.hidden * wb if s.plan == "qlora" else 0  # one weight dequantized
+
+    start_of_backward = act + tile + head_grad + quant
+    optimizer_step = grads * (1 + OPTIMIZER_STEP_TEMPS)
+    if start_of_backward >= optimizer_step:
+        comp.update(gradients=head_grad, activations=act, logits=tile, quantization_buffers=quant)
+        moment = "start of backward"
+    else:
+        comp.update(gradients=optimizer_step, activations=0, logits=0, quantization_buffers=0)
+        moment = "optimizer step"
+    comp["optimizer_state"] = opt
+    dynamic = sum(v for k, v in comp.items() if k not in ("policy_weights", "reference_weights",
+                                                          "trainable_parameters"))
+    comp["framework_overhead"] = int(CUDA_CONTEXT + ALLOCATOR_SLACK * dynamic) if d.kind == "cuda" else 0
+    comp = {k: int(v) for k, v in comp.items()}
+    return {"peak_bytes": sum(comp.values()), "components": comp, "moment": moment,
+            "allocated_bytes": sum(comp.values()) - comp["framework_overhead"]}
+
+
+# --------------------------------------------------------------------------- time
+
+# Calibration of achieved vs probed FLOP/s for a training step, and a per-layer-pass
+# overhead (kernel launches, Python) that dominates small models.
+EFFICIENCY = {"cpu": 0.94, "cuda": 0.45}
+LAYER_PASS_SECONDS = {"cpu": 4.3e-3, "cuda": 1.5e-4}
+QLORA_SLOWDOWN = {"cpu": 1.0, "cuda": 1.25}
+
+
+def step_flops(shape: ModelShape, s: Strategy, w: Workload) -> tuple[float, float]:
+    """(FLOPs of one micro-step, layer passes) for the policy and, for DPO, the reference."""
+    N = _tokens(w.stage, s.micro_batch, w.max_length)
+    matmul = 2 * (shape.params_linear + shape.vocab * shape.hidden)  # per token, forward
+    attn = 2 * shape.layers * w.max_length * shape.q_out  # causal attention, per token, forward
+    fwd = N * (matmul + attn)
+    # forward + backward; LoRA skips the frozen weights' gradients, but on measured runs its
+    # adapter matmuls and dropout cost about as much again, so both count three passes
+    passes = 3.0
+    if s.gradient_checkpointing:
+        passes += 1.0
+    total = fwd * passes
+    layer_passes = passes
+    if w.stage == "dpo" and not s.precompute_ref:
+        total += fwd
+        layer_passes += 1
+    return total, layer_passes * shape.layers
+
+
+def predict_seconds(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> float:
+    flops, layer_passes = step_flops(shape, s, w)
+    rate = (d.flops or (2e11 if d.kind == "cpu" else 2e14)) * EFFICIENCY[d.kind]
+    seconds = flops / rate + layer_passes * LAYER_PASS_SECONDS[d.kind]
+    if s.plan == "qlora":
+        seconds *= QLORA_SLOWDOWN[d.kind]
+    return seconds
+
+
+# --------------------------------------------------------------------------- planning
+
+@dataclass
+class StrategyResult:
+    strategy: Strategy
+    fits: bool
+    peak_bytes: int
+    components: dict
+    moment: str
+    seconds_per_step: float
+    total_seconds: float | None
+    steps: int | None
+    why: str
+
+    def to_json(self) -> dict:
+        return {"name": self.strategy.name, **asdict(self.strategy), "fits": self.fits,
+                "peak_bytes": self.peak_bytes, "components": self.components, "moment": self.moment,
+                "seconds_per_step": self.seconds_per_step, "total_seconds": self.total_seconds,
+                "steps": self.steps, "why": self.why}
+
+
+@dataclass
+class PlanResult:
+    shape: ModelShape
+    workload: Workload
+    device: Device
+    strategies: list[StrategyResult] = field(default_factory=list)
+    recommended: StrategyResult | None = None
+
+    @property
+    def usable_bytes(self) -> int:
+        return int(self.device.budget_bytes * (1 - self.device.margin))
+
+    def to_json(self) -> dict:
+        return {"budget_bytes": self.device.budget_bytes, "usable_bytes": self.usable_bytes,
+                "device": asdict(self.device), "model": asdict(self.shape), "workload": asdict(self.workload),
+                "strategies": [r.to_json() for r in self.strategies],
+                "recommended": self.recommended.strategy.name if self.recommended else None,
+                "time_uncertainty": time_uncertainty(self.device)}
+
+
+def time_uncertainty(d: Device) -> str:
+    if d.kind == "cpu" and d.calibrated:
+        return "±25% (matmul throughput measured on this CPU; step model checked by bench/plan_accuracy.py)"
+    if d.calibrated:
+        return "±40% (GPU throughput measured; GPU step model not yet checked against runs)"
+    return "±60% (no throughput measured for this device: a typical figure was assumed)"
+
+
+def human_bytes(n: float) -> str:
+    """Binary units, as GPU memory is sold and shown: 12.0 GiB, 206 MiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{int(n)} B"
+
+
+def human_params(n: float) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+
+_gb = human_bytes
+
+
+def explain(shape: ModelShape, r: StrategyResult, w: Workload, usable: int) -> str:
+    c = r.components
+    biggest = max(c.items(), key=lambda kv: kv[1])
+    s = r.strategy
+    if r.fits:
+        return f"peak {_gb(r.peak_bytes)} at the {r.moment}, {_gb(usable - r.peak_bytes)} to spare"
+    if c["reference_weights"] and c["reference_weights"] + c["policy_weights"] > 0.35 * r.peak_bytes:
+        width = "bf16" if c["policy_weights"] == shape.params_total * 2 else "fp32"
+        return (f"needs {_gb(r.peak_bytes)}: two {width} copies of {human_params(shape.params_total)} parameters "
+                f"(policy + frozen reference) = {_gb(c['policy_weights'] + c['reference_weights'])}")
+    state = c["policy_weights"] + c["gradients"] + c["optimizer_state"]
+    if s.plan == "full" and state > 0.5 * r.peak_bytes:
+        return (f"needs {_gb(r.peak_bytes)}: full training keeps weights, gradients and optimizer state "
+                f"for {human_params(shape.params_total)} parameters "
+                f"({_gb(state)})")
+    names = {"activations": "activations", "logits": "LM-head tiles", "policy_weights": "weights",
+             "optimizer_state": "optimizer state", "gradients": "gradients"}
+    return (f"needs {_gb(r.peak_bytes)}, over the {_gb(usable)} usable; largest part: "
+            f"{names.get(biggest[0], biggest[0])} {_gb(biggest[1])} (micro-batch {s.micro_batch}, "
+            f"{w.max_length} tokens{', x2 for chosen+rejected' if w.stage == 'dpo' else ''})")
+
+
+def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlora"),
+         max_micro_batch: int | None = None) -> PlanResult:
+    result = PlanResult(shape, w, d)
+    top = max_micro_batch or max(1, w.batch)
+    micro = [m for m in (1, 2, 4, 8, 16, 32, 64) if m <= top]
+    for p in plans:
+        for pre in ((False, True) if w.stage == "dpo" else (False,)):
+            for gc in (True, False):
+                for m in micro:
+                    r = strategy_result(shape, Strategy(p, pre, gc, m), w, d)
+                    if r.total_seconds is not None and pre:  # the one-off reference pass over the data
+                        ref_fwd, _ = step_flops(shape, Strategy(p, False, False, m), w)
+                        rate = (d.flops or (2e11 if d.kind == "cpu" else 2e14)) * EFFICIENCY[d.kind]
+                        r.total_seconds += (w.examples / m) * (ref_fwd / 4) / rate
+                    result.strategies.append(r)
+    fitting = [r for r in result.strategies if r.fits]
+    if fitting:
+        result.recommended = min(fitting, key=lambda r: (r.total_seconds or r.seconds_per_step, r.peak_bytes))
+    return result
+
+
+def nearest_fitting(result: PlanResult, wanted: Strategy) -> StrategyResult | None:
+    """For a refused explicit plan: the fitting strategy that changes the fewest choices."""
+    fitting = [r for r in result.strategies if r.fits]
+    if not fitting:
+        return None
+
+    def distance(r: StrategyResult) -> tuple:
+        s = r.strategy
+        changes = (s.plan != wanted.plan) * 4 + (s.precompute_ref != wanted.precompute_ref) \
+            + (s.gradient_checkpointing != wanted.gradient_checkpointing) + (s.micro_batch != wanted.micro_batch)
+        return (changes, r.seconds_per_step)
+
+    return min(fitting, key=distance)
+
+
+# --------------------------------------------------------------------------- devices and training
+
+def detect_device(device: str = "auto", budget_bytes: int | None = None) -> Device:
+    """The device a run will use, from NVML (no torch import): the first GPU's memory, or the
+    available RAM on CPU. ``budget_bytes`` overrides the memory (e.g. to act as a 12 GB card)."""
+    if device in ("auto", "cuda"):
+        from engine.probe import SystemProbe
+
+        gpus = SystemProbe().gpus()
+        if gpus and gpus[0].get("mem_total"):
+            gpu = gpus[0]
+            return cuda_device(budget_bytes or gpu["mem_total"], name=gpu.get("name", "GPU"))
+        if device == "cuda":
+            raise UserError("--device cuda, but no NVIDIA GPU is visible (NVML found none)", field="--device",
+                            hint="check `nvidia-smi`, or plan for --device cpu")
+    return calibrate_cpu(budget_bytes)
+
+
+def strategy_result(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> StrategyResult:
+    usable = int(d.budget_bytes * (1 - d.margin))
+    mem = predict_memory(shape, s, w, d)
+    accum = max(1, math.ceil(w.batch / s.micro_batch))
+    sps = predict_seconds(shape, s, w, d) * accum
+    steps = math.ceil(w.examples * w.epochs / max(1, w.batch)) if w.examples else None
+    r = StrategyResult(s, mem["peak_bytes"] <= usable, mem["peak_bytes"], mem["components"], mem["moment"], sps,
+                       steps * sps if steps else None, steps, "")
+    r.why = explain(shape, r, w, usable)
+    return r

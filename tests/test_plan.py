@@ -1,0 +1,189 @@
+"""Planner: exact parameter counts, component arithmetic, the user's 7 B / 12 GiB case, CLI, --plan auto."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_rounds
+from engine import plan as pl
+from engine.errors import UserError
+from engine.session import read_session_json
+from engine.shapes import ModelShape, read_config
+
+FIXTURES = ROOT / "tests" / "fixtures" / "configs"
+# Published parameter counts of the real models whose config.json the fixtures hold.
+PUBLISHED = {
+    "llama-2-7b": 6_738_415_616, "llama-3-8b": 8_030_261_248, "llama-3.2-1b": 1_235_814_400,
+    "mistral-7b-v0.1": 7_241_732_096, "qwen2.5-7b": 7_615_616_512, "qwen2.5-0.5b": 494_032_768,
+    "phi-3-mini-4k": 3_821_079_552, "gemma-2-2b": 2_614_341_888, "gemma-2-9b": 9_241_705_984,
+}
+GiB = 2**30
+
+
+def shape(name: str) -> ModelShape:
+    return ModelShape.from_config(read_config(FIXTURES / f"{name}.json"))
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_count_is_exact(name):
+    s = shape(name)
+    assert s.supported
+    assert s.params_total == PUBLISHED[name]
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "qwen2.5-0.5b", "gemma-2-2b", "phi-3-mini-4k"])
+def test_count_matches_the_model_instantiated_on_meta(name):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    raw = json.loads((FIXTURES / f"{name}.json").read_text())
+    cfg = AutoConfig.for_model(**{k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype",
+                                                                          "transformers_version")})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    assert sum(p.numel() for p in model.parameters()) == shape(name).params_total
+
+
+def test_tiny_model_count_matches_its_weights(tiny_model):
+    info = json.loads((tiny_model / "rounds_tiny_model.json").read_text())
+    assert ModelShape.from_config(read_config(tiny_model)).params_total == info["parameters"]
+
+
+def test_tied_embeddings_and_gqa_are_counted():
+    gemma, llama = shape("gemma-2-2b"), shape("llama-2-7b")
+    assert gemma.tied and gemma.params_lm_head == 0 and gemma.kv_heads == 4 and gemma.norms_per_layer == 4
+    assert not llama.tied and llama.params_lm_head == 32000 * 4096
+    assert shape("qwen2.5-7b").qkv_bias
+
+
+def test_unknown_architecture_is_a_labelled_generic_estimate():
+    s = ModelShape.from_config({"model_type": "mystery", "hidden_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "vocab_size": 100, "intermediate_size": 128})
+    assert not s.supported and "generic estimate" in s.describe()
+
+
+def test_users_case_7b_dpo_on_12gib():
+    s = shape("llama-2-7b")
+    work = pl.Workload("dpo", max_length=1024, batch=1, examples=8484)
+    device = pl.cuda_device(12 * GiB, name="12 GiB card")
+    result = pl.plan(s, work, device)
+    naive = next(r for r in result.strategies if r.strategy.name == "full mb1")
+    assert naive.peak_bytes >= 24e9 and not naive.fits
+    # the two bf16 copies alone, the user's 26 GB
+    assert naive.components["policy_weights"] == naive.components["reference_weights"] == 6_738_415_616 * 2
+    assert "two bf16 copies of 6.74 B parameters" in naive.why
+    assert result.recommended is not None and result.recommended.fits
+    assert result.recommended.strategy.plan == "qlora"
+    assert result.recommended.peak_bytes <= 8 * GiB
+
+
+def test_component_arithmetic():
+    s = shape("llama-2-7b")
+    cpu = pl.Device("cpu", 10**13, "fp32", 1e11)
+    work = pl.Workload("dpo", 512, 1, lora_rank=16)
+    full = pl.predict_memory(s, pl.Strategy("full", False, True, 1), work, cpu)["components"]
+    pre = pl.predict_memory(s, pl.Strategy("full", True, True, 1), work, cpu)["components"]
+    lora = pl.predict_memory(s, pl.Strategy("lora", False, True, 1), work, cpu)["components"]
+    qlora = pl.predict_memory(s, pl.Strategy("qlora", False, True, 1), work, cpu)["components"]
+    assert full["reference_weights"] == s.params_total * 4 and pre["reference_weights"] == 0
+    assert lora["reference_weights"] == 0  # adapters off: no second copy
+    assert full["optimizer_state"] == 2 * s.params_total * 4  # AdamW moments, fp32
+    assert lora["trainable_parameters"] == s.lora_params(16) * 4
+    # NF4: half a byte per quantized weight plus its constants, the rest unquantized
+    assert qlora["policy_weights"] < lora["policy_weights"] / 4
+    # LoRA rank 16 on every linear layer of Llama-2-7B: 39,976,960 adapter parameters (PEFT's count)
+    assert s.lora_params(16) == 39_976_960
+    # checkpointing keeps one layer's activations instead of all
+    gc = pl.predict_memory(s, pl.Strategy("lora", False, True, 1), work, cpu)["components"]["activations"]
+    nogc = pl.predict_memory(s, pl.Strategy("lora", False, False, 1), work, cpu)["components"]["activations"]
+    assert nogc > 10 * gc
+    # DPO runs chosen and rejected: twice the tokens of SFT
+    sft = pl.predict_memory(s, pl.Strategy("lora", False, False, 1), pl.Workload("sft", 512), cpu)
+    assert nogc == pytest.approx(2 * sft["components"]["activations"])
+
+
+@pytest.mark.parametrize("text,expected", [("12GiB", 12 * GiB), ("12 GB", 12 * 10**9), ("12G", 12 * GiB),
+                                           ("512MiB", 512 * 2**20), ("1.5GiB", int(1.5 * GiB)), ("100", 100)])
+def test_parse_size(text, expected):
+    assert pl.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["12XB", "twelve", "", "-3GiB"])
+def test_parse_size_rejects_nonsense(bad):
+    with pytest.raises(UserError) as e:
+        pl.parse_size(bad)
+    assert e.value.field == "--gpu-mem" and "12GiB" in e.value.hint
+
+
+def test_cli_plan_table_and_json():
+    r = run_rounds("plan", "--model", str(FIXTURES / "llama-2-7b.json"), "--stage", "dpo", "--gpu-mem", "12GiB",
+                   "--pairs", "8484")
+    assert r.returncode == 0, r.stderr
+    assert "two bf16 copies of 6.74 B parameters" in r.stdout and "recommended: qlora" in r.stdout
+    assert "* qlora" in r.stdout
+    r = run_rounds("plan", "--model", str(FIXTURES / "mistral-7b-v0.1.json"), "--stage", "sft", "--gpu-mem", "16GB",
+                   "--json", "--batch", "4")
+    data = json.loads(r.stdout)
+    assert data["budget_bytes"] == 16 * 10**9
+    assert {"name", "fits", "peak_bytes", "components", "seconds_per_step", "total_seconds", "why"} \
+        <= set(data["strategies"][0])
+    assert data["recommended"] in {s["name"] for s in data["strategies"] if s["fits"]}
+    assert {"policy_weights", "reference_weights", "trainable_parameters", "gradients", "optimizer_state",
+            "activations", "logits", "quantization_buffers", "framework_overhead"} \
+        <= set(data["strategies"][0]["components"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "/nonexistent", "--stage", "sft"], "no such file"),
+    (["--model", str(FIXTURES.parent), "--stage", "sft"], "no config.json"),
+    (["--model", str(FIXTURES / "llama-2-7b.json"), "--stage", "sft", "--gpu-mem", "12XB"], "'12XB' is not a size"),
+])
+def test_cli_plan_bad_input(args, message):
+    r = run_rounds("plan", *args)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_plan_nothing_fits_exits_1():
+    r = run_rounds("plan", "--model", str(FIXTURES / "llama-3-8b.json"), "--stage", "dpo", "--gpu-mem", "2GiB")
+    assert r.returncode == 1 and "nothing fits" in r.stdout
+
+
+def test_train_auto_plan_is_recorded(tmp_path, tiny_model):
+    root = tmp_path / "s"
+    r = run_rounds("--sessions", str(root), "train", "sft", "--model", str(tiny_model), "--data",
+                   str(ROOT / "engine" / "demo_data" / "sft_train.jsonl"), "--max-steps", "2", "--batch", "4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(auto); predicted peak" in r.stdout
+    meta = read_session_json(next(root.iterdir()))
+    plan = meta["plan"]
+    assert plan["chosen_by"] == "auto" and plan["fits"] and plan["predicted_peak_bytes"] > 0
+    assert plan["micro_batch"] * plan["grad_accum"] >= 4
+    assert meta["config"]["plan"] == plan["name"] != "auto"
+    event = next(e for e in map(json.loads, (next(root.iterdir()) / "events.jsonl").read_text().splitlines())
+                 if e.get("kind") == "plan")
+    assert event["predicted_peak_bytes"] == plan["predicted_peak_bytes"]
+
+
+def test_explicit_plan_that_cannot_fit_is_refused_before_loading(tmp_path, tiny_model):
+    root = tmp_path / "s"
+    r = run_rounds("--sessions", str(root), "train", "dpo", "--model", str(tiny_model), "--data",
+                   str(ROOT / "engine" / "demo_data" / "dpo_train.jsonl"), "--plan", "full", "--batch", "4",
+                   "--mem-budget", "60MiB")
+    assert r.returncode == 1
+    assert "plan full mb4 will not fit" in r.stderr and "the nearest plan that fits" in r.stderr
+    assert not root.exists() or not any(root.iterdir())  # no session, nothing loaded
+    r = run_rounds("--sessions", str(root), "train", "dpo", "--model", str(tiny_model), "--data",
+                   str(ROOT / "engine" / "demo_data" / "dpo_train.jsonl"), "--plan", "auto", "--batch", "4",
+                   "--mem-budget", "60MiB", "--max-steps", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    meta = read_session_json(next(Path(root).iterdir()))
+    assert meta["plan"]["predicted_peak_bytes"] <= 60 * 2**20 * 0.9
+
+
+def test_auto_with_nothing_fitting_says_so(tmp_path, tiny_model):
+    r = run_rounds("--sessions", str(tmp_path / "s"), "train", "sft", "--model", str(tiny_model), "--data",
+                   str(ROOT / "engine" / "demo_data" / "sft_train.jsonl"), "--mem-budget", "1MiB")
+    assert r.returncode == 1 and "no plan fits" in r.stderr
