@@ -155,6 +155,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", metavar="NAME", help="session name (letters, digits, . _ -)")
     p.set_defaults(func=cmd_train)
 
+    p = _verb(sub, "eval", "generate answers for a test set into an eval session (batched, greedy, resumable)",
+              "rounds eval --model sessions/SFT_ID/merged --data engine/demo_data/test.jsonl --held-out",
+              "Writes results.jsonl (one line per item, as each batch finishes) and results.csv: id, question,\n"
+              "context, reference, answer, model, generation settings and pre-screen flags (numbers and terms\n"
+              "absent from the reference, empty, truncated, repetitive answers, length ratio). Ctrl-C stops\n"
+              "after the current batch; `rounds eval --resume SESSION` continues from the first missing item.")
+    p.add_argument("--model", metavar="PATH", help="local model folder")
+    p.add_argument("--adapter", metavar="PATH", help="a LoRA adapter on top of --model")
+    p.add_argument("--data", metavar="FILE", help="test set: question, reference (+ id, context)")
+    p.add_argument("--max-examples", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="prompts per generate() call (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--held-out", action="store_true", help="mark it a held-out test set: `rounds pairs` refuses it")
+    for fld in ("question", "reference", "context", "id"):
+        p.add_argument(f"--{fld}", dest=f"col_{fld}", metavar="COL", help=f"column holding the {fld}")
+    p.add_argument("--name", metavar="NAME")
+    p.add_argument("--resume", metavar="SESSION", help="continue an interrupted evaluation")
+    p.set_defaults(func=cmd_eval)
+
+    p = _verb(sub, "import-results", "make an eval session from an existing results CSV/JSONL",
+              "rounds import-results evaluation_results.csv --question Question --reference gold --answer output")
+    p.add_argument("file", metavar="FILE")
+    for fld in ("question", "reference", "answer", "context", "id"):
+        p.add_argument(f"--{fld}", dest=f"col_{fld}", metavar="COL", help=f"column holding the {fld}")
+    p.add_argument("--model-name", metavar="TEXT", help="what produced the answers (recorded)")
+    p.add_argument("--held-out", action="store_true", help="mark it a held-out test set")
+    p.add_argument("--name", metavar="NAME")
+    p.set_defaults(func=cmd_import)
+
+    p = _verb(sub, "assess", "mark an eval session's answers (automatic rules; the keyboard screen comes later)",
+              "rounds assess SESSION --auto contains",
+              "--auto exact|contains marks every item by comparing answer and reference (normalised text:\n"
+              "exact equality, or the reference contained in the answer), as annotator auto:RULE, so people\n"
+              "review rather than start from nothing. The interactive assessment screen is not built yet.")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("--auto", choices=["exact", "contains"], required=True)
+    p.set_defaults(func=cmd_assess)
+
+    p = _verb(sub, "report", "rates with 95 % intervals, categories, agreement: report.md and report.json",
+              "rounds report SESSION")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = _verb(sub, "compare", "two sessions' rates; exact McNemar and the paired difference on shared items",
+              "rounds compare SFT_EVAL_ID DPO_EVAL_ID")
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+    p.add_argument("--annotator", metavar="NAME", help="use this annotator's marks (default: the consensus)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = _verb(sub, "pairs", "turn items judged hallucinated into DPO triplets (prompt, chosen, rejected)",
+              "rounds pairs ROUND_ID --out data/pairs.jsonl --val-fraction 0.1")
+    p.add_argument("sessions", metavar="SESSION", nargs="+")
+    p.add_argument("--out", required=True, metavar="FILE.jsonl", help="train triplets; FILE.val.jsonl gets the rest")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F")
+    p.add_argument("--annotator", metavar="NAME", help="use this annotator's marks (default: the consensus)")
+    p.add_argument("--allow-test-items", action="store_true", help="allow items of held-out test sessions")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_pairs)
+
     p = _verb(sub, "resume", "continue a stopped or failed training run from its last complete checkpoint",
               "rounds resume 20261128-021500-train-sft-demo --detach",
               "Restores weights or adapter, optimizer, scheduler, RNG and step from the newest complete\n"
@@ -354,6 +417,88 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     return _finish(writer.path, follow(proc, writer.path / "run.log"))
+
+
+def _cols(args: argparse.Namespace, fields: tuple[str, ...]) -> dict[str, str]:
+    return {f: getattr(args, f"col_{f}") for f in fields if getattr(args, f"col_{f}", None)}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from engine import evaluate
+    from engine.session import sessions_root
+
+    if args.resume:
+        session = _session_path(args, args.resume)
+        evaluate.eval_session(session)
+    else:
+        missing = [f for f in ("model", "data") if not getattr(args, f)]
+        if missing:
+            raise UserError(f"--{missing[0]} is required (or --resume SESSION)", field=f"--{missing[0]}")
+        spec = evaluate.EvalSpec(model=args.model, data=args.data, adapter=args.adapter,
+                                 max_examples=args.max_examples, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens, device=args.device, held_out=args.held_out,
+                                 columns=_cols(args, ("question", "reference", "context", "id")))
+        writer = evaluate.start(spec, sessions_root(args.sessions), name=args.name, shared=args.shared_sessions,
+                                command=["rounds", *sys.argv[1:]])
+        session = writer.path
+        print(f"rounds: evaluation session {writer.id} ({writer.meta['items']} items)", flush=True)
+    return evaluate.run(session, echo=lambda m: print(m, flush=True))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from engine.evaluate import import_results
+    from engine.session import sessions_root
+
+    writer = import_results(args.file, _cols(args, ("question", "reference", "answer", "context", "id")),
+                            sessions_root(args.sessions), name=args.name, shared=args.shared_sessions,
+                            command=["rounds", *sys.argv[1:]], model=args.model_name, held_out=args.held_out)
+    print(f"rounds: imported {writer.meta['items']} results into session {writer.id}\n"
+          f"  assess them: rounds assess {writer.id} --auto contains   (or by hand, once the screen exists)")
+    return 0
+
+
+def cmd_assess(args: argparse.Namespace) -> int:
+    from engine.report import auto_assess
+
+    session = _session_path(args, args.session)
+    counts = auto_assess(session, args.auto)
+    print(f"rounds: marked {sum(counts.values())} items as auto:{args.auto}: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from engine.report import write_report
+
+    session = _session_path(args, args.session)
+    rep, md = write_report(session)
+    print(json.dumps(rep, indent=1) if args.json else md, end="" if not args.json else "\n")
+    if not args.json:
+        print(f"(written to {session / 'report.md'} and report.json)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from engine.report import write_compare
+
+    a, b = _session_path(args, args.a), _session_path(args, args.b)
+    c, md = write_compare(a, b, args.annotator)
+    print(json.dumps(c, indent=1) if args.json else md, end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from engine.report import make_pairs
+
+    sessions = [_session_path(args, s) for s in args.sessions]
+    rep = make_pairs(sessions, Path(args.out), args.val_fraction, args.annotator, args.allow_test_items, args.seed)
+    print(f"rounds: {rep['train_pairs']} training pairs in {rep['train']}, {rep['val_pairs']} in {rep['val']}"
+          + (f"; dropped: {', '.join(f'{k} {v}' for k, v in rep['dropped'].items())}" if rep["dropped"] else ""))
+    ratio = rep["chosen_rejected_length_ratio"]
+    print(f"  chosen/rejected length ratio: mean {ratio['mean']}, min {ratio['min']}, max {ratio['max']}")
+    if rep.get("warning"):
+        print(f"  warning: {rep['warning']}")
+    return 0
 
 
 def _load_tokenizer(path: str):

@@ -1,0 +1,310 @@
+"""Evaluation sessions: generate answers for a test set, or import someone's results.
+
+``results.jsonl`` gets one line per item as soon as its batch is done (so an interrupted
+evaluation continues from the first missing item), and ``results.csv`` is written at
+the end. Generation is batched and greedy, with left padding and the tokenizer's chat
+template; ``progress`` events carry items done, items/s, tokens/s and an ETA.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.data import load, prompt_text
+from engine.errors import UserError
+from engine.prescreen import flags
+from engine.session import SessionWriter, file_mode, read_session_json
+
+RESULTS = "results.jsonl"
+RESULTS_CSV = "results.csv"
+CSV_FIELDS = ["id", "question", "context", "reference", "answer", "model", "truncated", "new_tokens",
+              "flag_count", "numbers_absent", "terms_absent"]
+
+
+@dataclass
+class EvalSpec:
+    model: str
+    data: str
+    adapter: str | None = None
+    max_examples: int | None = None
+    batch_size: int = 8
+    max_new_tokens: int = 128
+    device: str = "auto"
+    held_out: bool = False
+    columns: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict) -> EvalSpec:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def item_rows(spec: EvalSpec) -> list[dict]:
+    rows = load(spec.data, "test", spec.columns)
+    for r in rows:
+        r["id"] = str(r["id"]) if r.get("id") not in (None, "") else f"line-{r['line']}"
+    return rows[: spec.max_examples] if spec.max_examples else rows
+
+
+def read_results(session: Path) -> list[dict]:
+    path = Path(session) / RESULTS
+    out = []
+    if not path.exists():
+        return out
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break  # a line cut off by a crash: that item is simply done again
+            try:
+                out.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _append_results(session: Path, records: list[dict]) -> None:
+    data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records)
+    fd = os.open(session / RESULTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode(session))
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_csv(session: Path) -> Path:
+    rows = read_results(session)
+    path = session / RESULTS_CSV
+    tmp = session / f".{RESULTS_CSV}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode(session))
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_FIELDS)
+        for r in rows:
+            fl = r.get("flags") or {}
+            w.writerow([r.get("id"), r.get("question"), r.get("context") or "", r.get("reference"), r.get("answer"),
+                        r.get("model"), r.get("truncated"), r.get("new_tokens"), fl.get("count", 0),
+                        "; ".join(fl.get("numbers_absent", [])), "; ".join(fl.get("terms_absent", []))])
+    os.replace(tmp, path)
+    return path
+
+
+def _extra(row: dict) -> dict:
+    skip = {"id", "question", "context", "reference", "answer", "line"}
+    return {k: v for k, v in row.items() if k not in skip}
+
+
+def start(spec: EvalSpec, root: Path, *, name: str | None = None, shared: bool = False,
+          command: list[str] | None = None) -> SessionWriter:
+    from engine.recipe import check_adapter_folder, check_model_folder
+
+    check_model_folder(spec.model)
+    if spec.adapter:
+        check_adapter_folder(spec.adapter)
+    rows = item_rows(spec)
+    writer = SessionWriter.create(root, "eval", name=name, stage="eval", command=command, config=asdict(spec),
+                                  shared=shared)
+    writer.update(items=len(rows), held_out=spec.held_out)
+    return writer
+
+
+def run(session: Path, echo=print) -> int:
+    """Generate the missing answers of an eval session; returns an exit code."""
+    writer = SessionWriter.reopen(session)
+    spec = EvalSpec.from_json(writer.meta["config"])
+    stop = {"reason": None}
+
+    def on_signal(signum, frame):
+        stop["reason"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        rows = item_rows(spec)
+        done = {r["id"] for r in read_results(session)}
+        todo = [r for r in rows if r["id"] not in done]
+        writer.set_status("running")
+        if done:
+            writer.event("event", kind="resumed", done=len(done), remaining=len(todo))
+        if todo:
+            _generate(spec, writer, todo, len(rows), len(done), stop, echo)
+        write_csv(session)
+        if stop["reason"]:
+            writer.set_status("stopped", reason=stop["reason"])
+            echo(f"rounds: stopped ({stop['reason']}); continue with `rounds eval --resume {session.name}`")
+            return 0
+        writer.event("event", kind="finished", items=len(rows))
+        writer.set_status("finished")
+        echo(f"rounds: {len(rows)} answers in {session / RESULTS} and {session / RESULTS_CSV}")
+        return 0
+    except UserError as e:
+        writer.event("event", kind="error", message=str(e))
+        writer.set_status("failed", error=e.message)
+        raise
+    except Exception as e:
+        import traceback
+
+        traceback.print_exc()
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        writer.event("event", kind="error", message=reason)
+        writer.set_status("failed", error=reason)
+        return 1
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        writer.close()
+
+
+def load_for_generation(model_path: str, adapter: str | None, device: str):
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, local_files_only=True,
+                                                     use_safetensors=True)
+    except Exception as e:
+        raise UserError(f"cannot load the model from {model_path}: {e}", field="--model") from None
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # merged: faster generation
+    model.to(device).eval()
+    return tok, model, device
+
+
+def generate_batch(tok, model, device: str, prompts: list[str], max_new_tokens: int) -> list[tuple[str, int, bool]]:
+    """(answer, new tokens, truncated) for each prompt, greedy, one padded batch."""
+    import torch
+
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+    new = out[:, enc["input_ids"].shape[1]:]
+    results = []
+    for seq in new:
+        ids = seq.tolist()
+        if tok.eos_token_id in ids:
+            n = ids.index(tok.eos_token_id)
+            truncated = False
+        else:
+            n = len([i for i in ids if i != tok.pad_token_id])
+            truncated = n >= max_new_tokens
+        results.append((tok.decode(ids[:n], skip_special_tokens=True).strip(), n, truncated))
+    return results
+
+
+def _generate(spec: EvalSpec, writer: SessionWriter, todo: list[dict], total: int, done: int, stop: dict,
+              echo) -> None:
+    tok, model, device = load_for_generation(spec.model, spec.adapter, spec.device)
+    writer.event("event", kind="plan", device=device, batch_size=spec.batch_size,
+                 max_new_tokens=spec.max_new_tokens, decoding="greedy")
+    # longest prompts first: batches of similar length waste little on padding
+    todo = sorted(todo, key=lambda r: len(prompt_text(r)), reverse=True)
+    t0 = time.monotonic()
+    tokens = 0
+    for start_i in range(0, len(todo), spec.batch_size):
+        if stop["reason"]:
+            break
+        batch = todo[start_i:start_i + spec.batch_size]
+        answers = generate_batch(tok, model, device, [prompt_text(r) for r in batch], spec.max_new_tokens)
+        records = []
+        for row, (answer, n, truncated) in zip(batch, answers, strict=True):
+            tokens += n
+            records.append({
+                "id": row["id"], "question": row["question"], "context": row.get("context"),
+                "reference": row["reference"], "answer": answer, "model": spec.model, "adapter": spec.adapter,
+                "generation": {"decoding": "greedy", "max_new_tokens": spec.max_new_tokens,
+                               "batch_size": spec.batch_size},
+                "new_tokens": n, "truncated": truncated,
+                "flags": flags(answer, row["reference"], row.get("context") or "", row["question"], truncated),
+                **({"extra": _extra(row)} if _extra(row) else {}),
+            })
+        _append_results(writer.path, records)
+        done += len(batch)
+        elapsed = time.monotonic() - t0
+        ips = (start_i + len(batch)) / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / ips if ips else None
+        writer.event("progress", step=done, max_steps=total, items_per_second=round(ips, 3),
+                     tokens_per_second=round(tokens / elapsed, 1) if elapsed else None,
+                     eta_seconds=round(eta, 1) if eta is not None else None)
+        echo(f"items {done}/{total}  {ips:.2f} items/s  {tokens / max(elapsed, 1e-9):.0f} tokens/s  "
+             f"ETA {eta:.0f} s" if eta is not None else f"items {done}/{total}")
+
+
+# --------------------------------------------------------------------------- import
+
+def import_results(file: str, columns: dict[str, str], root: Path, *, name: str | None = None,
+                   shared: bool = False, command: list[str] | None = None, model: str | None = None,
+                   held_out: bool = False) -> SessionWriter:
+    """An eval session made from an existing results file (CSV/JSONL with question, reference, answer)."""
+    from engine.data import validate_file
+
+    report = validate_file(file, "test", columns)
+    answer_col = columns.get("answer", "answer")
+    for row in report.rows:
+        if "answer" not in row:
+            report.add(f"missing field {answer_col!r}", line=row["line"], field=answer_col,
+                       hint="map the model's answers: --answer COLUMN")
+    problems = report.errors
+    if problems or report.problems_dropped:
+        shown = "\n".join(str(p) for p in problems[:10])
+        more = len(problems) - 10
+        raise UserError(f"{len(problems)} problem(s) in {file}:\n{shown}" + (f"\n... and {more} more" if more > 0
+                                                                             else ""),
+                        hint=f"fix the file, or check the column flags (`rounds validate {file} --kind test`)")
+    writer = SessionWriter.create(root, "eval", name=name, stage="eval", command=command,
+                                  config={"imported_from": str(file), "columns": columns, "model": model,
+                                          "held_out": held_out})
+    records = []
+    for row in report.rows:
+        rid = str(row["id"]) if row.get("id") not in (None, "") else f"line-{row['line']}"
+        answer = row.get("answer") or ""
+        records.append({"id": rid, "question": row["question"], "context": row.get("context"),
+                        "reference": row["reference"], "answer": answer, "model": model or "(imported)",
+                        "adapter": None, "generation": {"imported_from": str(file)}, "new_tokens": None,
+                        "truncated": False,
+                        "flags": flags(answer, row["reference"], row.get("context") or "", row["question"]),
+                        **({"extra": _extra(row)} if _extra(row) else {})})
+    _append_results(writer.path, records)
+    write_csv(writer.path)
+    writer.update(items=len(records), held_out=held_out)
+    writer.event("event", kind="imported", file=str(file), items=len(records))
+    writer.set_status("finished")
+    writer.close()
+    return writer
+
+
+def eval_session(path: Path) -> dict:
+    """session.json of an eval session, or a clear error."""
+    meta = read_session_json(path)
+    if meta.get("kind") != "eval":
+        raise UserError(f"{path.name} is a {meta.get('kind')} session, not an evaluation",
+                        hint="give an eval session (made by `rounds eval` or `rounds import-results`)")
+    return meta
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run(Path(sys.argv[1])))

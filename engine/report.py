@@ -1,0 +1,328 @@
+"""From marks to numbers and pairs: automatic marks, reports, comparisons, DPO triplets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+from engine.assessment import ASSESSMENTS, AssessmentLog, Mark, labels_by_item, read_marks
+from engine.data import prompt_text
+from engine.errors import UserError
+from engine.evaluate import eval_session, read_results
+from engine.session import file_mode, write_json_atomic
+from engine.stats import (
+    cohen_kappa,
+    format_rate,
+    items_for_half_width,
+    mcnemar_exact,
+    paired_difference_interval,
+    unpaired_difference_interval,
+    wilson_interval,
+)
+
+USED_FOR_PAIRS = "used_for_pairs.json"
+
+
+def _norm(text: str | None) -> str:
+    text = re.sub(r"\s+", " ", (text or "").lower()).strip()
+    return text.strip(" .!?;:,\"'")
+
+
+def fingerprint(question: str) -> str:
+    return hashlib.sha256(_norm(question).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- automatic marks
+
+def judge(answer: str, reference: str, rule: str) -> str:
+    a, r = _norm(answer), _norm(reference)
+    if not a:
+        return "unsure"
+    if rule == "exact":
+        return "faithful" if a == r else "hallucinated"
+    if rule == "contains":
+        # the whole reference said, or an answer that is a faithful shortening of it
+        return "faithful" if (r in a or (a in r and len(a) >= 0.3 * len(r))) else "hallucinated"
+    raise UserError(f"unknown rule {rule!r}", field="--auto", hint="use exact or contains")
+
+
+def auto_assess(session: Path, rule: str) -> dict:
+    eval_session(session)
+    results = read_results(session)
+    if not results:
+        raise UserError(f"{session.name} has no results yet", hint="run `rounds eval` first")
+    counts: Counter = Counter()
+    with AssessmentLog(session, f"auto:{rule}") as log:
+        for r in results:
+            label = judge(r.get("answer"), r.get("reference"), rule)
+            log.mark(r["id"], label, note="empty answer" if label == "unsure" else f"auto rule {rule}")
+            counts[label] += 1
+    return dict(counts)
+
+
+# --------------------------------------------------------------------------- one session
+
+def _load(session: Path) -> tuple[dict, dict[str, dict], list[Mark], list[str]]:
+    meta = eval_session(session)
+    items = {r["id"]: r for r in read_results(session)}
+    marks, problems = read_marks(session / ASSESSMENTS)
+    notes = [f"{session / ASSESSMENTS}, line {p.line}: {p.message}" for p in problems]
+    unknown = sorted({m.item for m in marks if m.item not in items})
+    if unknown:
+        notes.append(f"{len(unknown)} marked item(s) are not in the results and were ignored: "
+                     + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
+    marks = [m for m in marks if m.item in items]
+    return meta, items, marks, notes
+
+
+def _rate(k: int, n: int) -> dict:
+    lo, hi = wilson_interval(k, n)
+    need = items_for_half_width(k / n if n else 0.5, 0.10)
+    return {"hallucinated": k, "judged": n, "rate": k / n if n else None, "ci95": [lo, hi],
+            "text": format_rate(k, n), "items_for_10_points": need, "more_for_10_points": max(0, need - n)}
+
+
+def consensus(by_annotator: dict[str, Mark]) -> str | None:
+    """One label for an item from its annotators' current marks: the majority of the
+    hallucinated/faithful votes; a tie or only 'unsure' gives None (not judged)."""
+    votes = Counter(m.label for m in by_annotator.values() if m.label in ("hallucinated", "faithful"))
+    if not votes:
+        return None
+    (top, n), *rest = votes.most_common()
+    return None if rest and rest[0][1] == n else top
+
+
+def session_report(session: Path) -> dict:
+    meta, items, marks, notes = _load(session)
+    by_item = labels_by_item(marks)
+    annotators = sorted({a for d in by_item.values() for a in d})
+    per: dict[str, dict] = {}
+    for ann in annotators:
+        mine = {i: d[ann] for i, d in by_item.items() if ann in d}
+        labels = Counter(m.label for m in mine.values())
+        k, n = labels["hallucinated"], labels["hallucinated"] + labels["faithful"]
+        cats = Counter(c for m in mine.values() if m.label == "hallucinated" for c in m.categories)
+        sev = Counter(m.severity or "unset" for m in mine.values() if m.label == "hallucinated")
+        per[ann] = {**_rate(k, n), "assessed": len(mine), "unsure": labels["unsure"], "categories": dict(cats),
+                    "severity": dict(sev)}
+    all_marks = [m for d in by_item.values() for m in d.values()]
+    k = sum(m.label == "hallucinated" for m in all_marks)
+    n = sum(m.label in ("hallucinated", "faithful") for m in all_marks)
+    kappas = []
+    for i, a in enumerate(annotators):
+        for b in annotators[i + 1:]:
+            shared = [it for it, d in by_item.items() if a in d and b in d
+                      and d[a].label in ("hallucinated", "faithful") and d[b].label in ("hallucinated", "faithful")]
+            if shared:
+                kappa = cohen_kappa([by_item[s][a].label for s in shared], [by_item[s][b].label for s in shared])
+                kappas.append({"annotators": [a, b], "items": len(shared),
+                               "kappa": None if kappa != kappa else round(kappa, 3)})
+    disagreements = sorted(it for it, d in by_item.items()
+                           if len({m.label for m in d.values() if m.label in ("hallucinated", "faithful")}) > 1)
+    unsure = sorted(it for it, d in by_item.items() if any(m.label == "unsure" for m in d.values()))
+    return {"session": meta["id"], "items": len(items), "assessed_items": len(by_item), "annotators": per,
+            "pooled": _rate(k, n), "kappa": kappas, "disagreements": disagreements, "unsure": unsure,
+            "held_out": bool(meta.get("held_out")), "notes": notes}
+
+
+def report_markdown(rep: dict) -> str:
+    lines = [f"# Hallucination report: {rep['session']}", "",
+             f"{rep['items']} items, {rep['assessed_items']} with at least one mark.", ""]
+    if not rep["annotators"]:
+        lines.append("No marks yet: assess with `rounds assess` (or `rounds assess --auto contains`).")
+    for ann, r in rep["annotators"].items():
+        lines += [f"## {ann}", "", f"- hallucination rate: {r['text']}",
+                  f"- assessed {r['assessed']} items ({r['unsure']} unsure, not counted in the rate)",
+                  f"- assess about {r['more_for_10_points']} more items for ±10 points" if r["more_for_10_points"]
+                  else "- the interval is already within ±10 points"]
+        if r["categories"]:
+            lines.append("- categories: " + ", ".join(f"{k} {v}" for k, v in sorted(r["categories"].items())))
+        if r["severity"]:
+            lines.append("- severity: " + ", ".join(f"{k} {v}" for k, v in sorted(r["severity"].items())))
+        lines.append("")
+    if len(rep["annotators"]) > 1:
+        lines += ["## All annotators pooled", "", f"- {rep['pooled']['text']}", ""]
+    for k in rep["kappa"]:
+        kappa = "undefined (no variation)" if k["kappa"] is None else f"{k['kappa']:.3f}"
+        lines.append(f"- Cohen's kappa {k['annotators'][0]} vs {k['annotators'][1]}: {kappa} on {k['items']} items")
+    if rep["disagreements"]:
+        lines.append(f"- disagreements on {len(rep['disagreements'])} items: {', '.join(rep['disagreements'][:20])}")
+    if rep["unsure"]:
+        lines.append(f"- marked unsure: {', '.join(rep['unsure'][:20])}")
+    for n in rep["notes"]:
+        lines.append(f"- note: {n}")
+    lines.append("")
+    lines.append("Rates count items judged hallucinated or faithful; 95 % intervals are Wilson score intervals.")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(session: Path) -> tuple[dict, str]:
+    rep = session_report(session)
+    md = report_markdown(rep)
+    write_json_atomic(session / "report.json", rep, file_mode(session))
+    (session / "report.md").write_text(md, encoding="utf-8")
+    (session / "report.md").chmod(file_mode(session))
+    return rep, md
+
+
+# --------------------------------------------------------------------------- two sessions
+
+def item_labels(session: Path, annotator: str | None) -> tuple[dict[str, str], dict[str, dict], str]:
+    """item -> hallucinated|faithful for one session, by one annotator or by consensus."""
+    _, items, marks, _ = _load(session)
+    by_item = labels_by_item(marks)
+    annotators = sorted({a for d in by_item.values() for a in d})
+    if annotator:
+        if annotator not in annotators:
+            raise UserError(f"{session.name} has no marks by {annotator!r}",
+                            hint=f"annotators there: {', '.join(annotators) or 'none'}")
+        chosen = {i: d[annotator].label for i, d in by_item.items() if annotator in d}
+        who = annotator
+    else:
+        chosen = {i: consensus(d) for i, d in by_item.items()}
+        who = annotators[0] if len(annotators) == 1 else "consensus of " + ", ".join(annotators)
+    return {i: lab for i, lab in chosen.items() if lab in ("hallucinated", "faithful")}, items, who
+
+
+def _used_fingerprints(root: Path) -> set[str]:
+    used: set[str] = set()
+    for f in root.glob(f"*/{USED_FOR_PAIRS}"):
+        try:
+            used.update(json.loads(f.read_text()).get("questions", []))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return used
+
+
+def compare(a: Path, b: Path, annotator: str | None = None) -> dict:
+    la, items_a, who_a = item_labels(a, annotator)
+    lb, items_b, who_b = item_labels(b, annotator)
+    ka, na = sum(v == "hallucinated" for v in la.values()), len(la)
+    kb, nb = sum(v == "hallucinated" for v in lb.values()), len(lb)
+    out = {"a": {"session": a.name, "by": who_a, **_rate(ka, na)}, "b": {"session": b.name, "by": who_b,
+                                                                          **_rate(kb, nb)}, "warnings": []}
+    shared = sorted(set(la) & set(lb))
+    if shared:
+        t = Counter((la[i] == "hallucinated", lb[i] == "hallucinated") for i in shared)
+        both, only_a, only_b, neither = t[(True, True)], t[(True, False)], t[(False, True)], t[(False, False)]
+        diff, lo, hi = paired_difference_interval(both, only_a, only_b, neither)
+        out["paired"] = {"items": len(shared), "both_hallucinated": both, "only_a": only_a, "only_b": only_b,
+                         "neither": neither, "mcnemar_p": mcnemar_exact(only_a, only_b),
+                         "difference": diff, "ci95": [lo, hi]}
+        questions_differ = sum(_norm(items_a[i]["question"]) != _norm(items_b[i]["question"]) for i in shared)
+        if questions_differ:
+            out["warnings"].append(f"{questions_differ} shared item ids have different questions: are these the "
+                                   "same test set?")
+    else:
+        diff, lo, hi = unpaired_difference_interval(ka, na, kb, nb)
+        out["unpaired"] = {"difference": diff, "ci95": [lo, hi]}
+        out["warnings"].append("the sessions share no judged items: this is an unpaired comparison, much weaker "
+                               "than a paired one on the same test items")
+    used = _used_fingerprints(a.parent) | _used_fingerprints(b.parent)
+    leaked = sorted({i for i, r in list(items_a.items()) + list(items_b.items())
+                     if fingerprint(r["question"]) in used})
+    if leaked:
+        out["warnings"].append(f"{len(leaked)} compared items were used to build training pairs "
+                               f"({', '.join(leaked[:5])}{' ...' if len(leaked) > 5 else ''}): their rates are "
+                               "not a held-out measurement")
+    return out
+
+
+def compare_markdown(c: dict) -> str:
+    lines = [f"# Comparison: {c['a']['session']} (A) vs {c['b']['session']} (B)", "",
+             f"- A ({c['a']['by']}): {c['a']['text']}", f"- B ({c['b']['by']}): {c['b']['text']}"]
+    if "paired" in c:
+        p = c["paired"]
+        lines += [f"- on the {p['items']} items judged in both: hallucinated in A only {p['only_a']}, in B only "
+                  f"{p['only_b']}, in both {p['both_hallucinated']}, in neither {p['neither']}",
+                  f"- exact McNemar p = {p['mcnemar_p']:.3g}",
+                  f"- difference A - B = {100 * p['difference']:+.1f} points (95 % CI {100 * p['ci95'][0]:+.1f} to "
+                  f"{100 * p['ci95'][1]:+.1f}, Newcombe, paired)"]
+    else:
+        u = c["unpaired"]
+        lines.append(f"- difference A - B = {100 * u['difference']:+.1f} points (95 % CI {100 * u['ci95'][0]:+.1f} "
+                     f"to {100 * u['ci95'][1]:+.1f}, Newcombe, unpaired)")
+    for w in c["warnings"]:
+        lines.append(f"- WARNING: {w}")
+    return "\n".join(lines) + "\n"
+
+
+def write_compare(a: Path, b: Path, annotator: str | None = None) -> tuple[dict, str]:
+    c = compare(a, b, annotator)
+    md = compare_markdown(c)
+    for s, other in ((a, b), (b, a)):
+        write_json_atomic(s / f"compare-{other.name}.json", c, file_mode(s))
+        (s / f"compare-{other.name}.md").write_text(md, encoding="utf-8")
+        (s / f"compare-{other.name}.md").chmod(file_mode(s))
+    return c, md
+
+
+# --------------------------------------------------------------------------- pairs
+
+def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annotator: str | None = None,
+               allow_test_items: bool = False, seed: int = 0) -> dict:
+    """DPO triplets from items judged hallucinated: chosen = the reference, rejected = the answer."""
+    if not 0 <= val_fraction < 1:
+        raise UserError("--val-fraction must be at least 0 and below 1", field="--val-fraction")
+    triplets, used, dropped = [], {}, Counter()
+    seen: set[tuple[str, str]] = set()
+    for s in sessions:
+        meta = eval_session(s)
+        if meta.get("held_out") and not allow_test_items:
+            raise UserError(f"{s.name} is a held-out test set: pairs from it would leak the test into training",
+                            hint="use a separate assessment set, or pass --allow-test-items if you mean it")
+        labels, items, _ = item_labels(s, annotator)
+        used[s.name] = []
+        for item_id, label in sorted(labels.items()):
+            if label != "hallucinated":
+                continue
+            row = items[item_id]
+            prompt, chosen, rejected = prompt_text(row), row["reference"], row.get("answer") or ""
+            if not rejected.strip():
+                dropped["empty answer"] += 1
+                continue
+            if _norm(chosen) == _norm(rejected):
+                dropped["chosen equals rejected"] += 1
+                continue
+            if (prompt, rejected) in seen:
+                dropped["duplicate"] += 1
+                continue
+            seen.add((prompt, rejected))
+            triplets.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                             "source": {"session": s.name, "item": item_id}})
+            used[s.name].append(item_id)
+    if not triplets:
+        raise UserError("no pairs: no item is judged hallucinated (or all were dropped: "
+                        + ", ".join(f"{k} {v}" for k, v in dropped.items()) + ")" if dropped else
+                        "no pairs: no item is judged hallucinated", hint="assess the sessions first")
+    prompts = sorted({t["prompt"] for t in triplets})
+    random.Random(seed).shuffle(prompts)
+    n_val = int(round(len(prompts) * val_fraction))
+    val_prompts = set(prompts[:n_val])
+    train = [t for t in triplets if t["prompt"] not in val_prompts]
+    val = [t for t in triplets if t["prompt"] in val_prompts]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    val_path = out.with_name(out.stem + ".val" + out.suffix)
+    for path, rows in ((out, train), (val_path, val)):
+        path.write_text("".join(json.dumps({k: t[k] for k in ("prompt", "chosen", "rejected")}, ensure_ascii=False)
+                                + "\n" for t in rows), encoding="utf-8")
+    ratio = [len(t["chosen"].split()) / max(1, len(t["rejected"].split())) for t in triplets]
+    report = {"train": str(out), "val": str(val_path), "train_pairs": len(train), "val_pairs": len(val),
+              "dropped": dict(dropped), "items_used": used,
+              "chosen_rejected_length_ratio": {"mean": round(sum(ratio) / len(ratio), 3), "min": round(min(ratio), 3),
+                                               "max": round(max(ratio), 3)}}
+    if abs(report["chosen_rejected_length_ratio"]["mean"] - 1) > 0.3:
+        report["warning"] = ("chosen and rejected answers differ in length on average: DPO learns length "
+                             "preferences as readily as factual ones")
+    write_json_atomic(out.with_name(out.stem + ".report.json"), report)
+    for s in sessions:  # so that `compare` can warn when these questions are later used as a test
+        items = {r["id"]: r for r in read_results(s)}
+        write_json_atomic(s / USED_FOR_PAIRS, {"pairs": str(out), "items": used[s.name],
+                                               "questions": [fingerprint(items[i]["question"]) for i in used[s.name]]},
+                          file_mode(s))
+    return report

@@ -1,0 +1,112 @@
+"""Honest statistics for small samples of human judgements.
+
+- ``wilson_interval``: the score interval for a proportion (good at n = 10, unlike Wald);
+- ``items_for_half_width``: how many items a rate needs for a given precision;
+- ``mcnemar_exact``: the exact (binomial) McNemar test on paired items;
+- ``paired_difference_interval``: Newcombe's hybrid score interval for a paired difference;
+- ``unpaired_difference_interval``: Newcombe's interval for two independent proportions;
+- ``cohen_kappa``: chance-corrected agreement of two annotators.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval for k successes in n trials; (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} must be between 0 and n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def items_for_half_width(p: float, half_width: float = 0.10, z: float = Z95, limit: int = 100_000) -> int:
+    """Smallest n at which the Wilson interval around a rate p is at most ±half_width."""
+    p = min(max(p, 0.0), 1.0)
+    lo, hi = 1, limit
+    while lo < hi:  # the half-width shrinks monotonically with n
+        mid = (lo + hi) // 2
+        a, b = wilson_interval(round(p * mid), mid, z)
+        if (b - a) / 2 <= half_width:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _binom_cdf(k: int, n: int) -> float:
+    """P(X <= k) for X ~ Binomial(n, 1/2), exactly."""
+    return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts b and c."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * _binom_cdf(min(b, c), n))
+
+
+def paired_difference_interval(a: int, b: int, c: int, d: int, z: float = Z95) -> tuple[float, float, float]:
+    """Difference p1 - p2 of two paired proportions and Newcombe's (1998, method 10) 95 % interval.
+
+    The 2x2 table counts items: a = yes/yes, b = yes/no, c = no/yes, d = no/no, where p1 is the
+    first condition's rate ((a + b) / n) and p2 the second's ((a + c) / n)."""
+    n = a + b + c + d
+    if n == 0:
+        return 0.0, -1.0, 1.0
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson_interval(a + b, n, z)
+    l2, u2 = wilson_interval(a + c, n, z)
+    denom = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = 0.0
+    if denom > 0:
+        num = a * d - b * c
+        phi = (max(num - n / 2, 0) if num > 0 else num) / math.sqrt(denom)  # Newcombe's continuity step
+    diff = p1 - p2
+    delta = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    eps = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return diff, max(-1.0, diff - delta), min(1.0, diff + eps)
+
+
+def unpaired_difference_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float, float]:
+    """Difference of two independent proportions and Newcombe's (1998, method 10) 95 % interval."""
+    p1 = k1 / n1 if n1 else 0.0
+    p2 = k2 / n2 if n2 else 0.0
+    l1, u1 = wilson_interval(k1, n1, z)
+    l2, u2 = wilson_interval(k2, n2, z)
+    diff = p1 - p2
+    return diff, diff - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), diff + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> float:
+    """Cohen's kappa of two annotators' labels on the same items (nan when undefined:
+    no items, or both always gave the same single label)."""
+    if len(first) != len(second):
+        raise ValueError("both annotators must label the same items")
+    n = len(first)
+    if n == 0:
+        return math.nan
+    labels = set(first) | set(second)
+    po = sum(x == y for x, y in zip(first, second, strict=True)) / n
+    pe = sum((sum(x == lab for x in first) / n) * (sum(y == lab for y in second) / n) for lab in labels)
+    if pe >= 1.0:
+        return math.nan
+    return (po - pe) / (1 - pe)
+
+
+def format_rate(k: int, n: int) -> str:
+    """'6/10 = 60.0 % (95 % CI 31.3–83.2 %)'"""
+    if n == 0:
+        return "0/0 (no items assessed)"
+    lo, hi = wilson_interval(k, n)
+    return f"{k}/{n} = {100 * k / n:.1f} % (95 % CI {100 * lo:.1f}–{100 * hi:.1f} %)"
