@@ -322,6 +322,9 @@ def _check_record(rec: dict, line: int, kind: str, mapping: dict[str, str], repo
             row[canonical] = rec[col]
     if not ok:
         return None
+    extra = {k: v for k, v in rec.items() if k not in mapping.values()}
+    if extra:  # kept, not checked: an eval carries them into its results (e.g. the demo's `answerable`)
+        row["extra"] = extra
 
     if kind == "dpo":
         return row if _check_dpo(row, line, mapping, report) else None

@@ -96,8 +96,35 @@ def write_csv(session: Path) -> Path:
 
 
 def _extra(row: dict) -> dict:
-    skip = {"id", "question", "context", "reference", "answer", "line"}
-    return {k: v for k, v in row.items() if k not in skip}
+    return dict(row.get("extra") or {})
+
+
+def repair_results(session: Path) -> int:
+    """Cut a half-written last line (a crash mid-append) so new lines start clean; returns bytes cut."""
+    path = Path(session) / RESULTS
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return 0
+        pos = size
+        while pos > 0:  # find the last newline, reading backwards in blocks
+            start = max(0, pos - 65536)
+            f.seek(start)
+            block = f.read(pos - start)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        return size - keep
 
 
 def start(spec: EvalSpec, root: Path, *, name: str | None = None, shared: bool = False,
@@ -126,6 +153,10 @@ def run(session: Path, echo=print) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         rows = item_rows(spec)
+        cut = repair_results(session)
+        if cut:
+            writer.event("event", kind="warning", message=f"dropped a half-written last line of {RESULTS} "
+                                                          f"({cut} bytes); that item is generated again")
         done = {r["id"] for r in read_results(session)}
         todo = [r for r in rows if r["id"] not in done]
         writer.set_status("running")
