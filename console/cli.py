@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto", choices=["exact", "contains"], required=True)
     p.set_defaults(func=cmd_assess)
 
-    p = _verb(sub, "report", "rates with 95 % intervals, categories, agreement: report.md and report.json",
+    p = _verb(sub, "report", "rates with 95%% intervals, categories, agreement: report.md and report.json",
               "rounds report SESSION")
     p.add_argument("session", metavar="SESSION")
     p.add_argument("--json", action="store_true")
@@ -217,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-test-items", action="store_true", help="allow items of held-out test sessions")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pairs)
+
+    p = _verb(sub, "watch", "open the Monitor on a run: progress, ETA, memory, GPU/CPU, loss and rewards, events",
+              "rounds watch 20261128-021500-train-sft-demo",
+              "Without SESSION: the latest running run, else the latest session. `q` leaves the console,\n"
+              "never the run; `c` asks for a checkpoint, `s` stops the run gracefully (after a confirmation).")
+    p.add_argument("session", metavar="SESSION", nargs="?")
+    p.set_defaults(func=cmd_watch)
 
     p = _verb(sub, "resume", "continue a stopped or failed training run from its last complete checkpoint",
               "rounds resume 20261128-021500-train-sft-demo --detach",
@@ -423,6 +430,29 @@ def _cols(args: argparse.Namespace, fields: tuple[str, ...]) -> dict[str, str]:
     return {f: getattr(args, f"col_{f}") for f in fields if getattr(args, f"col_{f}", None)}
 
 
+def cmd_home(args: argparse.Namespace) -> int:
+    from console.app import run_console
+    from engine.session import sessions_root
+
+    return run_console(sessions_root(args.sessions))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from console.app import run_console
+    from engine.session import list_sessions, sessions_root
+
+    root = sessions_root(args.sessions)
+    if args.session:
+        session = _session_path(args, args.session)
+    else:
+        infos = [i for i in list_sessions(root) if i.status != "unreadable"]
+        running = [i for i in infos if i.effective_status == "running"]
+        if not infos:
+            raise UserError(f"no sessions in {root}", hint="start one with `rounds train` or `rounds eval`")
+        session = (running or infos)[0].path
+    return run_console(root, session)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine import evaluate
     from engine.session import sessions_root
@@ -519,8 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb is None:
-        parser.print_help()
-        return 0
+        if not sys.stdout.isatty():  # no terminal to draw on: say what there is instead
+            parser.print_help()
+            return 0
+        args.func = cmd_home
     try:
         return args.func(args)
     except UserError as e:

@@ -10,7 +10,8 @@ from console.cli import build_parser
 from engine import __version__
 
 DEMO = Path(__file__).resolve().parent.parent / "engine" / "demo_data"
-VERBS = ["make-tiny-model", "validate", "plan", "train", "resume", "eval", "import-results", "assess", "report", "compare", "pairs"]
+VERBS = ["make-tiny-model", "validate", "plan", "train", "resume", "watch", "eval", "import-results",
+         "assess", "report", "compare", "pairs"]
 
 
 def test_version():

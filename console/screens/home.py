@@ -1,0 +1,152 @@
+"""Home: every session, newest first, refreshed live; enter opens the right screen."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from console.screens.dialogs import KeyHelp
+from console.state import format_duration, human_bytes, liveness
+from engine.session import SessionInfo, list_sessions
+
+COLOURS = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stalled": "yellow",
+           "stopped": "yellow", "unreadable": "red", "planned": "white"}
+
+
+def _ts(text: str | None) -> float | None:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None
+
+
+class HomeScreen(Screen):
+    DEFAULT_CSS = """
+    #host { height: 1; background: $primary-darken-2; padding: 0 1; }
+    #sessions { height: 1fr; }
+    #hint { height: 1; color: $text-muted; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("enter", "open", "open", id="home.open"),
+        Binding("r", "refresh", "refresh", id="home.refresh"),
+        Binding("question_mark", "help", "keys", id="home.help"),
+        Binding("q", "app.quit", "quit", id="home.quit"),
+    ]
+
+    def __init__(self, root: Path, probe=None, clock=time.time) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.probe = probe
+        self.clock = clock
+        self.infos: list[SessionInfo] = []
+        self._rates: dict[str, tuple[float, str]] = {}
+        self._busy = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="host")
+        table = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
+        table.add_columns("name", "kind", "stage", "status", "progress", "started", "duration", "halluc. rate")
+        yield table
+        yield Static(f"sessions in {self.root} · enter opens one", id="hint")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_refresh()
+        self.set_interval(2.0, self.action_refresh)
+
+    def action_refresh(self) -> None:
+        if not self._busy:
+            self._busy = True
+            self.run_worker(self._scan, thread=True, group="scan", exclusive=True)
+
+    def _scan(self) -> None:
+        infos = list_sessions(self.root)
+        rates = {i.id: self._rate(i) for i in infos if i.kind == "eval"}
+        host = self.probe.sample() if self.probe else None
+        self.app.call_from_thread(self._show, infos, rates, host)
+
+    def _rate(self, info: SessionInfo) -> str:
+        marks = info.path / "assessments.jsonl"
+        try:
+            mtime = marks.stat().st_mtime
+        except OSError:
+            return ""
+        cached = self._rates.get(info.id)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        try:
+            from engine.report import session_report
+
+            pooled = session_report(info.path)["pooled"]
+            lo, hi = pooled["ci95"]
+            text = (f"{100 * pooled['rate']:.0f}% ({100 * lo:.0f}–{100 * hi:.0f}) n={pooled['judged']}"
+                    if pooled["judged"] else "")
+        except Exception:
+            text = "?"
+        self._rates[info.id] = (mtime, text)
+        return text
+
+    def _show(self, infos: list[SessionInfo], rates: dict[str, str], host: dict | None) -> None:
+        self._busy = False
+        self.infos = infos
+        self.query_one("#host", Static).update(self._host_line(host, len(infos)))
+        table = self.query_one(DataTable)
+        keep = table.cursor_row
+        table.clear()
+        for i in infos:
+            status, detail = liveness(i.meta, i.last_event_time, self.clock()) if i.meta else (i.status, "")
+            started = _ts(i.started or i.created)
+            ended = _ts(i.ended)
+            duration = (ended or self.clock()) - started if started and status != "planned" else None
+            progress = f"{100 * i.progress:.0f}% ({i.step}/{i.total_steps})" if i.progress is not None else ""
+            table.add_row(
+                i.name or i.id, i.kind, i.stage or "", Text(status, style=COLOURS.get(status, "")), progress,
+                time.strftime("%m-%d %H:%M", time.localtime(started)) if started else "",
+                format_duration(duration) if duration is not None else "", rates.get(i.id, ""), key=i.id)
+        if infos:
+            table.move_cursor(row=min(max(0, keep), len(infos) - 1))
+        else:
+            self.query_one("#hint", Static).update(
+                f"no sessions in {self.root} yet: start one with `rounds train` or `rounds eval`")
+
+    def _host_line(self, host: dict | None, n: int) -> Text:
+        out = Text.assemble(("rounds ", "bold"), f"· {n} session{'s' if n != 1 else ''} · ")
+        if not host:
+            return out
+        gpus = host.get("gpus") or []
+        if gpus:
+            for g in gpus:
+                out.append(f"GPU{g.get('index')} {human_bytes(g.get('mem_used'))}/{human_bytes(g.get('mem_total'))} "
+                           f"{g.get('util', 'N/A')}% · ")
+        else:
+            out.append("GPU N/A · ", style="dim")
+        h = host.get("host") or {}
+        out.append(f"CPU {h.get('cpu_percent', 'N/A')}% · RAM {human_bytes(h.get('ram_used'))}/"
+                   f"{human_bytes(h.get('ram_total'))}")
+        return out
+
+    def action_open(self) -> None:
+        table = self.query_one(DataTable)
+        if not self.infos or table.cursor_row is None:
+            return
+        info = self.infos[table.cursor_row]
+        if info.status == "unreadable":
+            self.notify(info.error or "unreadable session", severity="error", timeout=10)
+            return
+        from console.screens.monitor import MonitorScreen
+
+        self.app.push_screen(MonitorScreen(info.path, clock=self.clock))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_help(self) -> None:
+        self.app.push_screen(KeyHelp("Sessions", [b for b in self.BINDINGS if isinstance(b, Binding)]))

@@ -1,0 +1,40 @@
+"""The event log: checkpoints, OOM recoveries, warnings and errors, newest at the bottom."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+STYLE = {"error": "bold red", "warning": "yellow", "": ""}
+
+
+class EventLog(Static):
+    DEFAULT_CSS = """
+    EventLog { height: 6; border: round $primary-darken-2; padding: 0 1; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.border_title = "events"
+        self.lines: list[tuple[str, str, str]] = []
+        self.tail_text: list[str] = []
+
+    def show(self, lines, tail_text: list[str] | None = None) -> None:
+        self.lines = list(lines)
+        self.tail_text = tail_text or []
+        self.refresh(layout=True)
+
+    def render(self) -> Text:
+        rows = max(1, self.size.height)
+        width = max(10, self.size.width)
+        out = Text()
+        shown = self.lines[-(rows - len(self.tail_text)):] if rows > len(self.tail_text) else []
+        for stamp, level, text in shown:
+            out.append(f"{stamp} ", style="dim")
+            out.append(text[: width - 9] + "\n", style=STYLE.get(level, ""))
+        out.rstrip()
+        for line in self.tail_text[-rows:]:
+            out.append(line[:width] + "\n", style="red")
+        if not shown and not self.tail_text:
+            out.append("no events yet", style="dim")
+        return out

@@ -1,0 +1,62 @@
+"""Memory: per GPU used/total with history and the planner's predicted peak; RAM without a GPU."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from console.charts import bar, sparkline
+from console.state import MonitorState, human_bytes
+
+
+class MemoryPanel(Static):
+    DEFAULT_CSS = """
+    MemoryPanel { width: 1fr; height: auto; min-height: 4; border: round $primary-darken-2; padding: 0 1; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.border_title = "memory"
+        self.state: MonitorState | None = None
+        self.predicted: int | None = None
+
+    def show(self, state: MonitorState, predicted: int | None) -> None:
+        self.state, self.predicted = state, predicted
+        self.refresh(layout=True)
+
+    def render(self) -> Text:
+        st = self.state
+        w = max(10, self.size.width - 2)
+        if st is None or st.system is None:
+            return Text("waiting for the first system sample…", style="dim")
+        out = Text()
+        gpus = st.system.get("gpus") or []
+        gauge = max(6, w - 34)
+        for g in gpus:
+            used, total = g.get("mem_used"), g.get("mem_total")
+            frac = used / total if used is not None and total else None
+            marker = self.predicted / total if self.predicted and total else None
+            out.append(f"GPU{g.get('index', 0)} ", style="bold")
+            out.append(bar(frac, gauge, marker), style="green" if (frac or 0) < 0.9 else "red")
+            out.append(f" {human_bytes(used)}/{human_bytes(total)}\n")
+            hist = st.gpu_mem.get(g.get("index", 0))
+            if hist and total:
+                out.append("     " + sparkline(list(hist), gauge, 0, total) + "\n", style="green")
+        if not gpus:
+            out.append("GPU  N/A (no GPU in this run)\n", style="dim")
+        torch_mem = st.system.get("torch")
+        if torch_mem:
+            out.append(f"torch allocated {human_bytes(torch_mem.get('allocated'))}  reserved "
+                       f"{human_bytes(torch_mem.get('reserved'))}  peak {human_bytes(torch_mem.get('peak'))}\n")
+        if self.predicted:
+            out.append(f"planner's predicted peak {human_bytes(self.predicted)}", style="yellow")
+            out.append("  (│ on the gauge)\n" if gpus else "\n", style="dim")
+        host, proc = st.system.get("host") or {}, st.system.get("process") or {}
+        ram_used, ram_total = host.get("ram_used"), host.get("ram_total")
+        frac = ram_used / ram_total if ram_used is not None and ram_total else None
+        out.append("RAM  ", style="bold")
+        out.append(bar(frac, gauge), style="blue")
+        out.append(f" {human_bytes(ram_used)}/{human_bytes(ram_total)}\n")
+        rss = (proc.get("rss") or 0) + (proc.get("rss_children") or 0)
+        out.append(f"run's RSS {human_bytes(rss) if rss else 'N/A'}")
+        return out

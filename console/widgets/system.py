@@ -1,0 +1,49 @@
+"""GPU utilisation, temperature and power as history (N/A without a GPU); CPU % and RAM."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from console.charts import sparkline
+from console.state import MonitorState, human_bytes
+
+
+class SystemPanel(Static):
+    DEFAULT_CSS = """
+    SystemPanel { width: 1fr; height: auto; min-height: 4; border: round $primary-darken-2; padding: 0 1; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.border_title = "system"
+        self.state: MonitorState | None = None
+
+    def show(self, state: MonitorState) -> None:
+        self.state = state
+        self.refresh(layout=True)
+
+    def render(self) -> Text:
+        st = self.state
+        if st is None or st.system is None:
+            return Text("waiting for the first system sample…", style="dim")
+        w = max(8, self.size.width - 24)
+        out = Text()
+        gpus = st.system.get("gpus") or []
+        for g in gpus:
+            i = g.get("index", 0)
+            out.append(f"GPU{i} util ", style="bold")
+            out.append(sparkline(list(st.gpu_util.get(i, [])), w, 0, 100), style="magenta")
+            out.append(f" {g.get('util', 'N/A')}%\n")
+            out.append(f"     temp {g.get('temp_c', 'N/A')}°C  power {g.get('power_w', 'N/A')}"
+                       f"/{g.get('power_limit_w', 'N/A')} W\n")
+        if not gpus:
+            out.append("GPU util/temp/power  N/A\n", style="dim")
+        host = st.system.get("host") or {}
+        out.append("CPU ", style="bold")
+        out.append(sparkline(list(st.cpu), w, 0, 100), style="yellow")
+        out.append(f" {host.get('cpu_percent', 'N/A')}% of {host.get('cpus', '?')}\n")
+        proc = st.system.get("process") or {}
+        out.append(f"run's CPU {proc.get('cpu_percent', 'N/A')}%  threads {proc.get('threads', 'N/A')}  "
+                   f"RAM {human_bytes(host.get('ram_used'))}")
+        return out
