@@ -234,8 +234,10 @@ async def test_home_lists_newest_first_and_opens_the_monitor(tmp_path):
     fixed_session(tmp_path, "newer", created="2026-11-28T01:00:00+00:00", stage="sft", gpus=False)
     app = RoundsApp(tmp_path, probe=FakeProbe(), clock=lambda: T0)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.5)
         home = app.screen
+        end = time.monotonic() + 10
+        while not home.infos and time.monotonic() < end:
+            await pilot.pause(0.05)
         assert isinstance(home, HomeScreen)
         assert [i.name for i in home.infos] == ["newer", "older"]
         await pilot.press("enter")
@@ -290,6 +292,10 @@ def test_snapshots(snap_compare, tmp_path, size, kind, screen):
         if screen == "monitor":
             await wait_loaded(pilot, pilot.app.screen)
         else:
-            await pilot.pause(0.6)
+            home = pilot.app.screen
+            end = time.monotonic() + 10
+            while (not home.infos or home._busy) and time.monotonic() < end:
+                await pilot.pause(0.05)
+            await pilot.pause(0.1)
 
     assert snap_compare(app, terminal_size=size, run_before=settle)
