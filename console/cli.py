@@ -185,13 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", metavar="NAME")
     p.set_defaults(func=cmd_import)
 
-    p = _verb(sub, "assess", "mark an eval session's answers (automatic rules; the keyboard screen comes later)",
-              "rounds assess SESSION --auto contains",
-              "--auto exact|contains marks every item by comparing answer and reference (normalised text:\n"
-              "exact equality, or the reference contained in the answer), as annotator auto:RULE, so people\n"
-              "review rather than start from nothing. The interactive assessment screen is not built yet.")
-    p.add_argument("session", metavar="SESSION")
-    p.add_argument("--auto", choices=["exact", "contains"], required=True)
+    p = _verb(sub, "assess", "judge an eval session's answers from the keyboard (or mark them automatically)",
+              "rounds assess SESSION --annotator alice",
+              "Opens the assessment screen: h hallucinated, f faithful, u unsure (each marks and moves on),\n"
+              "1-7 categories, m severity, n note, z undo, j/k move, J next unassessed, / search, g go to,\n"
+              "F filter, r report, ? all keys. Every mark is on disk (fsynced) before the screen moves.\n"
+              "SESSION may be a results CSV/JSONL: it is imported into a new eval session first.\n"
+              "--auto exact|contains marks every item by comparing answer and reference instead (annotator\n"
+              "auto:RULE), for people to review.")
+    p.add_argument("session", metavar="SESSION|FILE")
+    p.add_argument("--annotator", metavar="NAME", help="who is judging (default: $USER)")
+    p.add_argument("--blind", action="store_true", help="hide other annotators' marks")
+    p.add_argument("--auto", choices=["exact", "contains"], help="mark automatically instead of opening the screen")
+    for fld in ("question", "reference", "answer", "context", "id"):
+        p.add_argument(f"--{fld}", dest=f"col_{fld}", metavar="COL", help=f"with a FILE: column holding the {fld}")
     p.set_defaults(func=cmd_assess)
 
     p = _verb(sub, "report", "rates with 95%% intervals, categories, agreement: report.md and report.json",
@@ -488,13 +495,34 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_assess(args: argparse.Namespace) -> int:
-    from engine.report import auto_assess
+    from engine.evaluate import eval_session
+    from engine.session import sessions_root
 
-    session = _session_path(args, args.session)
-    counts = auto_assess(session, args.auto)
-    print(f"rounds: marked {sum(counts.values())} items as auto:{args.auto}: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    return 0
+    target = Path(args.session)
+    if target.is_file():
+        from engine.evaluate import import_results
+
+        writer = import_results(str(target), _cols(args, ("question", "reference", "answer", "context", "id")),
+                                sessions_root(args.sessions), shared=args.shared_sessions,
+                                command=["rounds", *sys.argv[1:]])
+        print(f"rounds: imported {writer.meta['items']} results from {target} into session {writer.id}")
+        session = writer.path
+    else:
+        session = _session_path(args, args.session)
+    eval_session(session)
+    if args.auto:
+        from engine.report import auto_assess
+
+        counts = auto_assess(session, args.auto)
+        print(f"rounds: marked {sum(counts.values())} items as auto:{args.auto}: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        return 0
+    if not sys.stdout.isatty():
+        raise UserError("the assessment screen needs a terminal", hint="run it in a terminal, or use --auto RULE")
+    from console.app import run_assess
+
+    annotator = args.annotator or os.environ.get("USER") or "annotator"
+    return run_assess(sessions_root(args.sessions), session, annotator, args.blind)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

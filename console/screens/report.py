@@ -1,0 +1,62 @@
+"""Report: rates with intervals per annotator and pooled, categories, agreement; export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, OptionList, Static
+from textual.widgets.option_list import Option
+
+from engine.report import report_markdown, session_report, write_report
+
+
+class ReportScreen(Screen[str | None]):
+    DEFAULT_CSS = """
+    #report { height: auto; max-height: 70%; padding: 0 1; }
+    #items { height: 1fr; border-top: solid $primary-darken-2; }
+    """
+    BINDINGS = [
+        Binding("e", "export", "export", id="report.export"),
+        Binding("escape,q", "back", "back", id="report.back"),
+    ]
+
+    def __init__(self, session: Path) -> None:
+        super().__init__()
+        self.session = Path(session)
+        self.rep = session_report(self.session)
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(report_markdown(self.rep)), id="report")
+        items = [Option(f"{i}  unsure", id=i) for i in self.rep["unsure"]]
+        items += [Option(f"{i}  annotators disagree", id=i) for i in self.rep["disagreements"]
+                  if i not in self.rep["unsure"]]
+        yield OptionList(*items, id="items") if items else Static("no unsure or disputed items", id="items")
+        yield Footer()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_export(self) -> None:
+        import csv
+
+        from engine.assessment import ASSESSMENTS, read_marks
+        from engine.session import file_mode
+
+        write_report(self.session)
+        marks, _ = read_marks(self.session / ASSESSMENTS)
+        path = self.session / "assessments.csv"
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["time", "annotator", "item", "label", "categories", "severity", "note", "undo"])
+            for m in marks:
+                w.writerow([m.time, m.annotator, m.item, m.label, ";".join(m.categories), m.severity or "", m.note,
+                            m.undo])
+        path.chmod(file_mode(self.session))
+        self.notify(f"wrote report.md, report.json and assessments.csv in {self.session}")
+
+    def action_back(self) -> None:
+        self.dismiss(None)
