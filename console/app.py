@@ -19,18 +19,25 @@ class RoundsApp(App):
     """
 
     def __init__(self, root: Path, session: Path | None = None, probe=None, clock=time.time,
-                 assess: tuple[Path, str, bool] | None = None) -> None:
+                 assess: tuple[Path, str, bool] | None = None,
+                 compare: tuple[Path, Path, str | None] | None = None) -> None:
         super().__init__()
         self.root = Path(root)
         self.start_session = session
         self.probe = probe
         self.clock = clock
         self.assess = assess
+        self.compare = compare
 
     def on_mount(self) -> None:
         keymap = load_keymap()
         if keymap:
             self.set_keymap(keymap)
+        if self.compare is not None:
+            from console.screens.compare import CompareScreen
+
+            self.push_screen(CompareScreen(*self.compare))
+            return
         if self.assess is not None:
             from console.screens.assess import AssessScreen
 
@@ -63,6 +70,11 @@ def load_keymap() -> dict[str, str]:
 
 def run_assess(root: Path, session: Path, annotator: str, blind: bool = False) -> int:
     RoundsApp(root, assess=(session, annotator, blind)).run()
+    return 0
+
+
+def run_compare(root: Path, a: Path, b: Path, annotator: str | None) -> int:
+    RoundsApp(root, compare=(a, b, annotator)).run()
     return 0
 
 

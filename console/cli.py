@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", metavar="B")
     p.add_argument("--annotator", metavar="NAME", help="use this annotator's marks (default: the consensus)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tui", action="store_true", help="open the Compare screen (changed items side by side)")
     p.set_defaults(func=cmd_compare)
 
     p = _verb(sub, "pairs", "turn items judged hallucinated into DPO triplets (prompt, chosen, rejected)",
@@ -490,7 +491,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                             sessions_root(args.sessions), name=args.name, shared=args.shared_sessions,
                             command=["rounds", *sys.argv[1:]], model=args.model_name, held_out=args.held_out)
     print(f"rounds: imported {writer.meta['items']} results into session {writer.id}\n"
-          f"  assess them: rounds assess {writer.id} --auto contains   (or by hand, once the screen exists)")
+          f"  assess them by hand: rounds assess {writer.id}   (or automatically: --auto contains)")
     return 0
 
 
@@ -541,6 +542,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     a, b = _session_path(args, args.a), _session_path(args, args.b)
     c, md = write_compare(a, b, args.annotator)
+    if args.tui:
+        if not sys.stdout.isatty():
+            raise UserError("the Compare screen needs a terminal", hint="drop --tui for the printed comparison")
+        from console.app import run_compare
+        from engine.session import sessions_root
+
+        return run_compare(sessions_root(args.sessions), a, b, args.annotator)
     print(json.dumps(c, indent=1) if args.json else md, end="" if not args.json else "\n")
     return 0
 

@@ -230,3 +230,28 @@ def test_assess_snapshot(snap_compare, size):
         await pilot.pause(0.1)
 
     assert snap_compare(app, terminal_size=size, run_before=settle)
+
+
+async def test_compare_screen_lists_changed_items_and_opens_them_side_by_side(tmp_path):
+    from console.screens.compare import CompareScreen, SideBySide
+
+    a = make_session(tmp_path, name="before")
+    b = make_session(tmp_path, name="after")
+    with AssessmentLog(a, "alice") as log:
+        for i in range(6):
+            log.mark(f"q{i}", "hallucinated" if i < 4 else "faithful")
+    with AssessmentLog(b, "alice") as log:
+        for i in range(6):
+            log.mark(f"q{i}", "hallucinated" if i == 0 else "faithful")
+    app = RoundsApp(tmp_path, compare=(a, b, None))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        summary = str(screen.query_one("#summary").render())
+        assert "exact McNemar p = 0.25" in summary and "in A only 3" in summary
+        options = screen.query_one("#changed")
+        assert options.option_count == 3
+        await pilot.press("enter")
+        assert isinstance(app.screen, SideBySide)
+        await pilot.press("escape")
+        assert isinstance(app.screen, CompareScreen)
