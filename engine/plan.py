@@ -240,7 +240,7 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 # overhead (kernel launches, Python) that dominates small models.
 EFFICIENCY = {"cpu": 0.94, "cuda": 0.45}
 LAYER_PASS_SECONDS = {"cpu": 4.3e-3, "cuda": 1.5e-4}
-QLORA_SLOWDOWN = {"cpu": 1.0, "cuda": 1.25}
+QLORA_SLOWDOWN = {"cpu": 1.05, "cuda": 1.25}
 
 
 def step_flops(shape: ModelShape, s: Strategy, w: Workload) -> tuple[float, float]:
@@ -249,9 +249,9 @@ def step_flops(shape: ModelShape, s: Strategy, w: Workload) -> tuple[float, floa
     matmul = 2 * (shape.params_linear + shape.vocab * shape.hidden)  # per token, forward
     attn = 2 * shape.layers * w.max_length * shape.q_out  # causal attention, per token, forward
     fwd = N * (matmul + attn)
-    # forward + backward; LoRA skips the frozen weights' gradients, but on measured runs its
-    # adapter matmuls and dropout cost about as much again, so both count three passes
-    passes = 3.0
+    # forward + backward; LoRA skips the frozen weights' gradients, but on measured CPU runs its
+    # adapter matmuls and dropout cost more than that saves (1.2-1.5x a full step)
+    passes = 3.0 if s.plan == "full" else 3.5
     if s.gradient_checkpointing:
         passes += 1.0
     total = fwd * passes

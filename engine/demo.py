@@ -1,0 +1,219 @@
+"""The demo: the whole SFT → evaluate → assess → pairs → DPO → evaluate → compare loop on this CPU.
+
+The bundled fictional-drug data makes hallucination measurable automatically: the test set
+asks about drugs the SFT data taught (answerable) and about drug names that appear in no
+training file, whose faithful answer is an abstention. Automatic marks (``contains``) judge
+each answer against its reference; DPO pairs built from the marks of a separate
+assessment round teach the model to answer what it knows and abstain on what it doesn't.
+
+``python -m engine.demo ROOT [--pipeline] [--size small|tiny] [--quick]`` runs it; the
+``rounds demo`` verb starts it (detached) and opens the console.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.errors import UserError
+
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+
+
+@dataclass
+class DemoConfig:
+    size: str = "small"
+    sft_epochs: float = 24.0
+    sft_lr: float = 1e-3
+    sft_batch: int = 32
+    dpo_epochs: float = 8.0
+    dpo_lr: float = 5e-5
+    dpo_beta: float = 0.1
+    dpo_batch: int = 8
+    max_new_tokens: int = 40
+    max_length: int = 128
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        """A CI-sized loop: every stage runs and writes its artefacts; no efficacy expected."""
+        return cls(size="tiny", sft_epochs=1, sft_batch=16, dpo_epochs=1, dpo_batch=8, max_new_tokens=8)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(os.environ.get("ROUNDS_CACHE") or Path(base) / "rounds")
+
+
+def demo_model(size: str = "small") -> Path:
+    """The demo's model folder, built once and cached (a second start is instant)."""
+    from engine.tinymodel import build_tiny_model
+
+    path = cache_dir() / "models" / f"demo-{size}-seed0"
+    if not (path / "rounds_tiny_model.json").is_file():
+        build_tiny_model(path, size=size, seed=0, force=True)
+    return path
+
+
+def _train(root: Path, spec, name: str, echo) -> Path:
+    from engine.session import read_session_json
+    from engine.train import start
+
+    writer, proc = start(spec, root, name=name, detach=False, command=["rounds", "demo", f"({name})"])
+    echo(f"[demo] {name}: session {writer.id} (plan {writer.meta['plan']['name']}, "
+         f"predicted peak {writer.meta['plan']['predicted_peak_bytes'] / 2**20:.0f} MiB)")
+    code = proc.wait()
+    meta = read_session_json(writer.path)
+    if code != 0 or meta["status"] != "finished":
+        raise UserError(f"the demo's {name} run ended {meta['status']}: {meta.get('error')}",
+                        hint=f"see {writer.path / 'run.log'}")
+    return writer.path
+
+
+def _eval(root: Path, model: Path, data: Path, name: str, cfg: DemoConfig, held_out: bool, echo) -> Path:
+    from engine import evaluate
+
+    spec = evaluate.EvalSpec(model=str(model), data=str(data), batch_size=16, max_new_tokens=cfg.max_new_tokens,
+                             held_out=held_out)
+    writer = evaluate.start(spec, root, name=name, command=["rounds", "demo", f"({name})"])
+    echo(f"[demo] {name}: evaluating {writer.meta['items']} items (session {writer.id})")
+    if evaluate.run(writer.path, echo=lambda m: None) != 0:
+        raise UserError(f"the demo's {name} evaluation failed", hint=f"see {writer.path / 'events.jsonl'}")
+    return writer.path
+
+
+def answerable_accuracy(session: Path, annotator: str = "auto:contains") -> dict:
+    """Faithful share among answerable and among unanswerable test items (the demo's data marks which)."""
+    from engine.assessment import ASSESSMENTS, labels_by_item, read_marks
+    from engine.evaluate import read_results
+    from engine.stats import wilson_interval
+
+    marks, _ = read_marks(session / ASSESSMENTS)
+    labels = {i: d[annotator].label for i, d in labels_by_item(marks, annotator).items()}
+    out = {}
+    for key, want in (("answerable", True), ("unanswerable", False)):
+        ids = [r["id"] for r in read_results(session) if (r.get("extra") or {}).get("answerable") is want]
+        k = sum(labels.get(i) == "faithful" for i in ids)
+        lo, hi = wilson_interval(k, len(ids))
+        out[key] = {"faithful": k, "items": len(ids), "rate": k / len(ids) if ids else None, "ci95": [lo, hi]}
+    return out
+
+
+def run_pipeline(root: Path, cfg: DemoConfig, echo=print) -> dict:
+    from engine.recipe import TrainSpec
+    from engine.report import auto_assess, make_pairs, write_compare
+
+    t0 = time.monotonic()
+    root = Path(root)
+    model = demo_model(cfg.size)
+    echo(f"[demo] model {model} ({cfg.size}); sessions in {root}")
+    # the demo model starts from random weights: Stage A must train all of them (full), not adapters
+    sft = _train(root, TrainSpec(stage="sft", model=str(model), data=str(DEMO_DATA / "sft_train.jsonl"),
+                                 val=str(DEMO_DATA / "sft_val.jsonl"), plan="full", epochs=cfg.sft_epochs,
+                                 lr=cfg.sft_lr, batch=cfg.sft_batch, max_length=cfg.max_length, merge=True,
+                                 gradient_checkpointing=False, save_steps=100, logging_steps=2, eval_steps=50),
+                 "demo-sft", echo)
+    sft_model = sft / ("merged" if (sft / "merged").is_dir() else "model")
+    ev_sft = _eval(root, sft_model, DEMO_DATA / "test.jsonl", "demo-eval-sft", cfg, True, echo)
+    rnd = _eval(root, sft_model, DEMO_DATA / "assess_questions.jsonl", "demo-round", cfg, False, echo)
+    for s in (ev_sft, rnd):
+        auto_assess(s, "contains")
+    pairs = make_pairs([rnd], root / "demo-pairs" / "pairs.jsonl", val_fraction=0.1, annotator="auto:contains")
+    echo(f"[demo] pairs: {pairs['train_pairs']} for training, {pairs['val_pairs']} for validation")
+    dpo = _train(root, TrainSpec(stage="dpo", model=str(sft_model), data=pairs["train"],
+                                 val=pairs["val"] if pairs["val_pairs"] else None, plan="auto",
+                                 epochs=cfg.dpo_epochs, lr=cfg.dpo_lr, beta=cfg.dpo_beta, batch=cfg.dpo_batch,
+                                 max_length=cfg.max_length, merge=True, save_steps=500, logging_steps=2,
+                                 eval_steps=50), "demo-dpo", echo)
+    dpo_model = dpo / ("merged" if (dpo / "merged").is_dir() else "model")
+    ev_dpo = _eval(root, dpo_model, DEMO_DATA / "test.jsonl", "demo-eval-dpo", cfg, True, echo)
+    auto_assess(ev_dpo, "contains")
+    comparison, md = write_compare(ev_sft, ev_dpo, "auto:contains")
+    acc_sft, acc_dpo = answerable_accuracy(ev_sft), answerable_accuracy(ev_dpo)
+    p = comparison["paired"]
+    drop = (comparison["a"]["rate"] or 0) - (comparison["b"]["rate"] or 0)
+    acc_change = (acc_dpo["answerable"]["rate"] or 0) - (acc_sft["answerable"]["rate"] or 0)
+    target = drop >= 0.30 and p["mcnemar_p"] < 0.01 and acc_change >= -0.10
+    summary = {"config": asdict(cfg), "sessions": {"sft": sft.name, "eval_sft": ev_sft.name, "round": rnd.name,
+                                                   "dpo": dpo.name, "eval_dpo": ev_dpo.name},
+               "pairs": pairs, "comparison": comparison, "answerable_sft": acc_sft, "answerable_dpo": acc_dpo,
+               "hallucination_drop_points": round(100 * drop, 1), "mcnemar_p": p["mcnemar_p"],
+               "answerable_accuracy_change_points": round(100 * acc_change, 1), "target_met": target,
+               "wall_seconds": round(time.monotonic() - t0, 1)}
+    (root / "demo-summary.json").write_text(json.dumps(summary, indent=1))
+    lines = [md.rstrip(), "",
+             f"answerable questions answered correctly: SFT {_pct(acc_sft['answerable'])}, "
+             f"DPO {_pct(acc_dpo['answerable'])}",
+             f"unseen drugs answered with an abstention: SFT {_pct(acc_sft['unanswerable'])}, "
+             f"DPO {_pct(acc_dpo['unanswerable'])}",
+             f"target (hallucination down >= 30 points with McNemar p < 0.01, answerable accuracy down <= 10 "
+             f"points): {'MET' if target else 'NOT MET'}",
+             f"wall time {summary['wall_seconds'] / 60:.1f} min"]
+    echo("\n".join(lines))
+    return summary
+
+
+def _pct(d: dict) -> str:
+    if not d["items"]:
+        return "n/a"
+    return f"{d['faithful']}/{d['items']} = {100 * d['rate']:.0f} % (95 % CI {100 * d['ci95'][0]:.0f}–" \
+           f"{100 * d['ci95'][1]:.0f} %)"
+
+
+def run_first_stage(root: Path, cfg: DemoConfig, echo=print) -> None:
+    """What `rounds demo` runs in the background: SFT, then an evaluation of the SFT model to assess."""
+    from engine.recipe import TrainSpec
+
+    model = demo_model(cfg.size)
+    # the demo model starts from random weights: Stage A must train all of them (full), not adapters
+    sft = _train(root, TrainSpec(stage="sft", model=str(model), data=str(DEMO_DATA / "sft_train.jsonl"),
+                                 val=str(DEMO_DATA / "sft_val.jsonl"), plan="full", epochs=cfg.sft_epochs,
+                                 lr=cfg.sft_lr, batch=cfg.sft_batch, max_length=cfg.max_length, merge=True,
+                                 gradient_checkpointing=False, save_steps=100, logging_steps=2, eval_steps=50),
+                 "demo-sft", echo)
+    sft_model = sft / ("merged" if (sft / "merged").is_dir() else "model")
+    _eval(root, sft_model, DEMO_DATA / "test.jsonl", "demo-eval-sft", cfg, True, echo)
+
+
+def start_pipeline_background(root: Path, quick: bool = False, full: bool = False) -> subprocess.Popen:
+    """Start the demo (its first stage, or with ``full`` the whole loop) in its own process
+    session, so that it survives the console and the terminal."""
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / "demo.log", "ab", buffering=0)  # noqa: SIM115 - handed to the child
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    args = [sys.executable, "-m", "engine.demo", str(root)] + ([] if full else ["--first-stage"]) \
+        + (["--quick"] if quick else [])
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+    log.close()
+    return proc
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m engine.demo")
+    ap.add_argument("root")
+    ap.add_argument("--first-stage", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    try:
+        if args.first_stage:
+            run_first_stage(Path(args.root), cfg, echo=lambda m: print(m, flush=True))
+        else:
+            run_pipeline(Path(args.root), cfg, echo=lambda m: print(m, flush=True))
+    except UserError as e:
+        print(f"rounds demo: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
