@@ -299,3 +299,23 @@ def test_snapshots(snap_compare, tmp_path, size, kind, screen):
             await pilot.pause(0.1)
 
     assert snap_compare(app, terminal_size=size, run_before=settle)
+
+
+async def test_home_opens_a_finished_evaluation_in_the_assess_screen(tmp_path, monkeypatch):
+    from console.screens.assess import AssessScreen
+    from engine.evaluate import import_results
+
+    monkeypatch.setenv("USER", "dora")
+    f = tmp_path / "r.csv"
+    f.write_text("id,question,reference,answer\n1,q,r,a\n")
+    import_results(str(f), {}, tmp_path / "s", name="ev")
+    app = RoundsApp(tmp_path / "s", probe=FakeProbe())
+    async with app.run_test(size=(100, 30)) as pilot:
+        home = app.screen
+        end = time.monotonic() + 10
+        while not home.infos and time.monotonic() < end:
+            await pilot.pause(0.05)
+        await pilot.press("enter")
+        assert isinstance(app.screen, AssessScreen) and app.screen.model.annotator == "dora"
+        await pilot.press("q")
+        assert isinstance(app.screen, HomeScreen)

@@ -77,7 +77,7 @@ class AssessScreen(Screen):
         Binding("t", "context", "context", show=False, id="assess.context"),
         Binding("r", "report", "report", id="assess.report"),
         Binding("question_mark", "help", "keys", id="assess.help"),
-        Binding("q", "quit", "quit", id="assess.quit"),
+        Binding("q,escape", "quit", "quit", id="assess.quit"),
     ]
 
     def __init__(self, session: Path, annotator: str, blind: bool = False) -> None:
@@ -273,4 +273,7 @@ class AssessScreen(Screen):
 
     def action_quit(self) -> None:
         self.model.close()
-        self.app.exit()
+        if len(self.app.screen_stack) > 2:  # opened from Home: back to the sessions
+            self.app.pop_screen()
+        else:
+            self.app.exit()

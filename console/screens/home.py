@@ -141,6 +141,14 @@ class HomeScreen(Screen):
         if info.status == "unreadable":
             self.notify(info.error or "unreadable session", severity="error", timeout=10)
             return
+        if info.kind == "eval" and info.status == "finished":
+            import os
+
+            from console.screens.assess import AssessScreen
+
+            annotator = getattr(self.app, "annotator", None) or os.environ.get("USER") or "annotator"
+            self.app.push_screen(AssessScreen(info.path, annotator))
+            return
         from console.screens.monitor import MonitorScreen
 
         self.app.push_screen(MonitorScreen(info.path, clock=self.clock))
