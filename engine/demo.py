@@ -51,9 +51,13 @@ def cache_dir() -> Path:
 
 def demo_model(size: str = "small") -> Path:
     """The demo's model folder, built once and cached (a second start is instant)."""
+    import hashlib
+
     from engine.tinymodel import build_tiny_model
 
-    path = cache_dir() / "models" / f"demo-{size}-seed0"
+    # the tokenizer is trained on the demo text: a change of data means a new model
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(DEMO_DATA.glob("*.jsonl")))).hexdigest()[:8]
+    path = cache_dir() / "models" / f"demo-{size}-seed0-{digest}"
     if not (path / "rounds_tiny_model.json").is_file():
         build_tiny_model(path, size=size, seed=0, force=True)
     return path

@@ -26,7 +26,7 @@ SEED = 20261128
 HERE = Path(__file__).resolve().parent
 
 N_KNOWN = 40
-N_UNKNOWN_TRAIN = 30
+N_UNKNOWN_TRAIN = 150  # many unseen names, so DPO can learn 'unknown name -> abstain', not 30 names
 N_UNKNOWN_TEST = 30
 
 ABSTAIN = (
@@ -156,7 +156,7 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     # The assessment round: questions the SFT model is asked so that its answers can be
     # marked and turned into DPO pairs. Known drugs in training phrasing, unknown_train drugs.
     assess_questions: list[dict] = []
-    for drug in known[1::2]:
+    for drug in known:
         item("round", assess_questions, drug, rng.choice(list(FACTS)), rng.choice((0, 1)), True)
     for drug in unknown_train:
         for fact in rng.sample(list(FACTS), 2):
@@ -172,7 +172,7 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     # A ready-made DPO triplet file built from the assessment-round questions: chosen is
     # the faithful answer (the fact, or an abstention), rejected a confident fabrication.
     dpo_train, dpo_val = [], []
-    val_drugs = set(rng.sample(known[1::2], 3) + rng.sample(unknown_train, 5))
+    val_drugs = set(rng.sample(known, 4) + rng.sample(unknown_train, 15))
     for row in assess_questions:
         drug, fact = row["drug"], row["fact"]
         if row["answerable"]:
