@@ -255,3 +255,67 @@ async def test_compare_screen_lists_changed_items_and_opens_them_side_by_side(tm
         assert isinstance(app.screen, SideBySide)
         await pilot.press("escape")
         assert isinstance(app.screen, CompareScreen)
+
+
+def _fixed_id(path: Path, new_id: str) -> Path:
+    """Give a session a fixed id (its folder name), so a screen that shows it is the same every run."""
+    target = path.with_name(new_id)
+    path.rename(target)
+    meta = json.loads((target / "session.json").read_text())
+    meta["id"] = new_id
+    (target / "session.json").write_text(json.dumps(meta))
+    return target
+
+
+def _two_assessed(root: Path) -> tuple[Path, Path]:
+    a = make_session(root, name="before")
+    b = make_session(root, name="after")
+    with AssessmentLog(a, "alice") as log:
+        for i in range(6):
+            log.mark(f"q{i}", "hallucinated" if i < 4 else "faithful")
+    with AssessmentLog(b, "alice") as log:
+        for i in range(6):
+            log.mark(f"q{i}", "hallucinated" if i == 0 else "faithful")
+    return a, b
+
+
+async def test_home_marks_two_sessions_and_compares_them(tmp_path):
+    from console.screens.compare import CompareScreen
+    from console.screens.home import HomeScreen
+
+    a, b = _two_assessed(tmp_path)
+    app = RoundsApp(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        home = app.screen
+        end = time.monotonic() + 10
+        while len(home.infos) < 2 and time.monotonic() < end:
+            await pilot.pause(0.05)
+        await pilot.press("C")  # nothing marked yet: a warning, no screen
+        assert isinstance(app.screen, HomeScreen)
+        await pilot.press("space", "down", "space", "C")
+        assert isinstance(app.screen, CompareScreen)
+        assert {app.screen.a.name, app.screen.b.name} == {a.name, b.name}
+        await pilot.press("escape")
+        assert isinstance(app.screen, HomeScreen)
+
+
+@pytest.mark.parametrize("size", [(100, 30), (80, 24)])
+@pytest.mark.parametrize("which", ["report", "compare"])
+def test_report_and_compare_snapshots(snap_compare, size, which):
+    root = Path(tempfile.gettempdir()) / "rounds-snapshots" / f"{which}-{size[0]}"
+    shutil.rmtree(root, ignore_errors=True)
+    a, b = (_fixed_id(p, f"20261128-010000-eval-{n}") for p, n in zip(_two_assessed(root), ("before", "after"),
+                                                                       strict=True))
+    if which == "report":
+        app = RoundsApp(root, assess=(a, "alice", False))
+
+        async def settle(pilot):
+            await pilot.press("r")
+            await pilot.pause(0.1)
+    else:
+        app = RoundsApp(root, compare=(a, b, None))
+
+        async def settle(pilot):
+            await pilot.pause(0.1)
+
+    assert snap_compare(app, terminal_size=size, run_before=settle)

@@ -281,41 +281,57 @@ def _snapshot_app(name: str, gpus: bool, stage: str, screen: str) -> RoundsApp:
     return RoundsApp(root, path if screen == "monitor" else None, probe=FakeProbe(), clock=lambda: T0)
 
 
+SNAPSHOTS = Path(__file__).parent / "__snapshots__" / "text"
+
+
+def screen_text(svg: str) -> str:
+    """The characters of an exported screen, line by line (no colours)."""
+    import html
+    import re
+
+    rows = re.findall(r'<text class="[^"]*" x="([0-9.]+)" y="([0-9.]+)"[^>]*>(.*?)</text>', svg)
+    lines: dict[float, list[tuple[float, str]]] = {}
+    for x, y, t in rows:
+        lines.setdefault(float(y), []).append((float(x), html.unescape(t).replace("\xa0", " ")))
+    return "\n".join("".join(t for _, t in sorted(v)).rstrip() for _, v in sorted(lines.items()))
+
+
 @pytest.mark.parametrize("size", [(100, 30), (80, 24)])
 @pytest.mark.parametrize("kind", ["dpo-gpu", "sft-cpu"])
-@pytest.mark.parametrize("screen", ["home", "monitor"])
-def test_snapshots(snap_compare, tmp_path, size, kind, screen):
-    stage, gpus = ("dpo", True) if kind == "dpo-gpu" else ("sft", False)
-    app = _snapshot_app(f"{screen}-{kind}-{size[0]}x{size[1]}", gpus, stage, screen)
+def test_home_text_snapshots(size, kind):
+    """Home as text: Textual's SVG of a DataTable header sometimes differs in a background rectangle
+    from run to run, so Home is compared by what it shows; the Monitor by its full SVG (below)."""
+    import asyncio
 
-    async def settle(pilot):
-        if screen == "monitor":
-            await wait_loaded(pilot, pilot.app.screen)
-        else:
-            home = pilot.app.screen
+    stage, gpus = ("dpo", True) if kind == "dpo-gpu" else ("sft", False)
+    app = _snapshot_app(f"home-{kind}-{size[0]}x{size[1]}", gpus, stage, "home")
+
+    async def shot():
+        async with app.run_test(size=size) as pilot:
+            home = app.screen
             end = time.monotonic() + 10
-            while (not home.infos or home._busy) and time.monotonic() < end:
+            while not home.shown and time.monotonic() < end:
                 await pilot.pause(0.05)
             await pilot.pause(0.1)
+            return screen_text(app.export_screenshot())
+
+    text = asyncio.run(shot())
+    expected = SNAPSHOTS / f"home-{kind}-{size[0]}x{size[1]}.txt"
+    if os.environ.get("ROUNDS_UPDATE_SNAPSHOTS") or not expected.exists():
+        expected.parent.mkdir(parents=True, exist_ok=True)
+        expected.write_text(text + "\n")
+        if not os.environ.get("ROUNDS_UPDATE_SNAPSHOTS"):
+            pytest.fail(f"wrote a new snapshot {expected}; check it and commit it")
+    assert text + "\n" == expected.read_text()
+
+
+@pytest.mark.parametrize("size", [(100, 30), (80, 24)])
+@pytest.mark.parametrize("kind", ["dpo-gpu", "sft-cpu"])
+def test_monitor_snapshots(snap_compare, size, kind):
+    stage, gpus = ("dpo", True) if kind == "dpo-gpu" else ("sft", False)
+    app = _snapshot_app(f"monitor-{kind}-{size[0]}x{size[1]}", gpus, stage, "monitor")
+
+    async def settle(pilot):
+        await wait_loaded(pilot, pilot.app.screen)
 
     assert snap_compare(app, terminal_size=size, run_before=settle)
-
-
-async def test_home_opens_a_finished_evaluation_in_the_assess_screen(tmp_path, monkeypatch):
-    from console.screens.assess import AssessScreen
-    from engine.evaluate import import_results
-
-    monkeypatch.setenv("USER", "dora")
-    f = tmp_path / "r.csv"
-    f.write_text("id,question,reference,answer\n1,q,r,a\n")
-    import_results(str(f), {}, tmp_path / "s", name="ev")
-    app = RoundsApp(tmp_path / "s", probe=FakeProbe())
-    async with app.run_test(size=(100, 30)) as pilot:
-        home = app.screen
-        end = time.monotonic() + 10
-        while not home.infos and time.monotonic() < end:
-            await pilot.pause(0.05)
-        await pilot.press("enter")
-        assert isinstance(app.screen, AssessScreen) and app.screen.model.annotator == "dora"
-        await pilot.press("q")
-        assert isinstance(app.screen, HomeScreen)

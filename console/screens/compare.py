@@ -51,7 +51,7 @@ class CompareScreen(Screen):
     #summary { height: auto; padding: 0 1; }
     #changed { height: 1fr; border-top: solid $primary-darken-2; }
     """
-    BINDINGS = [Binding("q,escape", "app.quit", "quit", id="compare.quit")]
+    BINDINGS = [Binding("q,escape", "back", "back", id="compare.quit")]
 
     def __init__(self, a: Path, b: Path, annotator: str | None = None) -> None:
         super().__init__()
@@ -68,6 +68,12 @@ class CompareScreen(Screen):
         options = [Option(f"{i}: A {self.la[i]} → B {self.lb[i]}", id=i) for i in changed]
         yield OptionList(*options, id="changed") if options else Static("no item changed its verdict", id="changed")
         yield Footer()
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+        else:
+            self.app.exit()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         i = event.option.id

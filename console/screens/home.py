@@ -32,10 +32,15 @@ class HomeScreen(Screen):
     DEFAULT_CSS = """
     #host { height: 1; background: $primary-darken-2; padding: 0 1; }
     #sessions { height: 1fr; }
+    /* one look for the header whatever the mouse or cursor does (also keeps snapshots stable) */
+    #sessions > .datatable--header, #sessions > .datatable--header-hover,
+    #sessions > .datatable--header-cursor { background: $surface; color: $accent; text-style: bold; }
     #hint { height: 1; color: $text-muted; padding: 0 1; }
     """
     BINDINGS = [
         Binding("enter", "open", "open", id="home.open"),
+        Binding("space", "toggle_mark", "mark for compare", id="home.mark"),
+        Binding("C", "compare", "compare marked", id="home.compare"),
         Binding("r", "refresh", "refresh", id="home.refresh"),
         Binding("question_mark", "help", "keys", id="home.help"),
         Binding("q", "app.quit", "quit", id="home.quit"),
@@ -49,16 +54,19 @@ class HomeScreen(Screen):
         self.infos: list[SessionInfo] = []
         self._rates: dict[str, tuple[float, str]] = {}
         self._busy = False
+        self.marked: list[str] = []  # session ids marked for comparison, in marking order
+        self.shown = False  # the table has been drawn with the sessions at least once
 
     def compose(self) -> ComposeResult:
         yield Static(id="host")
         table = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
-        table.add_columns("name", "kind", "stage", "status", "progress", "started", "duration", "halluc. rate")
+        table.add_columns("name", "kind", "stage", "status", "progress", "started", "time", "halluc.")
         yield table
         yield Static(f"sessions in {self.root} · enter opens one", id="hint")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one(DataTable).focus()
         self.action_refresh()
         self.set_interval(2.0, self.action_refresh)
 
@@ -87,7 +95,7 @@ class HomeScreen(Screen):
 
             pooled = session_report(info.path)["pooled"]
             lo, hi = pooled["ci95"]
-            text = (f"{100 * pooled['rate']:.0f}% ({100 * lo:.0f}–{100 * hi:.0f}) n={pooled['judged']}"
+            text = (f"{100 * pooled['rate']:.0f}% ({100 * lo:.0f}–{100 * hi:.0f})"
                     if pooled["judged"] else "")
         except Exception:
             text = "?"
@@ -98,24 +106,35 @@ class HomeScreen(Screen):
         self._busy = False
         self.infos = infos
         self.query_one("#host", Static).update(self._host_line(host, len(infos)))
-        table = self.query_one(DataTable)
-        keep = table.cursor_row
-        table.clear()
+        rows = []
         for i in infos:
             status, detail = liveness(i.meta, i.last_event_time, self.clock()) if i.meta else (i.status, "")
             started = _ts(i.started or i.created)
             ended = _ts(i.ended)
             duration = (ended or self.clock()) - started if started and status != "planned" else None
-            progress = f"{100 * i.progress:.0f}% ({i.step}/{i.total_steps})" if i.progress is not None else ""
-            table.add_row(
-                i.name or i.id, i.kind, i.stage or "", Text(status, style=COLOURS.get(status, "")), progress,
-                time.strftime("%m-%d %H:%M", time.localtime(started)) if started else "",
-                format_duration(duration) if duration is not None else "", rates.get(i.id, ""), key=i.id)
+            progress = f"{100 * i.progress:.0f}% {i.step}/{i.total_steps}" if i.progress is not None else ""
+            name = ("● " if i.id in self.marked else "") + (i.name or i.id)
+            rows.append((i.id, (name, i.kind, i.stage or "", status, progress,
+                                time.strftime("%m-%d %H:%M", time.localtime(started)) if started else "",
+                                format_duration(duration) if duration is not None else "", rates.get(i.id, ""))))
+        if rows == getattr(self, "_last_rows", None):
+            return  # nothing changed: leave the table (and the cursor) alone
+        self._last_rows = rows
+        table = self.query_one(DataTable)
+        keep = table.cursor_row
+        table.clear()
+        for key, (name, kind, stage, status, progress, started_text, duration_text, rate) in rows:
+            table.add_row(name, kind, stage, Text(status, style=COLOURS.get(status, "")), progress, started_text,
+                          duration_text, rate, key=key)
+        self.call_after_refresh(self._drawn)
         if infos:
             table.move_cursor(row=min(max(0, keep), len(infos) - 1))
         else:
             self.query_one("#hint", Static).update(
                 f"no sessions in {self.root} yet: start one with `rounds train` or `rounds eval`")
+
+    def _drawn(self) -> None:
+        self.shown = True
 
     def _host_line(self, host: dict | None, n: int) -> Text:
         out = Text.assemble(("rounds ", "bold"), f"· {n} session{'s' if n != 1 else ''} · ")
@@ -152,6 +171,34 @@ class HomeScreen(Screen):
         from console.screens.monitor import MonitorScreen
 
         self.app.push_screen(MonitorScreen(info.path, clock=self.clock))
+
+    def action_toggle_mark(self) -> None:
+        table = self.query_one(DataTable)
+        if not self.infos or table.cursor_row is None:
+            return
+        info = self.infos[table.cursor_row]
+        if info.kind != "eval":
+            self.notify("only evaluation sessions can be compared", severity="warning")
+            return
+        if info.id in self.marked:
+            self.marked.remove(info.id)
+        else:
+            self.marked = (self.marked + [info.id])[-2:]
+        self.notify(f"marked for comparison: {', '.join(self.marked) or 'none'}"
+                    + ("  (C compares them)" if len(self.marked) == 2 else ""))
+        self.action_refresh()
+
+    def action_compare(self) -> None:
+        if len(self.marked) != 2:
+            self.notify("mark two evaluation sessions with space first", severity="warning")
+            return
+        from console.screens.compare import CompareScreen
+
+        a, b = (self.root / m for m in self.marked)
+        try:
+            self.app.push_screen(CompareScreen(a, b))
+        except Exception as e:  # e.g. a session with no marks yet
+            self.notify(str(e), severity="error", timeout=10)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()
