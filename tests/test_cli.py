@@ -10,7 +10,7 @@ from console.cli import build_parser
 from engine import __version__
 
 DEMO = Path(__file__).resolve().parent.parent / "engine" / "demo_data"
-VERBS = ["make-tiny-model", "validate", "plan", "train", "resume", "watch", "eval", "import-results",
+VERBS = ["demo", "make-tiny-model", "validate", "plan", "train", "resume", "watch", "eval", "import-results",
          "assess", "report", "compare", "pairs"]
 
 
