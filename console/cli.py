@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precompute-ref", action="store_true",
                    help="DPO: compute reference log-probs once before training (no reference forward per step)")
     p.add_argument("--beta", type=float, default=0.1, metavar="X", help="DPO beta (default 0.1)")
+    p.add_argument("--sft-weight", type=float, default=0.0, metavar="W",
+                   help="DPO: add W x the NLL of the chosen answers (RPO), so DPO does not simply push both "
+                        "answers down (default 0)")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more activation memory")
     p.add_argument("--lora-rank", type=int, default=16, metavar="R")
     p.add_argument("--lora-alpha", type=int, default=32, metavar="A")
@@ -401,6 +404,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         stage=args.stage, model=args.model, data=args.data, val=args.val, adapter=args.adapter, plan=args.plan,
         epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch=args.batch, grad_accum=args.grad_accum,
         max_length=args.max_length, device=args.device, precompute_ref=args.precompute_ref, beta=args.beta,
+        sft_weight=args.sft_weight,
         gradient_checkpointing=not args.no_gradient_checkpointing, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, save_steps=args.save_steps, save_minutes=args.save_minutes,
         keep_checkpoints=args.keep_checkpoints, logging_steps=args.logging_steps, eval_steps=args.eval_steps,

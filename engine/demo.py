@@ -34,6 +34,7 @@ class DemoConfig:
     dpo_epochs: float = 8.0
     dpo_lr: float = 5e-5
     dpo_beta: float = 0.1
+    dpo_sft_weight: float = 1.0  # RPO: keep the chosen answers likely, not only the margin
     dpo_batch: int = 8
     max_new_tokens: int = 40
     max_length: int = 128
@@ -131,6 +132,7 @@ def run_pipeline(root: Path, cfg: DemoConfig, echo=print) -> dict:
     dpo = _train(root, TrainSpec(stage="dpo", model=str(sft_model), data=pairs["train"],
                                  val=pairs["val"] if pairs["val_pairs"] else None, plan="auto",
                                  epochs=cfg.dpo_epochs, lr=cfg.dpo_lr, beta=cfg.dpo_beta, batch=cfg.dpo_batch,
+                                 sft_weight=cfg.dpo_sft_weight,
                                  max_length=cfg.max_length, merge=True, save_steps=500, logging_steps=2,
                                  eval_steps=50), "demo-dpo", echo)
     dpo_model = dpo / ("merged" if (dpo / "merged").is_dir() else "model")

@@ -39,6 +39,7 @@ class TrainSpec:
     device: str = "auto"
     precompute_ref: bool = False
     beta: float = 0.1
+    sft_weight: float = 0.0  # DPO: add this much NLL on the chosen answers (RPO), against likelihood displacement
     gradient_checkpointing: bool = True
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -262,7 +263,8 @@ def trainer_config(spec: TrainSpec, rt: Runtime, output_dir: Path, has_eval: boo
         return SFTConfig(**common, completion_only_loss=True)
     from trl import DPOConfig
 
-    return DPOConfig(**common, beta=spec.beta, precompute_ref_log_probs=spec.precompute_ref)
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, spec.sft_weight]} if spec.sft_weight else {}
+    return DPOConfig(**common, beta=spec.beta, precompute_ref_log_probs=spec.precompute_ref, **losses)
 
 
 def right_size_logprob_tiles(vocab_size: int) -> int | None:
