@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F")
     p.add_argument("--annotator", metavar="NAME", help="use this annotator's marks (default: the consensus)")
     p.add_argument("--allow-test-items", action="store_true", help="allow items of held-out test sessions")
+    p.add_argument("--refusal", metavar="TEXT",
+                   help="also pair each faithful answer (chosen) with this refusal (rejected), so DPO keeps "
+                        "answering what the model knows; {field} takes the item's extra fields")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pairs)
 
@@ -613,7 +616,8 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     from engine.report import make_pairs
 
     sessions = [_session_path(args, s) for s in args.sessions]
-    rep = make_pairs(sessions, Path(args.out), args.val_fraction, args.annotator, args.allow_test_items, args.seed)
+    rep = make_pairs(sessions, Path(args.out), args.val_fraction, args.annotator, args.allow_test_items, args.seed,
+                     args.refusal)
     print(f"rounds: {rep['train_pairs']} training pairs in {rep['train']}, {rep['val_pairs']} in {rep['val']}"
           + (f"; dropped: {', '.join(f'{k} {v}' for k, v in rep['dropped'].items())}" if rep["dropped"] else ""))
     ratio = rep["chosen_rejected_length_ratio"]

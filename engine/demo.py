@@ -127,7 +127,12 @@ def run_pipeline(root: Path, cfg: DemoConfig, echo=print) -> dict:
     rnd = _eval(root, sft_model, DEMO_DATA / "assess_questions.jsonl", "demo-round", cfg, False, echo)
     for s in (ev_sft, rnd):
         auto_assess(s, "contains")
-    pairs = make_pairs([rnd], root / "demo-pairs" / "pairs.jsonl", val_fraction=0.1, annotator="auto:contains")
+    from engine.demo_data.generate import ABSTAIN
+
+    # hallucinated answers give (reference > answer); faithful ones give (answer > abstention),
+    # so DPO learns both halves: abstain on what it doesn't know, answer what it does
+    pairs = make_pairs([rnd], root / "demo-pairs" / "pairs.jsonl", val_fraction=0.1, annotator="auto:contains",
+                       refusal=ABSTAIN)
     echo(f"[demo] pairs: {pairs['train_pairs']} for training, {pairs['val_pairs']} for validation")
     dpo = _train(root, TrainSpec(stage="dpo", model=str(sft_model), data=pairs["train"],
                                  val=pairs["val"] if pairs["val_pairs"] else None, plan="auto",

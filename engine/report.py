@@ -264,11 +264,16 @@ def write_compare(a: Path, b: Path, annotator: str | None = None) -> tuple[dict,
 # --------------------------------------------------------------------------- pairs
 
 def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annotator: str | None = None,
-               allow_test_items: bool = False, seed: int = 0) -> dict:
-    """DPO triplets from items judged hallucinated: chosen = the reference, rejected = the answer."""
+               allow_test_items: bool = False, seed: int = 0, refusal: str | None = None) -> dict:
+    """DPO triplets from items judged hallucinated: chosen = the reference, rejected = the answer.
+
+    With ``refusal`` (a text; ``{field}`` takes an item's extra fields, e.g. ``{drug}``), items
+    judged faithful also give a pair, chosen = the faithful answer, rejected = the refusal, so
+    that DPO learns to keep answering what the model knows rather than to refuse everything."""
     if not 0 <= val_fraction < 1:
         raise UserError("--val-fraction must be at least 0 and below 1", field="--val-fraction")
     triplets, used, dropped = [], {}, Counter()
+    kept_faithful = 0
     seen: set[tuple[str, str]] = set()
     for s in sessions:
         meta = eval_session(s)
@@ -278,9 +283,23 @@ def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annot
         labels, items, _ = item_labels(s, annotator)
         used[s.name] = []
         for item_id, label in sorted(labels.items()):
+            row = items[item_id]
+            if label == "faithful" and refusal:
+                try:
+                    text = refusal.format_map(row.get("extra") or {})
+                except (KeyError, IndexError, ValueError):
+                    text = refusal
+                prompt, chosen, rejected = prompt_text(row), row.get("answer") or "", text
+                if not chosen.strip() or _norm(chosen) == _norm(rejected) or (prompt, rejected) in seen:
+                    continue
+                seen.add((prompt, rejected))
+                triplets.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                                 "source": {"session": s.name, "item": item_id, "kind": "keep answering"}})
+                used[s.name].append(item_id)
+                kept_faithful += 1
+                continue
             if label != "hallucinated":
                 continue
-            row = items[item_id]
             prompt, chosen, rejected = prompt_text(row), row["reference"], row.get("answer") or ""
             if not rejected.strip():
                 dropped["empty answer"] += 1
@@ -313,6 +332,7 @@ def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annot
                                 + "\n" for t in rows), encoding="utf-8")
     ratio = [len(t["chosen"].split()) / max(1, len(t["rejected"].split())) for t in triplets]
     report = {"train": str(out), "val": str(val_path), "train_pairs": len(train), "val_pairs": len(val),
+              "faithful_pairs": kept_faithful,
               "dropped": dict(dropped), "items_used": used,
               "chosen_rejected_length_ratio": {"mean": round(sum(ratio) / len(ratio), 3), "min": round(min(ratio), 3),
                                                "max": round(max(ratio), 3)}}

@@ -256,3 +256,13 @@ def test_report_refuses_a_training_session(tmp_path):
     w = SessionWriter.create(tmp_path, "train", name="t")
     r = run_rounds("--sessions", str(tmp_path), "report", w.id)
     assert r.returncode == 1 and "not an evaluation" in r.stderr
+
+
+def test_pairs_with_a_refusal_keep_faithful_answers(tmp_path):
+    rnd = imported(tmp_path, rows(6, {0, 1}), "refuse")
+    run_rounds("--sessions", str(rnd.parent), "assess", rnd.name, "--auto", "exact")
+    rep = make_pairs([rnd], tmp_path / "p.jsonl", val_fraction=0, refusal="I don't know.")
+    assert rep["faithful_pairs"] == 4 and rep["train_pairs"] == 6
+    triplets = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    keep = [t for t in triplets if t["rejected"] == "I don't know."]
+    assert len(keep) == 4 and all(t["chosen"].endswith("mg daily.") for t in keep)
