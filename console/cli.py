@@ -353,7 +353,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def format_plan(result, model: str, show_all: bool = False) -> str:
-    from engine.plan import human_bytes
+    from engine.units import human_bytes
 
     w, d, shape = result.workload, result.device, result.shape
     lines = []
@@ -415,7 +415,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         system_interval=args.system_interval,
         columns={f: getattr(args, f"col_{f}") for f in fields if getattr(args, f"col_{f}")},
     )
-    from engine.plan import human_bytes, parse_size
+    from engine.plan import parse_size
+    from engine.units import human_bytes
 
     budget = parse_size(args.mem_budget, "--mem-budget") if args.mem_budget else None
     writer, proc = start(spec, sessions_root(args.sessions), name=args.name, shared=args.shared_sessions,

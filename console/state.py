@@ -7,14 +7,12 @@ or an OOM recovery replaces the old value), system samples, and the event log as
 
 from __future__ import annotations
 
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.session import pid_alive
+from engine.units import human_bytes
 
-STALE_SECONDS = 120  # a running process that wrote nothing for this long is shown as stalled
 SERIES = {
     "loss": "loss",
     "eval_loss": "eval loss",
@@ -181,40 +179,6 @@ class MonitorState:
         if self.step is None or not self.max_steps:
             return None
         return min(1.0, self.step / self.max_steps)
-
-
-def liveness(meta: dict, last_event_time: float | None, now: float | None = None) -> tuple[str, str]:
-    """(status to show, detail): ``running`` only while the pid lives and events are recent."""
-    now = time.time() if now is None else now
-    status = meta.get("status", "?")
-    if status != "running":
-        return status, ""
-    if meta.get("host") == socket.gethostname() and meta.get("pid") and not pid_alive(meta["pid"]):
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last_event_time)) if last_event_time else "unknown"
-        return "lost", f"process {meta['pid']} is gone; last event {when}"
-    if last_event_time and now - last_event_time > STALE_SECONDS:
-        return "stalled", f"no event for {format_duration(now - last_event_time)}"
-    return "running", ""
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "N/A"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--"
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    if h >= 24:
-        return f"{h // 24}d{h % 24:02d}h"
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def _num(v) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.shapes import ModelShape
+from engine.units import human_bytes
 
 GiB = 1024**3
 TOKEN_TILE = 4096  # TRL's fused LM head: tokens per tile
@@ -320,20 +321,9 @@ def time_uncertainty(d: Device) -> str:
     return "±60% (no throughput measured for this device: a typical figure was assumed)"
 
 
-def human_bytes(n: float) -> str:
-    """Binary units, as GPU memory is sold and shown: 12.0 GiB, 206 MiB."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            value = n / size
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{int(n)} B"
-
-
 def human_params(n: float) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
-
-_gb = human_bytes
 
 
 def explain(shape: ModelShape, r: StrategyResult, w: Workload, usable: int) -> str:
@@ -341,20 +331,21 @@ def explain(shape: ModelShape, r: StrategyResult, w: Workload, usable: int) -> s
     biggest = max(c.items(), key=lambda kv: kv[1])
     s = r.strategy
     if r.fits:
-        return f"peak {_gb(r.peak_bytes)} at the {r.moment}, {_gb(usable - r.peak_bytes)} to spare"
+        return f"peak {human_bytes(r.peak_bytes)} at the {r.moment}, {human_bytes(usable - r.peak_bytes)} to spare"
     if c["reference_weights"] and c["reference_weights"] + c["policy_weights"] > 0.35 * r.peak_bytes:
         width = "bf16" if c["policy_weights"] == shape.params_total * 2 else "fp32"
-        return (f"needs {_gb(r.peak_bytes)}: two {width} copies of {human_params(shape.params_total)} parameters "
-                f"(policy + frozen reference) = {_gb(c['policy_weights'] + c['reference_weights'])}")
+        return (f"needs {human_bytes(r.peak_bytes)}: two {width} copies of "
+                f"{human_params(shape.params_total)} parameters "
+                f"(policy + frozen reference) = {human_bytes(c['policy_weights'] + c['reference_weights'])}")
     state = c["policy_weights"] + c["gradients"] + c["optimizer_state"]
     if s.plan == "full" and state > 0.5 * r.peak_bytes:
-        return (f"needs {_gb(r.peak_bytes)}: full training keeps weights, gradients and optimizer state "
+        return (f"needs {human_bytes(r.peak_bytes)}: full training keeps weights, gradients and optimizer state "
                 f"for {human_params(shape.params_total)} parameters "
-                f"({_gb(state)})")
+                f"({human_bytes(state)})")
     names = {"activations": "activations", "logits": "LM-head tiles", "policy_weights": "weights",
              "optimizer_state": "optimizer state", "gradients": "gradients"}
-    return (f"needs {_gb(r.peak_bytes)}, over the {_gb(usable)} usable; largest part: "
-            f"{names.get(biggest[0], biggest[0])} {_gb(biggest[1])} (micro-batch {s.micro_batch}, "
+    return (f"needs {human_bytes(r.peak_bytes)}, over the {human_bytes(usable)} usable; largest part: "
+            f"{names.get(biggest[0], biggest[0])} {human_bytes(biggest[1])} (micro-batch {s.micro_batch}, "
             f"{w.max_length} tokens{', x2 for chosen+rejected' if w.stage == 'dpo' else ''})")
 
 

@@ -281,12 +281,15 @@ def right_size_logprob_tiles(vocab_size: int) -> int | None:
     return width
 
 
-def build_trainer(spec: TrainSpec, rt: Runtime, output_dir: Path, callbacks: list, tokenizer=None):
+def build_trainer(spec: TrainSpec, rt: Runtime, output_dir: Path, callbacks: list, tokenizer=None,
+                  rows: tuple[list[dict], list[dict] | None] | None = None):
+    """``rows`` (train, val) already read and validated, so a rebuild after OOM does not read them again."""
     tokenizer = tokenizer or load_tokenizer(spec)
     model, ref_model = load_policy(spec, rt)
     right_size_logprob_tiles(model.config.get_text_config().vocab_size)
-    train = build_dataset(spec, load_rows(spec, "data"))
-    val = build_dataset(spec, load_rows(spec, "val")) if spec.val else None
+    train_rows, val_rows = rows or (load_rows(spec, "data"), load_rows(spec, "val") if spec.val else None)
+    train = build_dataset(spec, train_rows)
+    val = build_dataset(spec, val_rows) if val_rows else None
     args = trainer_config(spec, rt, output_dir, has_eval=val is not None)
     kwargs = dict(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
                   callbacks=callbacks, peft_config=lora_config(spec))

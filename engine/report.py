@@ -272,7 +272,7 @@ def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annot
     that DPO learns to keep answering what the model knows rather than to refuse everything."""
     if not 0 <= val_fraction < 1:
         raise UserError("--val-fraction must be at least 0 and below 1", field="--val-fraction")
-    triplets, used, dropped = [], {}, Counter()
+    triplets, used, dropped, items_of = [], {}, Counter(), {}
     kept_faithful = 0
     seen: set[tuple[str, str]] = set()
     for s in sessions:
@@ -281,6 +281,7 @@ def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annot
             raise UserError(f"{s.name} is a held-out test set: pairs from it would leak the test into training",
                             hint="use a separate assessment set, or pass --allow-test-items if you mean it")
         labels, items, _ = item_labels(s, annotator)
+        items_of[s.name] = items
         used[s.name] = []
         for item_id, label in sorted(labels.items()):
             row = items[item_id]
@@ -341,7 +342,7 @@ def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annot
                              "preferences as readily as factual ones")
     write_json_atomic(out.with_name(out.stem + ".report.json"), report)
     for s in sessions:  # so that `compare` can warn when these questions are later used as a test
-        items = {r["id"]: r for r in read_results(s)}
+        items = items_of[s.name]
         write_json_atomic(s / USED_FOR_PAIRS, {"pairs": str(out), "items": used[s.name],
                                                "questions": [fingerprint(items[i]["question"]) for i in used[s.name]]},
                           file_mode(s))

@@ -272,10 +272,8 @@ class SessionInfo:
 
     @property
     def effective_status(self) -> str:
-        """``running`` only while the writing process is alive; ``lost`` when it died silently."""
-        if self.status == "running" and self.host == socket.gethostname() and self.pid and not pid_alive(self.pid):
-            return "lost"
-        return self.status
+        """``running`` only while the writing process lives and writes; else ``lost`` or ``stalled``."""
+        return liveness(self.meta, self.last_event_time)[0] if self.meta else self.status
 
 
 def pid_alive(pid: int) -> bool:
@@ -286,6 +284,26 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+STALE_SECONDS = 120  # a running process that wrote nothing for this long is shown as stalled
+
+
+def liveness(meta: dict, last_event_time: float | None, now: float | None = None) -> tuple[str, str]:
+    """(status to show, detail): ``running`` only while the pid lives and events are recent;
+    ``lost`` when the process is gone without writing a status; ``stalled`` when it is silent."""
+    now = time.time() if now is None else now
+    status = meta.get("status", "?")
+    if status != "running":
+        return status, ""
+    if meta.get("host") == socket.gethostname() and meta.get("pid") and not pid_alive(meta["pid"]):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last_event_time)) if last_event_time else "unknown"
+        return "lost", f"process {meta['pid']} is gone; last event {when}"
+    if last_event_time and now - last_event_time > STALE_SECONDS:
+        from engine.units import format_duration
+
+        return "stalled", f"no event for {format_duration(now - last_event_time)}"
+    return "running", ""
 
 
 def read_session(path: str | os.PathLike) -> SessionInfo:

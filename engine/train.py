@@ -34,6 +34,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.recipe import TrainSpec, check_adapter_folder, check_model_folder, load_rows
 from engine.session import SessionWriter, pid_alive, read_session_json, write_json_atomic
+from engine.units import format_duration
 
 COMPLETE = "rounds-complete.json"
 REQUESTS = "requests"
@@ -302,15 +303,6 @@ def _control_callback(writer: SessionWriter, control: RunControl, spec: TrainSpe
     return ControlCallback()
 
 
-def _format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 def _echo(record: dict) -> None:
     parts = [f"step {record['step']}/{record['max_steps']}"]
     if isinstance(record.get("loss"), (int, float)):
@@ -320,7 +312,7 @@ def _echo(record: dict) -> None:
         parts.append(f"acc {record.get('rewards/accuracies', 0):.2f}")
     if record.get("seconds_per_step"):
         parts.append(f"{record['seconds_per_step']:.2f} s/step")
-    parts.append(f"ETA {_format_eta(record.get('eta_seconds'))}")
+    parts.append(f"ETA {format_duration(record.get('eta_seconds'))}")
     print("  ".join(parts), flush=True)
 
 
@@ -374,15 +366,14 @@ def oom_advice(spec: TrainSpec) -> str:
     return "options that lower memory: " + "; ".join(options)
 
 
-def _data_event(writer: SessionWriter, spec: TrainSpec, tokenizer) -> None:
+def _data_event(writer: SessionWriter, spec: TrainSpec, tokenizer, rows: list[dict], val_rows: list[dict] | None
+                ) -> None:
     """Row counts and token lengths; warn when examples will be cut by --max-length."""
     from engine.data import DataReport, token_stats
 
-    rows = load_rows(spec, "data")
     report = DataReport(file=spec.data, kind=spec.stage, rows=rows)
     stats = token_stats(report, tokenizer, spec.max_length)
-    writer.event("event", kind="data", train_rows=len(rows),
-                 val_rows=len(load_rows(spec, "val")) if spec.val else 0, tokens=stats)
+    writer.event("event", kind="data", train_rows=len(rows), val_rows=len(val_rows or []), tokens=stats)
     over = stats.get("total", {}).get("over_max_length", 0)
     if over:
         writer.event("event", kind="warning",
@@ -418,7 +409,8 @@ def run_session(session: Path) -> int:
                      gradient_checkpointing=spec.gradient_checkpointing, max_length=spec.max_length)
         sampler = SystemSampler(writer, spec.system_interval).start()
         tokenizer = load_tokenizer(spec)
-        _data_event(writer, spec, tokenizer)
+        rows = (load_rows(spec, "data"), load_rows(spec, "val") if spec.val else None)  # read once, used on retries
+        _data_event(writer, spec, tokenizer, *rows)
         print(f"rounds: {spec.stage} on {rt.device}, plan {spec.plan}, micro-batch {spec.batch} x {spec.grad_accum}",
               flush=True)
 
@@ -432,7 +424,7 @@ def run_session(session: Path) -> int:
             writer.event("event", kind="loading", message=f"loading {spec.model}"
                          + (f" + adapter {spec.adapter}" if spec.adapter else ""))
             trainer = build_trainer(spec, rt, ckpt_dir, [telemetry, _control_callback(writer, control, spec)],
-                                    tokenizer)
+                                    tokenizer, rows)
             if writer.meta.get("status") != "running":
                 writer.set_status("running")
             if resume_from:

@@ -18,8 +18,8 @@ from console.app import RoundsApp
 from console.screens.dialogs import Confirm
 from console.screens.home import HomeScreen
 from console.screens.monitor import MonitorScreen
-from console.state import MonitorState, Series, liveness
-from engine.session import SESSION_JSON, SessionWriter, write_json_atomic
+from console.state import MonitorState, Series
+from engine.session import SESSION_JSON, SessionWriter, liveness, write_json_atomic
 
 T0 = 1_795_800_000.0  # a fixed "now" for deterministic screens
 GIB = 2**30

@@ -12,20 +12,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from console.screens.dialogs import KeyHelp
-from console.state import format_duration, human_bytes, liveness
-from engine.session import SessionInfo, list_sessions
+from engine.session import SessionInfo, list_sessions, liveness
+from engine.units import format_duration, human_bytes, parse_time
 
 COLOURS = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stalled": "yellow",
            "stopped": "yellow", "unreadable": "red", "planned": "white"}
-
-
-def _ts(text: str | None) -> float | None:
-    import datetime as dt
-
-    try:
-        return dt.datetime.fromisoformat(text).timestamp() if text else None
-    except ValueError:
-        return None
 
 
 class HomeScreen(Screen):
@@ -109,8 +100,8 @@ class HomeScreen(Screen):
         rows = []
         for i in infos:
             status, detail = liveness(i.meta, i.last_event_time, self.clock()) if i.meta else (i.status, "")
-            started = _ts(i.started or i.created)
-            ended = _ts(i.ended)
+            started = parse_time(i.started or i.created)
+            ended = parse_time(i.ended)
             duration = (ended or self.clock()) - started if started and status != "planned" else None
             progress = f"{100 * i.progress:.0f}% {i.step}/{i.total_steps}" if i.progress is not None else ""
             name = ("● " if i.id in self.marked else "") + (i.name or i.id)

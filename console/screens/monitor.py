@@ -17,12 +17,13 @@ from textual.widgets import Footer, Static
 
 from console.charts import bar
 from console.screens.dialogs import Confirm, KeyHelp
-from console.state import CHART_SETS, SERIES, MonitorState, format_duration, liveness
+from console.state import CHART_SETS, SERIES, MonitorState
 from console.widgets.chart import MetricChart
 from console.widgets.eventlog import EventLog
 from console.widgets.memory import MemoryPanel
 from console.widgets.system import SystemPanel
-from engine.session import EVENTS, EventTail, read_session_json
+from engine.session import EVENTS, EventTail, liveness, read_session_json
+from engine.units import format_duration, parse_time
 
 READ_BUDGET_SECONDS = 0.25  # per poll, so a huge history streams in without freezing the screen
 
@@ -92,11 +93,20 @@ class MonitorScreen(Screen):
                     break
                 batch.extend(got)
             at_end = not got if batch else True
-            meta = read_session_json(self.session)
+            meta = self._meta_if_changed()
         except Exception as e:  # a damaged session.json must not kill the screen
             meta, at_end = None, True
             self.message = f"cannot read session.json: {e}"
         self.app.call_from_thread(self._apply, batch, meta, at_end)
+
+    def _meta_if_changed(self) -> dict | None:
+        """session.json only when its mtime moved: polled twice a second, it rarely changes."""
+        mtime = (self.session / "session.json").stat().st_mtime_ns
+        if mtime == getattr(self, "_meta_mtime", None):
+            return None
+        meta = read_session_json(self.session)
+        self._meta_mtime = mtime
+        return meta
 
     def _apply(self, batch: list[dict], meta: dict | None, at_end: bool) -> None:
         self._reading = False
@@ -120,8 +130,8 @@ class MonitorScreen(Screen):
         st, meta = self.state, self.state.meta
         status, detail = liveness(meta, st.last_event_time, self.clock())
         plan = meta.get("plan") or {}
-        started = _parse_time(meta.get("started"))
-        ended = _parse_time(meta.get("ended"))
+        started = parse_time(meta.get("started"))
+        ended = parse_time(meta.get("ended"))
         elapsed = (ended or self.clock()) - started if started else None
         colour = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stalled": "yellow",
                   "stopped": "yellow"}.get(status, "white")
@@ -211,17 +221,6 @@ class MonitorScreen(Screen):
 
     def action_help(self) -> None:
         self.app.push_screen(KeyHelp("Monitor", [b for b in self.BINDINGS if isinstance(b, Binding)]))
-
-
-def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    import datetime as dt
-
-    try:
-        return dt.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
 
 
 def _log_tail(session: Path, n: int) -> list[str]:

@@ -6,7 +6,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from console.charts import sparkline
-from console.state import MonitorState, human_bytes
+from console.state import MonitorState
+from engine.units import human_bytes
 
 
 class SystemPanel(Static):

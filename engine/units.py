@@ -1,0 +1,38 @@
+"""How numbers are shown to people: sizes in binary units, durations, ISO timestamps."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+
+def human_bytes(n: float | None) -> str:
+    """Binary units, as GPU memory is sold and shown: 12.0 GiB, 206 MiB; N/A for None."""
+    if n is None:
+        return "N/A"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{int(n)} B"
+
+
+def format_duration(seconds: float | None) -> str:
+    """'4m05s', '2h13m', '3d04h'; '--' when unknown."""
+    if seconds is None:
+        return "--"
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    if h >= 24:
+        return f"{h // 24}d{h % 24:02d}h"
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def parse_time(text: str | None) -> float | None:
+    """An ISO timestamp from session.json as epoch seconds, or None."""
+    if not text:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
