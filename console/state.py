@@ -71,6 +71,7 @@ class MonitorState:
     status: str = "?"
     step: int | None = None
     max_steps: int | None = None
+    unit: str = "step"  # what a step counts: an eval's items, a pairs run's MiB
     eta_seconds: float | None = None
     seconds_per_step: float | None = None
     series: dict[str, Series] = field(default_factory=lambda: {k: Series() for k in SERIES})
@@ -117,6 +118,8 @@ class MonitorState:
             self.step = step
         if rec.get("max_steps"):
             self.max_steps = rec["max_steps"]
+        if isinstance(rec.get("unit"), str):
+            self.unit = rec["unit"]
         if rec.get("eta_seconds") is not None:
             self.eta_seconds = rec["eta_seconds"]
         if rec.get("seconds_per_step"):

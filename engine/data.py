@@ -69,6 +69,7 @@ class DataReport:
     records_seen: int = 0
     problems: list[Problem] = field(default_factory=list)
     problems_dropped: int = 0
+    bytes_read: int = 0  # how far the reader is into the file (progress bars)
     conversational: bool | None = None  # dpo only
     token_stats: dict | None = None
 
@@ -113,6 +114,7 @@ def _lines(path: Path, report: DataReport) -> Iterator[tuple[int, str]]:
             if not raw:
                 return
             n += 1
+            report.bytes_read += len(raw)
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 total = len(raw)
                 while True:  # skip the rest of the line in bounded chunks

@@ -39,17 +39,48 @@ class EvalSpec:
     device: str = "auto"
     held_out: bool = False
     columns: dict[str, str] = field(default_factory=dict)
+    samples: int = 1  # > 1: that many sampled answers per question, items QID~1..QID~N
+    temperature: float = 0.8  # only when samples > 1 (otherwise greedy)
+    seed: int = 0
 
     @classmethod
     def from_json(cls, data: dict) -> EvalSpec:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+SAMPLE_SEP = "~"
+
+
+def sample_ids(row_id: str, samples: int) -> list[str]:
+    """The item ids of one question's answers: the question's id, or ``ID~1`` .. ``ID~N`` when sampled."""
+    return [row_id] if samples <= 1 else [f"{row_id}{SAMPLE_SEP}{j}" for j in range(1, samples + 1)]
+
+
 def item_rows(spec: EvalSpec) -> list[dict]:
-    rows = load(spec.data, "test", spec.columns)
+    columns = dict(spec.columns)
+    if spec.samples > 1 and "reference" not in columns:
+        columns.update(_reference_column(spec.data))
+    rows = load(spec.data, "test", columns)
     for r in rows:
         r["id"] = str(r["id"]) if r.get("id") not in (None, "") else f"line-{r['line']}"
     return rows[: spec.max_examples] if spec.max_examples else rows
+
+
+def _reference_column(path: str) -> dict[str, str]:
+    """An SFT file (question, answer) serves as a sampling set: its answer is the reference."""
+    from engine.data import DataReport, _detect_format, _records
+
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    report = DataReport(file=str(p), kind="test")
+    for _, rec in _records(p, _detect_format(p), report):
+        keys = rec.get("__header__", rec) if isinstance(rec, dict) else {}
+        if "reference" not in keys and "answer" in keys:
+            return {"reference": "answer"}
+        if isinstance(rec, dict) and "__header__" not in rec:
+            break
+    return {}
 
 
 def read_results(session: Path) -> list[dict]:
@@ -134,10 +165,14 @@ def start(spec: EvalSpec, root: Path, *, name: str | None = None, shared: bool =
     check_model_folder(spec.model)
     if spec.adapter:
         check_adapter_folder(spec.adapter)
+    if spec.samples < 1:
+        raise UserError("--samples must be at least 1", field="--samples")
+    if spec.samples > 1 and not spec.temperature > 0:
+        raise UserError("sampling needs a temperature above 0", field="--temperature", hint="e.g. --temperature 0.8")
     rows = item_rows(spec)
     writer = SessionWriter.create(root, "eval", name=name, stage="eval", command=command, config=asdict(spec),
                                   shared=shared)
-    writer.update(items=len(rows), held_out=spec.held_out)
+    writer.update(items=len(rows) * spec.samples, questions=len(rows), held_out=spec.held_out)
     return writer
 
 
@@ -158,20 +193,20 @@ def run(session: Path, echo=print) -> int:
             writer.event("event", kind="warning", message=f"dropped a half-written last line of {RESULTS} "
                                                           f"({cut} bytes); that item is generated again")
         done = {r["id"] for r in read_results(session)}
-        todo = [r for r in rows if r["id"] not in done]
+        todo = [r for r in rows if not all(i in done for i in sample_ids(r["id"], spec.samples))]
         writer.set_status("running")
         if done:
             writer.event("event", kind="resumed", done=len(done), remaining=len(todo))
         if todo:
-            _generate(spec, writer, todo, len(rows), len(done), stop, echo)
+            _generate(spec, writer, todo, len(rows), len(rows) - len(todo), stop, echo, done)
         write_csv(session)
         if stop["reason"]:
             writer.set_status("stopped", reason=stop["reason"])
             echo(f"rounds: stopped ({stop['reason']}); continue with `rounds eval --resume {session.name}`")
             return 0
-        writer.event("event", kind="finished", items=len(rows))
+        writer.event("event", kind="finished", items=len(rows) * spec.samples)
         writer.set_status("finished")
-        echo(f"rounds: {len(rows)} answers in {session / RESULTS} and {session / RESULTS_CSV}")
+        echo(f"rounds: {len(rows) * spec.samples} answers in {session / RESULTS} and {session / RESULTS_CSV}")
         return 0
     except UserError as e:
         writer.event("event", kind="error", message=str(e))
@@ -233,7 +268,27 @@ def generate_batch(tok, model, device: str, prompts: list[str], max_new_tokens: 
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
                              eos_token_id=tok.eos_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]
+    return _decode(tok, out[:, enc["input_ids"].shape[1]:], max_new_tokens)
+
+
+def sample_batch(tok, model, device: str, prompts: list[str], max_new_tokens: int, samples: int,
+                 temperature: float, seed: int) -> list[list[tuple[str, int, bool]]]:
+    """``samples`` sampled answers for each prompt (one padded batch of prompts x samples)."""
+    import torch
+
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    torch.manual_seed(seed)  # the same batch gives the same samples on a resumed run
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                             top_p=1.0, top_k=0, num_return_sequences=samples, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+    decoded = _decode(tok, out[:, enc["input_ids"].shape[1]:], max_new_tokens)
+    return [decoded[i * samples:(i + 1) * samples] for i in range(len(prompts))]
+
+
+def _decode(tok, new, max_new_tokens: int) -> list[tuple[str, int, bool]]:
     results = []
     for seq in new:
         ids = seq.tolist()
@@ -247,11 +302,19 @@ def generate_batch(tok, model, device: str, prompts: list[str], max_new_tokens: 
     return results
 
 
+def _seed_for(seed: int, ids: list[str]) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{ids[0]}".encode()).digest()[:4], "big")
+
+
 def _generate(spec: EvalSpec, writer: SessionWriter, todo: list[dict], total: int, done: int, stop: dict,
-              echo) -> None:
+              echo, done_ids: set[str] | None = None) -> None:
     tok, model, device = load_for_generation(spec.model, spec.adapter, spec.device)
+    sampled = spec.samples > 1
     writer.event("event", kind="plan", device=device, batch_size=spec.batch_size,
-                 max_new_tokens=spec.max_new_tokens, decoding="greedy")
+                 max_new_tokens=spec.max_new_tokens,
+                 decoding=f"sampled x{spec.samples}, temperature {spec.temperature:g}" if sampled else "greedy")
     # longest prompts first: batches of similar length waste little on padding
     todo = sorted(todo, key=lambda r: len(prompt_text(r)), reverse=True)
     t0 = time.monotonic()
@@ -260,29 +323,42 @@ def _generate(spec: EvalSpec, writer: SessionWriter, todo: list[dict], total: in
         if stop["reason"]:
             break
         batch = todo[start_i:start_i + spec.batch_size]
-        answers = generate_batch(tok, model, device, [prompt_text(r) for r in batch], spec.max_new_tokens)
+        prompts = [prompt_text(r) for r in batch]
+        if sampled:
+            answers = sample_batch(tok, model, device, prompts, spec.max_new_tokens, spec.samples, spec.temperature,
+                                   _seed_for(spec.seed, [r["id"] for r in batch]))
+            generation = {"decoding": "sampled", "temperature": spec.temperature, "samples": spec.samples,
+                          "seed": spec.seed, "max_new_tokens": spec.max_new_tokens, "batch_size": spec.batch_size}
+        else:
+            answers = [[a] for a in generate_batch(tok, model, device, prompts, spec.max_new_tokens)]
+            generation = {"decoding": "greedy", "max_new_tokens": spec.max_new_tokens, "batch_size": spec.batch_size}
         records = []
-        for row, (answer, n, truncated) in zip(batch, answers, strict=True):
-            tokens += n
-            records.append({
-                "id": row["id"], "question": row["question"], "context": row.get("context"),
-                "reference": row["reference"], "answer": answer, "model": spec.model, "adapter": spec.adapter,
-                "generation": {"decoding": "greedy", "max_new_tokens": spec.max_new_tokens,
-                               "batch_size": spec.batch_size},
-                "new_tokens": n, "truncated": truncated,
-                "flags": flags(answer, row["reference"], row.get("context") or "", row["question"], truncated),
-                **({"extra": _extra(row)} if _extra(row) else {}),
-            })
+        for row, outs in zip(batch, answers, strict=True):
+            for j, (item_id, (answer, n, truncated)) in enumerate(zip(sample_ids(row["id"], spec.samples), outs,
+                                                                       strict=True), start=1):
+                tokens += n
+                if done_ids and item_id in done_ids:
+                    continue  # written before a crash cut this question's samples short
+                extra = _extra(row) | ({"question_id": row["id"], "sample": j} if sampled else {})
+                records.append({
+                    "id": item_id, "question": row["question"], "context": row.get("context"),
+                    "reference": row["reference"], "answer": answer, "model": spec.model, "adapter": spec.adapter,
+                    "generation": generation, "new_tokens": n, "truncated": truncated,
+                    "flags": flags(answer, row["reference"], row.get("context") or "", row["question"], truncated),
+                    **({"extra": extra} if extra else {}),
+                })
         _append_results(writer.path, records)
         done += len(batch)
         elapsed = time.monotonic() - t0
         ips = (start_i + len(batch)) / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / ips if ips else None
-        writer.event("progress", step=done, max_steps=total, items_per_second=round(ips, 3),
+        writer.event("progress", step=done, max_steps=total, unit="questions" if sampled else "items",
+                     items_per_second=round(ips, 3),
                      tokens_per_second=round(tokens / elapsed, 1) if elapsed else None,
                      eta_seconds=round(eta, 1) if eta is not None else None)
-        echo(f"items {done}/{total}  {ips:.2f} items/s  {tokens / max(elapsed, 1e-9):.0f} tokens/s  "
-             f"ETA {eta:.0f} s" if eta is not None else f"items {done}/{total}")
+        what = "questions" if sampled else "items"
+        echo(f"{what} {done}/{total}  {ips:.2f} {what}/s  {tokens / max(elapsed, 1e-9):.0f} tokens/s  "
+             f"ETA {eta:.0f} s" if eta is not None else f"{what} {done}/{total}")
 
 
 # --------------------------------------------------------------------------- import

@@ -26,7 +26,7 @@ from typing import Any
 from engine.errors import FormatVersionError, SessionLockedError, UserError
 
 FORMAT = 1
-KINDS = ("train", "eval", "assess")
+KINDS = ("train", "eval", "assess", "pairs")
 STATUSES = ("planned", "running", "finished", "failed", "stopped")
 SESSION_JSON = "session.json"
 EVENTS = "events.jsonl"

@@ -145,7 +145,8 @@ class MonitorScreen(Screen):
         width = max(10, self.size.width - 62)
         prog = Text()
         if st.step is not None:
-            prog.append(f"step {st.step}/{st.max_steps or '?'} ")
+            prog.append(f"{st.unit} {st.step:,}/{st.max_steps or 0:,} " if st.unit != "step" else
+                        f"step {st.step}/{st.max_steps or '?'} ")
             prog.append(bar(frac, width), style="green")
             prog.append(f" {100 * (frac or 0):3.0f}%")
             if status in ("running", "stalled"):

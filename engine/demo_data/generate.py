@@ -17,6 +17,8 @@ indication is hallucinating, and that can be judged automatically.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import random
 import sys
@@ -184,7 +186,29 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
         triplet = {"prompt": row["question"], "chosen": row["reference"], "rejected": rejected}
         (dpo_val if drug in val_drugs else dpo_train).append(triplet)
 
+    # Two public preference-data layouts, built from the same invented facts, for
+    # `rounds pairs --from-columns` (MedHallu: question, knowledge, ground truth, hallucinated
+    # answer) and `--from-labels` (MedHal: context, statement, label, explanation). Their own
+    # random stream, so the files above do not change when these do.
+    side = random.Random(seed + 1)
+    medhallu, medhal = [], []
+    for drug in known:
+        f = facts[drug]
+        passage = " ".join(FACTS[k][1].format(**f) for k in FACTS)
+        for fact in FACTS:
+            q, truth = _qa(f, fact, 0)
+            wrong = FACTS[fact][1].format(**_wrong_fact(side, f, fact, conditions))
+            medhallu.append({"id": f"mh-{len(medhallu) + 1:04d}", "question": q, "knowledge": passage,
+                             "ground_truth": truth, "hallucinated_answer": wrong})
+            medhal.append({"id": f"ml-{len(medhal) + 1:04d}", "context": passage, "statement": truth,
+                           "label": "true", "explanation": f"the passage states the {fact.replace('_', ' ')}"})
+            medhal.append({"id": f"ml-{len(medhal) + 1:04d}", "context": passage, "statement": wrong,
+                           "label": "false",
+                           "explanation": f"the passage gives a different {fact.replace('_', ' ')}"})
+
     return {
+        "medhallu_style.csv": medhallu,
+        "medhal_style.csv": medhal,
         "sft_train.jsonl": sft_train,
         "sft_val.jsonl": sft_val,
         "assess_questions.jsonl": assess_questions,
@@ -198,6 +222,12 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
 
 
 def render(name: str, rows: list[dict]) -> str:
+    if name.endswith(".csv"):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()
     if name.endswith(".jsonl"):
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return json.dumps(rows, indent=1, ensure_ascii=False) + "\n"
