@@ -198,7 +198,7 @@ def run(session: Path, echo=print) -> int:
         if done:
             writer.event("event", kind="resumed", done=len(done), remaining=len(todo))
         if todo:
-            _generate(spec, writer, todo, len(rows), len(rows) - len(todo), stop, echo, done)
+            _generate(spec, writer, todo, len(rows), len(rows) - len(todo), stop, echo, done, rows)
         write_csv(session)
         if stop["reason"]:
             writer.set_status("stopped", reason=stop["reason"])
@@ -309,20 +309,24 @@ def _seed_for(seed: int, ids: list[str]) -> int:
 
 
 def _generate(spec: EvalSpec, writer: SessionWriter, todo: list[dict], total: int, done: int, stop: dict,
-              echo, done_ids: set[str] | None = None) -> None:
+              echo, done_ids: set[str] | None = None, all_rows: list[dict] | None = None) -> None:
     tok, model, device = load_for_generation(spec.model, spec.adapter, spec.device)
     sampled = spec.samples > 1
     writer.event("event", kind="plan", device=device, batch_size=spec.batch_size,
                  max_new_tokens=spec.max_new_tokens,
                  decoding=f"sampled x{spec.samples}, temperature {spec.temperature:g}" if sampled else "greedy")
     # longest prompts first: batches of similar length waste little on padding
-    todo = sorted(todo, key=lambda r: len(prompt_text(r)), reverse=True)
+    by_length = sorted(all_rows if sampled and all_rows else todo, key=lambda r: len(prompt_text(r)), reverse=True)
+    batches = [by_length[i:i + spec.batch_size] for i in range(0, len(by_length), spec.batch_size)]
+    if sampled:  # the batches of the whole set, so that a resumed run samples exactly what an unbroken one would
+        wanted = {r["id"] for r in todo}
+        batches = [b for b in batches if any(r["id"] in wanted for r in b)]
     t0 = time.monotonic()
     tokens = 0
-    for start_i in range(0, len(todo), spec.batch_size):
+    processed = 0
+    for batch in batches:
         if stop["reason"]:
             break
-        batch = todo[start_i:start_i + spec.batch_size]
         prompts = [prompt_text(r) for r in batch]
         if sampled:
             answers = sample_batch(tok, model, device, prompts, spec.max_new_tokens, spec.samples, spec.temperature,
@@ -348,9 +352,11 @@ def _generate(spec: EvalSpec, writer: SessionWriter, todo: list[dict], total: in
                     **({"extra": extra} if extra else {}),
                 })
         _append_results(writer.path, records)
-        done += len(batch)
+        new_rows = len({r["extra"]["question_id"] if sampled else r["id"] for r in records})
+        done += new_rows
+        processed += new_rows
         elapsed = time.monotonic() - t0
-        ips = (start_i + len(batch)) / elapsed if elapsed > 0 else 0.0
+        ips = processed / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / ips if ips else None
         writer.event("progress", step=done, max_steps=total, unit="questions" if sampled else "items",
                      items_per_second=round(ips, 3),

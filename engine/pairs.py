@@ -695,7 +695,7 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
             writer.close()
         raise
     buckets.cleanup()
-    malformed = len(report.errors) + report.problems_dropped
+    malformed = len({p.line for p in report.errors}) + report.problems_dropped  # rows, not problems
     if malformed:
         dropped["malformed source rows"] = malformed
     rep = _report(mode, opts, src, report, counter[0], sink, dropped, held, time.monotonic() - t0, writer)
