@@ -185,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--held-out", action="store_true", help="mark it a held-out test set: `rounds pairs` refuses it")
+    p.add_argument("--samples", type=int, default=1, metavar="N",
+                   help="N sampled answers per question (items ID~1..ID~N) instead of one greedy answer")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature (with --samples)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --samples)")
     for fld in ("question", "reference", "context", "id"):
         p.add_argument(f"--{fld}", dest=f"col_{fld}", metavar="COL", help=f"column holding the {fld}")
     p.add_argument("--name", metavar="NAME")
@@ -597,7 +601,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         spec = evaluate.EvalSpec(model=args.model, data=args.data, adapter=args.adapter,
                                  max_examples=args.max_examples, batch_size=args.batch_size,
                                  max_new_tokens=args.max_new_tokens, device=args.device, held_out=args.held_out,
-                                 columns=_cols(args, ("question", "reference", "context", "id")))
+                                 columns=_cols(args, ("question", "reference", "context", "id")),
+                                 samples=args.samples, temperature=args.temperature, seed=args.seed)
         writer = evaluate.start(spec, sessions_root(args.sessions), name=args.name, shared=args.shared_sessions,
                                 command=["rounds", *sys.argv[1:]])
         session = writer.path

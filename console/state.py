@@ -163,7 +163,12 @@ class MonitorState:
             self.error = rec.get("message")
             text = f"error: {rec.get('message')}"
         elif k == "finished":
-            text = f"finished at step {rec.get('step', '')}"
+            if "train_pairs" in rec:
+                text = f"finished: {rec['train_pairs']:,} training and {rec.get('val_pairs', 0):,} validation pairs"
+            elif "items" in rec:
+                text = f"finished: {rec['items']:,} answers"
+            else:
+                text = f"finished at step {rec.get('step', '')}"
         elif k == "stopped":
             text = f"stopped ({rec.get('reason')}) at step {rec.get('step', '?')}"
         else:

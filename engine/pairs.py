@@ -75,12 +75,14 @@ class HeldOut:
     texts: set[int] = field(default_factory=set)
     sources: list[dict] = field(default_factory=list)
 
-    def reason(self, item_id: Any, *texts: str | None) -> str | None:
+    def reason(self, item_id: Any, key: str, *texts: str | None) -> str | None:
+        """Why a candidate is held out: its id, or its normalised question (``key``) or other texts."""
         if item_id not in (None, "") and str(item_id) in self.ids:
             return "held out (same id)"
-        for t in texts:
-            if t and _h64(_norm(t)) in self.texts:
-                return "held out (same question text)"
+        if not self.texts:
+            return None
+        if _h64(key) in self.texts or any(t and _h64(_norm(t)) in self.texts for t in texts):
+            return "held out (same question text)"
         return None
 
 
@@ -138,8 +140,9 @@ def read_held_out(paths: list[str]) -> HeldOut:
 class Progress:
     """A bar on the terminal (when stderr is one) and ``progress`` events in the session."""
 
-    def __init__(self, writer: SessionWriter | None, total: int, unit: str, quiet: bool = False):
-        self.writer, self.total, self.unit = writer, max(total, 1), unit
+    def __init__(self, writer: SessionWriter | None, total: int, unit: str, quiet: bool = False,
+                 label: str = "reading"):
+        self.writer, self.total, self.unit, self.label = writer, max(total, 1), unit, label
         self.tty = sys.stderr.isatty() and not quiet
         self.t0 = time.monotonic()
         self.last_bar = self.last_event = 0.0
@@ -155,15 +158,16 @@ class Progress:
             self.last_bar = now
             width = 30
             filled = int(width * frac)
-            sys.stderr.write(f"\r  reading [{'#' * filled}{'.' * (width - filled)}] {100 * frac:5.1f}%  "
+            sys.stderr.write(f"\r  {self.label:8} [{'#' * filled}{'.' * (width - filled)}] {100 * frac:5.1f}%  "
                              f"{rows:,} rows  {rows / elapsed:,.0f} rows/s"
                              + (f"  ETA {eta:,.0f} s " if eta is not None and frac < 1 else "          "))
             sys.stderr.flush()
         if self.writer and (force or now - self.last_event >= 2.0):
             self.last_event = now
             scale = 2**20 if self.unit == "MiB" else 1
-            self.writer.event("progress", step=int(done / scale), max_steps=max(1, math.ceil(self.total / scale)),
-                              unit=self.unit, items_per_second=round(rows / elapsed, 1),
+            steps = max(1, math.ceil(self.total / scale))
+            self.writer.event("progress", step=steps if done >= self.total else int(done / scale), max_steps=steps,
+                              unit=self.unit, phase=self.label, items_per_second=round(rows / elapsed, 1),
                               eta_seconds=round(eta, 1) if eta is not None else None, rows=rows)
 
     def close(self) -> None:
@@ -329,10 +333,11 @@ class PairSink:
         if not (chosen or "").strip() or not (rejected or "").strip():
             self.dropped["empty chosen or rejected"] += 1
             return False
-        if _norm(chosen) == _norm(rejected):
+        nc, nr = _norm(chosen), _norm(rejected)
+        if nc == nr:
             self.dropped["chosen identical to rejected"] += 1
             return False
-        sig = _h64("\0".join((_norm(prompt), _norm(chosen), _norm(rejected))))
+        sig = _h64("\0".join((key, _norm(prompt), nc, nr)))
         if sig in self._seen:  # duplicates share a prompt, hence a group, hence a bucket
             self.dropped["duplicate pair"] += 1
             return False
@@ -353,10 +358,9 @@ class PairSink:
         self.ratios.append(len(chosen.split()) / max(1, len(rejected.split())))
         for n in lines:
             self._use_line(n)
-        fp = fingerprint(question)
-        if fp not in self._bucket_fps:
-            self._bucket_fps.add(fp)
-            self.fingerprints.write(fp + "\n")
+        if key not in self._bucket_fps:  # one fingerprint a question
+            self._bucket_fps.add(key)
+            self.fingerprints.write(fingerprint(question) + "\n")
         return True
 
     def end_group(self, key: str, wrote: bool) -> None:
@@ -666,7 +670,7 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
         for line, rec in _rows(src, report, mode.required, counter):
             cand = mode.extract(line, rec, report)
             if cand is not None:
-                why = held.reason(cand.id, cand.data.get("question"), cand.data.get("prompt"), cand.key)
+                why = held.reason(cand.id, cand.key, cand.data.get("prompt"))
                 if why:
                     dropped[why] += 1
                 else:
@@ -677,12 +681,20 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
         progress.update(size, counter[0], force=True)
         progress.close()
         val_below = _val_threshold(keys, opts.val_fraction)
+        candidates = len(keys)
         del keys
         sink = PairSink(out, val_below, opts.seed, lengths)
+        pairing = Progress(writer, candidates, "rows", quiet=quiet, label="pairing")
+        done = 0
         try:
             for group in buckets.groups(on_bucket=sink.new_bucket):
                 wrote = mode.pairs(group, sink, dropped)
                 sink.end_group(group[0]["k"], wrote)
+                done += len(group)
+                if done % 2000 < len(group):
+                    pairing.update(done, done)
+            pairing.update(candidates, candidates, force=True)
+            pairing.close()
         finally:
             sink.close()
     except BaseException as e:

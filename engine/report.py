@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +27,7 @@ USED_FOR_PAIRS = "used_for_pairs.json"
 
 
 def _norm(text: str | None) -> str:
-    text = re.sub(r"\s+", " ", (text or "").lower()).strip()
+    text = " ".join((text or "").lower().split())  # every run of white space -> one space
     return text.strip(" .!?;:,\"'")
 
 

@@ -293,7 +293,10 @@ def test_progress_events_in_the_session(tmp_path):
     assert meta["kind"] == "pairs" and meta["status"] == "finished" and meta["config"]["mode"] == "columns"
     events = read_jsonl(session / "events.jsonl")
     progress = [e for e in events if e["type"] == "progress"]
-    assert progress and progress[-1]["unit"] == "MiB" and progress[-1]["rows"] == 20
+    reading = [e for e in progress if e["phase"] == "reading"]
+    assert reading[-1]["unit"] == "MiB" and reading[-1]["step"] == reading[-1]["max_steps"] == 1
+    assert reading[-1]["rows"] == 20
+    assert progress[-1]["phase"] == "pairing" and progress[-1]["step"] == progress[-1]["max_steps"] == 20
     assert any(e.get("kind") == "finished" and e["train_pairs"] + e["val_pairs"] == 20 for e in events)
     used = json.loads((session / "used_for_pairs.json").read_text())
     assert len(used["questions"]) == 20 and (session / "pairs_report.json").exists()

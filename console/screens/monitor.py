@@ -137,7 +137,8 @@ class MonitorScreen(Screen):
                   "stopped": "yellow"}.get(status, "white")
         title = Text.assemble(("rounds ", "bold"), f"· {meta.get('name', self.session.name)} · ",
                               f"{meta.get('stage') or meta.get('kind', '')} · ",
-                              f"plan {plan.get('name', '-')}{'+pre' if plan.get('precompute_ref') else ''} · ",
+                              (f"plan {plan.get('name', '-')}{'+pre' if plan.get('precompute_ref') else ''} · "
+                               if meta.get("kind", "train") == "train" else ""),
                               (status, f"bold {colour}"), f" · {format_duration(elapsed)}",
                               (f"  {detail}" if detail else "", "yellow"))
         self.query_one("#title", Static).update(title)
@@ -155,7 +156,8 @@ class MonitorScreen(Screen):
                 prog.append(f"  {st.seconds_per_step:.2f} s/step")
             tps = st.series["tokens_per_second"].last or st.series["items_per_second"].last
             if tps:
-                unit = "tok/s" if st.series["tokens_per_second"].last else "items/s"
+                unit = "tok/s" if st.series["tokens_per_second"].last else \
+                    f"{st.unit if st.unit in ('rows', 'questions', 'items') else 'items'}/s"
                 prog.append(f"  {tps:,.0f} {unit}")
         else:
             prog.append("no steps yet" if self.loaded else "reading the history…", style="dim")
