@@ -296,9 +296,12 @@ class PairSink:
     def __init__(self, out: Path, val_below: int, seed: int, lengths: LengthCheck):
         self.out = out
         self.val_below, self.seed, self.lengths = val_below, seed, lengths
-        self.files = {split: open(out / name, "w", encoding="utf-8") for split, name in
-                      (("train", TRAIN_FILE), ("val", VAL_FILE))}
-        self.sources = open(out / SOURCES_FILE, "w", encoding="utf-8")
+        # written under temporary names and renamed at the end: a run stopped half-way leaves the
+        # previous files in --out as they were
+        self.names = {"train": TRAIN_FILE, "val": VAL_FILE, "sources": SOURCES_FILE}
+        self.files = {split: open(out / f".{name}.partial", "w", encoding="utf-8")
+                      for split, name in self.names.items()}
+        self.sources = self.files.pop("sources")
         self.counts: Counter = Counter()
         self.groups: Counter = Counter()
         self.dropped: Counter = Counter()
@@ -367,12 +370,18 @@ class PairSink:
         if wrote:
             self.groups[self.split_of(key)] += 1
 
-    def close(self) -> None:
+    def close(self, commit: bool) -> None:
         self.fingerprints.flush()
         for f in (*self.files.values(), self.sources):
             f.flush()
             os.fsync(f.fileno())
             f.close()
+        for name in self.names.values():
+            tmp = self.out / f".{name}.partial"
+            if commit:
+                os.replace(tmp, self.out / name)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the modes
@@ -685,7 +694,7 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
         del keys
         sink = PairSink(out, val_below, opts.seed, lengths)
         pairing = Progress(writer, candidates, "rows", quiet=quiet, label="pairing")
-        done = 0
+        done, complete = 0, False
         try:
             for group in buckets.groups(on_bucket=sink.new_bucket):
                 wrote = mode.pairs(group, sink, dropped)
@@ -695,8 +704,9 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
                     pairing.update(done, done)
             pairing.update(candidates, candidates, force=True)
             pairing.close()
+            complete = True
         finally:
-            sink.close()
+            sink.close(commit=complete)
     except BaseException as e:
         buckets.cleanup()
         if writer:

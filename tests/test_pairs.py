@@ -389,3 +389,26 @@ def test_pairs_of_each_mode_on_the_demo_data(tmp_path):
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "ml" / "pairs_report.json").read_text())
     assert rep["train_groups"] + rep["val_groups"] == 40 and rep["train_pairs"] + rep["val_pairs"] == 160
+
+
+def test_a_stopped_run_leaves_the_previous_output_and_says_so(tmp_path):
+    src = write_csv(tmp_path / "mh.csv", columns(30))
+    out = tmp_path / "o"
+    build_columns(src, out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    mode = pairs.columns_mode(str(src), "q", "good", "bad", "kb")
+    real, calls = mode.pairs, []
+
+    def interrupted(group, sink, dropped):
+        calls.append(1)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return real(group, sink, dropped)
+
+    mode.pairs = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        pairs.build(mode, pairs.PairOptions(out=str(out)), tmp_path / "s", quiet=True)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # nothing half-written, nothing lost
+    (session,) = (tmp_path / "s").iterdir()
+    meta = json.loads((session / "session.json").read_text())
+    assert meta["status"] == "stopped" and meta["error"] == "interrupted"
