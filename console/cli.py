@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--resume", metavar="SESSION", help="continue (or re-judge) the samples of this session")
-    g = p.add_argument_group("for every --from-* source")
+    g = p.add_argument_group("for the --from-* sources (--exclude also for SESSION)")
     g.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="SESSION_OR_FILE",
                    help="drop every question of these eval sessions or test files (by id and by text)")
     g.add_argument("--max-length", type=int, metavar="N", help="drop pairs longer than N tokens (needs a tokenizer)")
@@ -780,7 +780,7 @@ def _pairs_from_marks(args: argparse.Namespace) -> int:
 
     sessions = [_session_path(args, s) for s in args.session_refs]
     rep = make_pairs(sessions, Path(args.out), 0.1 if args.val_fraction is None else args.val_fraction,
-                     args.annotator, args.allow_test_items, args.seed, args.refusal)
+                     args.annotator, args.allow_test_items, args.seed, args.refusal, args.exclude)
     print(f"rounds: {rep['train_pairs']} training pairs in {rep['train']}, {rep['val_pairs']} in {rep['val']}"
           + (f"; dropped: {', '.join(f'{k} {v}' for k, v in rep['dropped'].items())}" if rep["dropped"] else ""))
     ratio = rep["chosen_rejected_length_ratio"]

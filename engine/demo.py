@@ -131,8 +131,9 @@ def run_pipeline(root: Path, cfg: DemoConfig, echo=print) -> dict:
 
     # hallucinated answers give (reference > answer); faithful ones give (answer > abstention),
     # so DPO learns both halves: abstain on what it doesn't know, answer what it does
+    # the test set's questions never become training pairs, even where a round question words one alike
     pairs = make_pairs([rnd], root / "demo-pairs" / "pairs.jsonl", val_fraction=0.1, annotator="auto:contains",
-                       refusal=ABSTAIN)
+                       refusal=ABSTAIN, exclude=[str(DEMO_DATA / "test.jsonl")])
     echo(f"[demo] pairs: {pairs['train_pairs']} for training, {pairs['val_pairs']} for validation")
     dpo = _train(root, TrainSpec(stage="dpo", model=str(sft_model), data=pairs["train"],
                                  val=pairs["val"] if pairs["val_pairs"] else None, plan="auto",

@@ -263,12 +263,17 @@ def write_compare(a: Path, b: Path, annotator: str | None = None) -> tuple[dict,
 # --------------------------------------------------------------------------- pairs
 
 def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annotator: str | None = None,
-               allow_test_items: bool = False, seed: int = 0, refusal: str | None = None) -> dict:
+               allow_test_items: bool = False, seed: int = 0, refusal: str | None = None,
+               exclude: list[str] | None = None) -> dict:
     """DPO triplets from items judged hallucinated: chosen = the reference, rejected = the answer.
 
     With ``refusal`` (a text; ``{field}`` takes an item's extra fields, e.g. ``{drug}``), items
     judged faithful also give a pair, chosen = the faithful answer, rejected = the refusal, so
-    that DPO learns to keep answering what the model knows rather than to refuse everything."""
+    that DPO learns to keep answering what the model knows rather than to refuse everything.
+    ``exclude``: eval sessions or test files whose questions (by id or normalised text) give no pair."""
+    from engine.pairs import read_held_out
+
+    held = read_held_out(exclude or [])
     if not 0 <= val_fraction < 1:
         raise UserError("--val-fraction must be at least 0 and below 1", field="--val-fraction")
     triplets, used, dropped, items_of = [], {}, Counter(), {}
@@ -284,6 +289,10 @@ def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annot
         used[s.name] = []
         for item_id, label in sorted(labels.items()):
             row = items[item_id]
+            why = held.reason(None, _norm(row["question"]))  # ids of another set mean nothing here
+            if why:
+                dropped[why] += 1
+                continue
             if label == "faithful" and refusal:
                 try:
                     text = refusal.format_map(row.get("extra") or {})
@@ -332,7 +341,7 @@ def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annot
                                 + "\n" for t in rows), encoding="utf-8")
     ratio = [len(t["chosen"].split()) / max(1, len(t["rejected"].split())) for t in triplets]
     report = {"train": str(out), "val": str(val_path), "train_pairs": len(train), "val_pairs": len(val),
-              "faithful_pairs": kept_faithful,
+              "faithful_pairs": kept_faithful, "excluded_from": held.sources,
               "dropped": dict(dropped), "items_used": used,
               "chosen_rejected_length_ratio": {"mean": round(sum(ratio) / len(ratio), 3), "min": round(min(ratio), 3),
                                                "max": round(max(ratio), 3)}}

@@ -258,6 +258,20 @@ def test_report_refuses_a_training_session(tmp_path):
     assert r.returncode == 1 and "not an evaluation" in r.stderr
 
 
+def test_pairs_from_marks_exclude_held_out_questions_by_text(tmp_path):
+    rnd = imported(tmp_path, rows(6, {0, 1, 2, 3}), "round")
+    run_rounds("--sessions", str(rnd.parent), "assess", rnd.name, "--auto", "exact")
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"id": "q1", "question": "what is the DOSE of drug2", "reference": "x"}) + "\n")
+    r = run_rounds("--sessions", str(rnd.parent), "pairs", rnd.name, "--out", str(tmp_path / "p.jsonl"),
+                   "--val-fraction", "0", "--exclude", str(test))
+    assert r.returncode == 0, r.stderr
+    prompts = [json.loads(x)["prompt"] for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    # Drug2's question is held out by its text; q1's id means nothing across sets, so Drug1 stays
+    assert prompts == [f"What is the dose of Drug{i}?" for i in (0, 1, 3)]
+    assert "held out (same question text) 1" in r.stdout
+
+
 def test_pairs_with_a_refusal_keep_faithful_answers(tmp_path):
     rnd = imported(tmp_path, rows(6, {0, 1}), "refuse")
     run_rounds("--sessions", str(rnd.parent), "assess", rnd.name, "--auto", "exact")
