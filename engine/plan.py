@@ -41,15 +41,18 @@ GiB = 1024**3
 TOKEN_TILE = 4096  # TRL's fused LM head: tokens per tile
 MAX_TILE_WIDTH = 32768
 
-# Activation elements per token, fitted by least squares to measured live-tensor peaks of
-# real TRL steps on CPU (transformers' Llama, SDPA attention; bench/plan_accuracy.py):
-# "layer" x hidden for each layer whose activations are alive (all layers without gradient
-# checkpointing, one with it), "inputs" x hidden per layer for the layer inputs checkpointing
-# keeps, "inter" x intermediate once, and "tiles" copies of TRL's LM-head tile (CPU path).
+# Activation elements per token, fitted by non-negative least squares (relative error) to the
+# measured live-tensor peaks of 43 real TRL steps on CPU (transformers' Llama, SDPA attention,
+# four shapes with vocabularies of 1 k to 32 k; bench/plan_accuracy.py), checked by leaving
+# each shape out of the fit in turn. With gradient checkpointing: "layer" x hidden for the one
+# layer being recomputed and "inputs" x hidden per layer for the inputs checkpointing keeps;
+# without it: "nogc" x hidden per layer. "tiles": copies of the LM head's logits tile that are
+# alive at once (TRL's chunked log-softmax and its torch fallback on CPU keep about eight).
+# QLoRA without checkpointing was not measured: it takes LoRA's figure.
 ACT = {
-    "full": {"layer": 27.5, "inputs": 4.5, "tiles_sft": 1.5, "tiles_dpo": 2.2},
-    "lora": {"layer": 30.9, "inputs": 0.0, "tiles_sft": 3.8, "tiles_dpo": 2.9},
-    "qlora": {"layer": 30.9, "inputs": 0.0, "tiles_sft": 3.8, "tiles_dpo": 2.9},
+    "full": {"layer": 0.0, "inputs": 3.38, "nogc": 22.13, "tiles_sft": 7.90, "tiles_dpo": 8.02},
+    "lora": {"layer": 3.93, "inputs": 0.89, "nogc": 30.57, "tiles_sft": 8.24, "tiles_dpo": 8.21},
+    "qlora": {"layer": 0.0, "inputs": 0.94, "nogc": 30.57, "tiles_sft": 8.31, "tiles_dpo": 8.64},
 }
 OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the gradients
 CUDA_CONTEXT = 600 * 2**20
@@ -209,7 +212,7 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     if s.gradient_checkpointing:
         per_token = coef["layer"] * h + coef["inputs"] * L * h
     else:
-        per_token = coef["layer"] * L * h
+        per_token = coef["nogc"] * L * h
     act = N * per_token * wb
     width = min(MAX_TILE_WIDTH, -(-shape.vocab // 64) * 64)
     # on CUDA, TRL's Triton path keeps one tile; its torch fallback on CPU keeps several temporaries
@@ -237,39 +240,48 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 
 # --------------------------------------------------------------------------- time
 
-# Calibration of achieved vs probed FLOP/s for a training step, and a per-layer-pass
-# overhead (kernel launches, Python) that dominates small models.
-EFFICIENCY = {"cpu": 0.94, "cuda": 0.45}
-LAYER_PASS_SECONDS = {"cpu": 4.3e-3, "cuda": 1.5e-4}
-QLORA_SLOWDOWN = {"cpu": 1.05, "cuda": 1.25}
+# Seconds of a step = dense FLOPs / probed FLOP/s x "dense" + 4-bit (QLoRA) linear FLOPs / probed
+# FLOP/s x "q4" + layer passes x "layer_pass" (+ "lora_layer_pass" for adapters) + logit elements
+# x "per_logit" (the softmax/log-softmax passes over the vocabulary). CPU: fitted by least squares
+# to the same 43 measured steps as ACT (2 cores); CUDA: typical figures, not yet measured.
+TIME = {
+    "cpu": {"dense": 1.191, "q4": 0.733, "layer_pass": 4.81e-3, "lora_layer_pass": 4.58e-3, "per_logit": 1.42e-8},
+    "cuda": {"dense": 2.2, "q4": 2.8, "layer_pass": 1.5e-4, "lora_layer_pass": 5e-5, "per_logit": 1e-11},
+}
 
 
-def step_flops(shape: ModelShape, s: Strategy, w: Workload) -> tuple[float, float]:
-    """(FLOPs of one micro-step, layer passes) for the policy and, for DPO, the reference."""
+def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
+    """What one micro-step does: matmul FLOPs (body and LM head), layer passes, logit elements."""
     N = _tokens(w.stage, s.micro_batch, w.max_length)
-    matmul = 2 * (shape.params_linear + shape.vocab * shape.hidden)  # per token, forward
-    attn = 2 * shape.layers * w.max_length * shape.q_out  # causal attention, per token, forward
-    fwd = N * (matmul + attn)
-    # forward + backward; LoRA skips the frozen weights' gradients, but on measured CPU runs its
-    # adapter matmuls and dropout cost more than that saves (1.2-1.5x a full step)
-    passes = 3.0 if s.plan == "full" else 3.5
-    if s.gradient_checkpointing:
-        passes += 1.0
-    total = fwd * passes
-    layer_passes = passes
-    if w.stage == "dpo" and not s.precompute_ref:
-        total += fwd
-        layer_passes += 1
-    return total, layer_passes * shape.layers
+    ref = 1 if (w.stage == "dpo" and not s.precompute_ref) else 0
+    gc = 1 if s.gradient_checkpointing else 0
+    full = s.plan == "full"
+    # forward, the recomputation of checkpointing, backward (weight gradients only for full), reference forward
+    body_passes = 1 + gc + (2 if full else 1) + ref
+    head_passes = 1 + (2 if full else 1) + ref
+    body = 2 * N * shape.params_linear * body_passes + 2 * N * shape.layers * w.max_length * shape.q_out * (
+        body_passes + 1)
+    return {"body_flops": body, "head_flops": 2 * N * shape.vocab * shape.hidden * head_passes,
+            "layer_passes": (2 + gc + ref) * shape.layers, "logits": N * shape.vocab * (2 + ref),
+            "forward_flops": 2 * N * (shape.params_linear + shape.vocab * shape.hidden)}
 
 
 def predict_seconds(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> float:
-    flops, layer_passes = step_flops(shape, s, w)
-    rate = (d.flops or (2e11 if d.kind == "cpu" else 2e14)) * EFFICIENCY[d.kind]
-    seconds = flops / rate + layer_passes * LAYER_PASS_SECONDS[d.kind]
-    if s.plan == "qlora":
-        seconds *= QLORA_SLOWDOWN[d.kind]
+    k = TIME[d.kind]
+    rate = d.flops or (2e11 if d.kind == "cpu" else 2e14)
+    work = step_work(shape, s, w)
+    body = work["body_flops"] / rate * (k["q4"] if s.plan == "qlora" else k["dense"])
+    seconds = body + work["head_flops"] / rate * k["dense"] + work["logits"] * k["per_logit"]
+    seconds += work["layer_passes"] * (k["layer_pass"] + (0 if s.plan == "full" else k["lora_layer_pass"]))
     return seconds
+
+
+def forward_seconds(shape: ModelShape, micro_batch: int, w: Workload, d: Device) -> float:
+    """One forward pass of a micro-batch (the reference log-probs computed once, before training)."""
+    k = TIME[d.kind]
+    rate = d.flops or (2e11 if d.kind == "cpu" else 2e14)
+    work = step_work(shape, Strategy("full", True, False, micro_batch), w)
+    return work["forward_flops"] / rate * k["dense"] + shape.layers * k["layer_pass"]
 
 
 # --------------------------------------------------------------------------- planning
@@ -315,7 +327,8 @@ class PlanResult:
 
 def time_uncertainty(d: Device) -> str:
     if d.kind == "cpu" and d.calibrated:
-        return "±25% (matmul throughput measured on this CPU; step model checked by bench/plan_accuracy.py)"
+        return ("±30% (matmul throughput measured on this CPU; step model fitted to real steps, "
+                "bench/plan_accuracy.py; QLoRA on CPU ±50%)")
     if d.calibrated:
         return "±40% (GPU throughput measured; GPU step model not yet checked against runs)"
     return "±60% (no throughput measured for this device: a typical figure was assumed)"
@@ -360,9 +373,7 @@ def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlor
                 for m in micro:
                     r = strategy_result(shape, Strategy(p, pre, gc, m), w, d)
                     if r.total_seconds is not None and pre:  # the one-off reference pass over the data
-                        ref_fwd, _ = step_flops(shape, Strategy(p, False, False, m), w)
-                        rate = (d.flops or (2e11 if d.kind == "cpu" else 2e14)) * EFFICIENCY[d.kind]
-                        r.total_seconds += (w.examples / m) * (ref_fwd / 4) / rate
+                        r.total_seconds += (w.examples / m) * forward_seconds(shape, m, w, d)
                     result.strategies.append(r)
     fitting = [r for r in result.strategies if r.fits]
     if fitting:
