@@ -453,6 +453,8 @@ def format_plan(result, model: str, show_all: bool = False) -> str:
         flag = f"--plan {rec.strategy.plan}" + (" --precompute-ref" if rec.strategy.precompute_ref else "")
         lines.append(f"  train it with: rounds train {w.stage} {flag} --batch {rec.strategy.micro_batch} "
                      f"--grad-accum {max(1, -(-w.batch // rec.strategy.micro_batch))}   (or --plan auto)")
+        if result.note:
+            lines.append(f"  note: {result.note}")
     else:
         lines.append("nothing fits this budget: shorten --max-length, or use a bigger device")
     from engine.plan import time_uncertainty

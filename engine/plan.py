@@ -250,6 +250,14 @@ TIME = {
 }
 
 
+# QLoRA is recommended over a full-precision plan that fits only when predicted this much faster
+QLORA_ONLY_IF_FASTER = {"cpu": 1.5, "cuda": 1.4}
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.1f} s"
+
+
 def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
     """What one micro-step does: matmul FLOPs (body and LM head), layer passes, logit elements."""
     N = _tokens(w.stage, s.micro_batch, w.max_length)
@@ -312,6 +320,7 @@ class PlanResult:
     device: Device
     strategies: list[StrategyResult] = field(default_factory=list)
     recommended: StrategyResult | None = None
+    note: str | None = None  # why the recommendation is not simply the fastest plan
 
     @property
     def usable_bytes(self) -> int:
@@ -322,6 +331,7 @@ class PlanResult:
                 "device": asdict(self.device), "model": asdict(self.shape), "workload": asdict(self.workload),
                 "strategies": [r.to_json() for r in self.strategies],
                 "recommended": self.recommended.strategy.name if self.recommended else None,
+                "note": self.note,
                 "time_uncertainty": time_uncertainty(self.device)}
 
 
@@ -377,7 +387,21 @@ def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlor
                     result.strategies.append(r)
     fitting = [r for r in result.strategies if r.fits]
     if fitting:
-        result.recommended = min(fitting, key=lambda r: (r.total_seconds or r.seconds_per_step, r.peak_bytes))
+        def cost(r: StrategyResult) -> tuple:
+            return (r.total_seconds or r.seconds_per_step, r.peak_bytes)
+
+        fastest = min(fitting, key=cost)
+        exact = [r for r in fitting if r.strategy.plan != "qlora"]
+        result.recommended = fastest
+        if fastest.strategy.plan == "qlora" and exact:
+            # 4-bit weights change the model being trained, not only its speed: QLoRA is taken when
+            # nothing else fits, or when it is clearly faster (beyond the time estimate's error)
+            best_exact = min(exact, key=cost)
+            if cost(best_exact)[0] <= QLORA_ONLY_IF_FASTER[d.kind] * cost(fastest)[0]:
+                result.recommended = best_exact
+                result.note = (f"{fastest.strategy.name} is predicted faster ({_fmt_s(cost(fastest)[0])} vs "
+                               f"{_fmt_s(cost(best_exact)[0])}) but quantizes the weights to 4 bits; within the "
+                               f"estimate's error that is not worth it (--plan qlora to insist)")
     return result
 
 

@@ -80,6 +80,24 @@ def test_users_case_7b_dpo_on_12gib():
     assert result.recommended.peak_bytes <= 8 * GiB
 
 
+def test_qlora_only_when_nothing_else_fits_or_clearly_faster(monkeypatch):
+    """4-bit weights change the model: with room for full precision, a modest speed-up is not taken."""
+    s = shape("llama-2-7b")
+    work = pl.Workload("dpo", max_length=1024, batch=1, examples=8484)
+    roomy = pl.cuda_device(80 * GiB, name="80 GiB card", flops=4e14)
+    monkeypatch.setitem(pl.TIME, "cuda", dict(pl.TIME["cuda"], q4=pl.TIME["cuda"]["dense"] * 0.8))
+    r = pl.plan(s, work, roomy)
+    fastest = min((x for x in r.strategies if x.fits), key=lambda x: x.total_seconds)
+    assert fastest.strategy.plan == "qlora" and r.recommended.strategy.plan != "qlora"
+    assert "quantizes the weights to 4 bits" in r.note and "--plan qlora" in r.note
+    monkeypatch.setitem(pl.TIME, "cuda", dict(pl.TIME["cuda"], q4=pl.TIME["cuda"]["dense"] * 0.1))
+    r = pl.plan(s, work, roomy)
+    assert r.recommended.strategy.plan == "qlora" and r.note is None  # clearly faster: taken
+    # on 12 GiB only QLoRA fits, so it is recommended without a note
+    tight = pl.plan(s, work, pl.cuda_device(12 * GiB, name="12 GiB card"))
+    assert tight.recommended.strategy.plan == "qlora" and tight.note is None
+
+
 def test_component_arithmetic():
     s = shape("llama-2-7b")
     cpu = pl.Device("cpu", 10**13, "fp32", 1e11)
