@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--data", metavar="FILE", help="count the examples of this data file")
     p.add_argument("--epochs", type=float, default=1.0, metavar="N")
     p.add_argument("--lora-rank", type=int, default=16, metavar="R")
+    p.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="data-parallel GPUs (accelerate/torchrun); memory is per GPU, --batch the global batch")
+    p.add_argument("--shard", choices=["none", "fsdp", "zero3"], default="none",
+                   help="with --gpus: none = DDP (a full copy per GPU); fsdp / zero3 split weights, gradients "
+                        "and optimizer state across the GPUs")
     p.add_argument("--all", action="store_true", help="show every strategy, not the best of each plan")
     p.add_argument("--json", action="store_true", help="machine-readable output (stable schema)")
     p.set_defaults(func=cmd_plan)
@@ -409,7 +414,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         examples = len(load(args.data, args.stage))
     budget = pl.parse_size(args.gpu_mem) if args.gpu_mem else None
     device = pl.cuda_device(budget, name=f"GPU with {args.gpu_mem}") if budget else pl.detect_device(args.device)
-    work = pl.Workload(args.stage, args.max_length, max(1, args.batch), examples, args.epochs, args.lora_rank)
+    work = pl.Workload(args.stage, args.max_length, max(1, args.batch), examples, args.epochs, args.lora_rank,
+                       gpus=args.gpus, shard=args.shard)
     result = pl.plan(shape, work, device)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
@@ -429,6 +435,11 @@ def format_plan(result, model: str, show_all: bool = False) -> str:
     lines.append(f"{w.stage.upper()} on {d.name or d.kind}: {human_bytes(d.budget_bytes)}, "
                  f"{human_bytes(result.usable_bytes)} usable ({d.margin:.0%} kept free); max length {w.max_length}, "
                  f"batch {w.batch}, {size}")
+    if w.gpus > 1:
+        from engine.plan import INTERCONNECT_BYTES_PER_SECOND, SHARDING
+
+        lines.append(f"x{w.gpus} GPUs, {SHARDING[w.shard]}; memory is per GPU, time includes "
+                     f"{INTERCONNECT_BYTES_PER_SECOND / 1e9:.0f} GB/s communication (assumed)")
     if show_all:
         rows = result.strategies
     else:  # per plan and reference choice: the fastest that fits, else the smallest
@@ -451,8 +462,10 @@ def format_plan(result, model: str, show_all: bool = False) -> str:
         lines.append(f"recommended: {rec.strategy.name} (gradient checkpointing "
                      f"{'on' if rec.strategy.gradient_checkpointing else 'off'}): {parts}")
         flag = f"--plan {rec.strategy.plan}" + (" --precompute-ref" if rec.strategy.precompute_ref else "")
+        accum = max(1, -(-w.batch // (rec.strategy.micro_batch * w.gpus)))
         lines.append(f"  train it with: rounds train {w.stage} {flag} --batch {rec.strategy.micro_batch} "
-                     f"--grad-accum {max(1, -(-w.batch // rec.strategy.micro_batch))}   (or --plan auto)")
+                     f"--grad-accum {accum}" + (f"   (per GPU, {w.gpus} processes)" if w.gpus > 1 else
+                                                "   (or --plan auto)"))
         if result.note:
             lines.append(f"  note: {result.note}")
     else:

@@ -83,6 +83,8 @@ class Workload:
     examples: int | None = None  # pairs for DPO
     epochs: float = 1.0
     lora_rank: int = 16
+    gpus: int = 1  # data-parallel devices; memory is per device
+    shard: str = "none"  # none (DDP: a full copy per device) | fsdp | zero3 (weights, gradients, optimizer state split)
 
 
 @dataclass
@@ -230,6 +232,18 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
         comp.update(gradients=optimizer_step, activations=0, logits=0, quantization_buffers=0)
         moment = "optimizer step"
     comp["optimizer_state"] = opt
+    n = max(1, w.gpus)
+    if n > 1 and w.shard in ("fsdp", "zero3"):
+        # each device keeps 1/n of the weights, gradients and optimizer state, and gathers the whole
+        # of one layer to compute it (and prefetches the next); activations and logits are not split
+        layer_bytes = comp["policy_weights"] // max(1, shape.layers)
+        for k in ("policy_weights", "reference_weights", "trainable_parameters", "optimizer_state"):
+            comp[k] = comp[k] // n
+        if moment == "optimizer step":
+            comp["gradients"] = comp["gradients"] // n
+        comp["gathered_layers"] = 2 * layer_bytes
+    elif n > 1:
+        comp["gradient_buckets"] = grads  # DDP's flat all-reduce buckets: one more copy of the gradients
     dynamic = sum(v for k, v in comp.items() if k not in ("policy_weights", "reference_weights",
                                                           "trainable_parameters"))
     comp["framework_overhead"] = int(CUDA_CONTEXT + ALLOCATOR_SLACK * dynamic) if d.kind == "cuda" else 0
@@ -284,6 +298,27 @@ def predict_seconds(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> f
     return seconds
 
 
+SHARDING = {"none": "DDP: a full copy on every device", "fsdp": "FSDP: weights, gradients and optimizer state split",
+            "zero3": "DeepSpeed ZeRO-3: weights, gradients and optimizer state split"}
+INTERCONNECT_BYTES_PER_SECOND = 10e9  # PCIe-class link between GPUs (assumed, not measured)
+
+
+def communication_seconds(shape: ModelShape, s: Strategy, w: Workload, d: Device, accum: int) -> float:
+    """Per optimizer step: DDP all-reduces the gradients once; FSDP / ZeRO-3 gathers the weights
+    twice (forward, backward) and reduce-scatters the gradients every micro-step."""
+    n = max(1, w.gpus)
+    if n == 1:
+        return 0.0
+    ring = 2 * (n - 1) / n
+    trainable = shape.params_total if s.plan == "full" else shape.lora_params(w.lora_rank)
+    grad_bytes = trainable * (d.width if s.plan == "full" else 4)
+    if w.shard in ("fsdp", "zero3"):
+        weight_bytes = predict_memory(shape, s, Workload(w.stage, w.max_length, 1), d)["components"]["policy_weights"]
+        per_micro = (2 * weight_bytes * (n - 1) / n + grad_bytes * (n - 1) / n)
+        return accum * per_micro / INTERCONNECT_BYTES_PER_SECOND
+    return ring * grad_bytes / INTERCONNECT_BYTES_PER_SECOND
+
+
 def forward_seconds(shape: ModelShape, micro_batch: int, w: Workload, d: Device) -> float:
     """One forward pass of a micro-batch (the reference log-probs computed once, before training)."""
     k = TIME[d.kind]
@@ -330,6 +365,7 @@ class PlanResult:
         return {"budget_bytes": self.device.budget_bytes, "usable_bytes": self.usable_bytes,
                 "device": asdict(self.device), "model": asdict(self.shape), "workload": asdict(self.workload),
                 "strategies": [r.to_json() for r in self.strategies],
+                "gpus": self.workload.gpus, "shard": self.workload.shard,
                 "recommended": self.recommended.strategy.name if self.recommended else None,
                 "note": self.note,
                 "time_uncertainty": time_uncertainty(self.device)}
@@ -375,7 +411,13 @@ def explain(shape: ModelShape, r: StrategyResult, w: Workload, usable: int) -> s
 def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlora"),
          max_micro_batch: int | None = None) -> PlanResult:
     result = PlanResult(shape, w, d)
-    top = max_micro_batch or max(1, w.batch)
+    if w.gpus < 1:
+        raise UserError("--gpus must be at least 1", field="--gpus")
+    if w.shard not in SHARDING:
+        raise UserError(f"unknown sharding {w.shard!r}", field="--shard", hint=f"use one of: {', '.join(SHARDING)}")
+    if w.gpus > 1 and d.kind != "cuda":
+        raise UserError("--gpus is for GPUs: plan a CPU run with --device cpu alone", field="--gpus")
+    top = max_micro_batch or max(1, math.ceil(w.batch / w.gpus))
     micro = [m for m in (1, 2, 4, 8, 16, 32, 64) if m <= top]
     for p in plans:
         for pre in ((False, True) if w.stage == "dpo" else (False,)):
@@ -383,7 +425,7 @@ def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlor
                 for m in micro:
                     r = strategy_result(shape, Strategy(p, pre, gc, m), w, d)
                     if r.total_seconds is not None and pre:  # the one-off reference pass over the data
-                        r.total_seconds += (w.examples / m) * forward_seconds(shape, m, w, d)
+                        r.total_seconds += (w.examples / (m * w.gpus)) * forward_seconds(shape, m, w, d)
                     result.strategies.append(r)
     fitting = [r for r in result.strategies if r.fits]
     if fitting:
@@ -441,8 +483,8 @@ def detect_device(device: str = "auto", budget_bytes: int | None = None) -> Devi
 def strategy_result(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> StrategyResult:
     usable = int(d.budget_bytes * (1 - d.margin))
     mem = predict_memory(shape, s, w, d)
-    accum = max(1, math.ceil(w.batch / s.micro_batch))
-    sps = predict_seconds(shape, s, w, d) * accum
+    accum = max(1, math.ceil(w.batch / (s.micro_batch * max(1, w.gpus))))  # --batch is the global batch
+    sps = predict_seconds(shape, s, w, d) * accum + communication_seconds(shape, s, w, d, accum)
     steps = math.ceil(w.examples * w.epochs / max(1, w.batch)) if w.examples else None
     r = StrategyResult(s, mem["peak_bytes"] <= usable, mem["peak_bytes"], mem["components"], mem["moment"], sps,
                        steps * sps if steps else None, steps, "")

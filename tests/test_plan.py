@@ -205,3 +205,48 @@ def test_auto_with_nothing_fitting_says_so(tmp_path, tiny_model):
     r = run_rounds("--sessions", str(tmp_path / "s"), "train", "sft", "--model", str(tiny_model), "--data",
                    str(ROOT / "engine" / "demo_data" / "sft_train.jsonl"), "--mem-budget", "1MiB")
     assert r.returncode == 1 and "no plan fits" in r.stderr
+
+
+def test_zero3_over_four_devices_splits_weights_gradients_and_optimizer_not_activations():
+    s = shape("llama-2-7b")
+    d = pl.cuda_device(80 * GiB, name="80 GiB card", flops=4e14)
+    for plan_name, pre in (("full", False), ("lora", True)):
+        st = pl.Strategy(plan_name, pre, True, 1)
+        one = pl.predict_memory(s, st, pl.Workload("dpo", 1024, 1), d)["components"]
+        four = pl.predict_memory(s, st, pl.Workload("dpo", 1024, 1, gpus=4, shard="zero3"), d)["components"]
+        for k in ("policy_weights", "reference_weights", "trainable_parameters", "optimizer_state"):
+            assert four[k] == one[k] // 4, k
+        for k in ("activations", "logits", "quantization_buffers"):
+            assert four[k] == one[k], k
+        # each device gathers one layer to compute it, and prefetches the next
+        assert four["gathered_layers"] == 2 * (one["policy_weights"] // s.layers)
+    # at the optimizer step (full training: gradients are the peak) the gradients are split too
+    st = pl.Strategy("full", True, True, 1)
+    one = pl.predict_memory(s, st, pl.Workload("sft", 128, 1), d)
+    four = pl.predict_memory(s, st, pl.Workload("sft", 128, 1, gpus=4, shard="fsdp"), d)
+    assert one["moment"] == four["moment"] == "optimizer step"
+    assert four["components"]["gradients"] == one["components"]["gradients"] // 4
+
+
+def test_ddp_keeps_a_full_copy_per_device_and_divides_the_steps():
+    s = shape("llama-2-7b")
+    d = pl.cuda_device(80 * GiB, name="80 GiB card", flops=4e14)
+    st = pl.Strategy("lora", False, True, 1)
+    one = pl.strategy_result(s, st, pl.Workload("dpo", 1024, 8, 8484), d)
+    two = pl.strategy_result(s, st, pl.Workload("dpo", 1024, 8, 8484, gpus=2, shard="none"), d)
+    assert two.components["policy_weights"] == one.components["policy_weights"]
+    assert two.components["gradient_buckets"] == s.lora_params(16) * 4  # DDP's all-reduce buckets
+    assert two.steps == one.steps  # --batch is the global batch: the same optimizer steps ...
+    assert 0.45 < two.seconds_per_step / one.seconds_per_step < 0.6  # ... each half the micro-steps + all-reduce
+
+
+def test_cli_plan_gpus_and_shard(tmp_path):
+    cfg = str(ROOT / "tests" / "fixtures" / "configs" / "llama-2-7b.json")
+    r = run_rounds("plan", "--model", cfg, "--stage", "dpo", "--gpu-mem", "24GiB", "--gpus", "4", "--shard", "zero3",
+                   "--batch", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["gpus"] == 4 and out["shard"] == "zero3" and out["recommended"]
+    assert all("gathered_layers" in x["components"] for x in out["strategies"])
+    r = run_rounds("plan", "--model", cfg, "--stage", "dpo", "--device", "cpu", "--gpus", "2")
+    assert r.returncode == 1 and "--gpus is for GPUs" in r.stderr
