@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     for fld in ("question", "answer", "context", "prompt", "chosen", "rejected", "id"):
         p.add_argument(f"--{fld}", dest=f"col_{fld}", metavar="COL", help=argparse.SUPPRESS)
     p.add_argument("--detach", action="store_true", help="run in its own process session; output to run.log")
+    p.add_argument("--launcher", choices=["python", "accelerate"], default="python",
+                   help="accelerate: run through `accelerate launch`, one process per GPU (or per CPU rank, gloo)")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="with --launcher accelerate: ranks (default: the GPUs torch sees, at least 1)")
+    p.add_argument("--accelerate-config", metavar="FILE", help="with --launcher accelerate: an `accelerate config` "
+                                                               "file (DDP, FSDP, DeepSpeed); see the README")
     p.add_argument("--name", metavar="NAME", help="session name (letters, digits, . _ -)")
     p.set_defaults(func=cmd_train)
 
@@ -476,6 +482,27 @@ def format_plan(result, model: str, show_all: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _num_processes(args: argparse.Namespace) -> int:
+    if args.launcher != "accelerate":
+        if args.num_processes not in (None, 1) or args.accelerate_config:
+            raise UserError("--num-processes and --accelerate-config need --launcher accelerate",
+                            field="--launcher", hint="add --launcher accelerate")
+        return 1
+    if args.accelerate_config and not Path(args.accelerate_config).is_file():
+        raise UserError(f"{args.accelerate_config}: no such file", field="--accelerate-config",
+                        hint="write one with `accelerate config --config_file FILE`, or use the README's")
+    if args.num_processes is not None:
+        if args.num_processes < 1:
+            raise UserError("--num-processes must be at least 1", field="--num-processes")
+        return args.num_processes
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except ImportError:  # pragma: no cover
+        return 1
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.recipe import TrainSpec
     from engine.session import sessions_root
@@ -495,6 +522,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         merge=args.merge, seed=args.seed, trust_remote_code=args.trust_remote_code,
         system_interval=args.system_interval,
         columns={f: getattr(args, f"col_{f}") for f in fields if getattr(args, f"col_{f}")},
+        launcher=args.launcher, num_processes=_num_processes(args),
+        accelerate_config=str(Path(args.accelerate_config).resolve()) if args.accelerate_config else None,
     )
     from engine.plan import parse_size
     from engine.units import human_bytes

@@ -54,6 +54,9 @@ class TrainSpec:
     trust_remote_code: bool = False
     system_interval: float = 2.0
     columns: dict[str, str] = field(default_factory=dict)
+    launcher: str = "python"  # or "accelerate": `accelerate launch` with num_processes ranks
+    num_processes: int = 1
+    accelerate_config: str | None = None
 
     @property
     def learning_rate(self) -> float:

@@ -133,6 +133,77 @@ def spawn_worker(session: Path, detach: bool) -> subprocess.Popen:
     return proc
 
 
+def launcher_command(spec: TrainSpec, session: Path) -> list[str]:
+    """The command that runs the worker: itself, or `accelerate launch` with one process per rank."""
+    if spec.launcher != "accelerate":
+        return [sys.executable, "-m", "engine.train", str(session)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if spec.accelerate_config:
+        cmd += ["--config_file", spec.accelerate_config]
+        if spec.num_processes > 1:
+            cmd += ["--num_processes", str(spec.num_processes)]
+    else:
+        # torchrun-style ranks on one machine; on a CPU the trainer's use_cpu picks the gloo backend
+        cmd += ["--multi_gpu", "--num_processes", str(max(1, spec.num_processes)), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return cmd + ["-m", "engine.train", "--rank-worker", str(session)]
+
+
+def _failed_rank(log_tail: str) -> tuple[int | None, str]:
+    """The first failed rank and why, from torch.distributed.elastic's failure summary."""
+    import re
+
+    block = log_tail[log_tail.rfind("Root Cause"):] if "Root Cause" in log_tail else log_tail
+    rank = re.search(r"rank\s*:\s*(\d+)", block)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+    sig = re.search(r"Signal (\d+) \((\w+)\)", block)
+    why = (f"killed by {sig.group(2)}" if sig else f"exit code {code.group(1)}" if code else "exited")
+    return (int(rank.group(1)) if rank else None), why
+
+
+def supervise(session: Path) -> int:
+    """Run a multi-process launch and make sure the session ends with the truth: when a rank
+    dies, the others are stopped by the launcher and the run is marked failed, naming the rank."""
+    spec = TrainSpec.from_json(read_session_json(session)["config"])
+    cmd = launcher_command(spec, session)
+    with SessionWriter.reopen(session) as writer:
+        writer.update(world_size=spec.num_processes, launcher_command=cmd, supervisor_pid=os.getpid())
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROUNDS_WORLD_SIZE": str(spec.num_processes)}
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env)
+
+    def forward(signum, frame):  # the launcher passes it on to every rank
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for raw in iter(proc.stdout.readline, b""):
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
+        tail = (tail + [raw.decode(errors="replace")])[-400:]
+    code = proc.wait()
+    status = read_session_json(session).get("status")
+    if status == "finished" and code == 0:
+        return 0
+    if status == "stopped":
+        return 0  # the ranks stopped as asked (the launcher may report the signal it got)
+    rank, why = _failed_rank("".join(tail))
+    if status == "failed" and rank in (0, None):
+        return code or 1  # rank 0 failed and said why itself
+    reason = (f"rank {rank} {why}" if rank is not None else f"the launcher exited with code {code}") + \
+        "; the other ranks were stopped by the launcher"
+    with SessionWriter.reopen(session) as writer:  # rank 0's latest session.json, plus the failure
+        writer.event("event", kind="error", message=reason, failed_rank=rank)
+        writer.set_status("failed", error=reason, failed_rank=rank)
+    print(f"rounds: run failed: {reason}", flush=True)
+    return code or 1
+
+
 def follow(proc: subprocess.Popen, log_path: Path, out=None) -> int:
     """Show a foreground run's log as it grows until the worker exits. Ctrl-C reaches
     the worker too (same process group): it stops gracefully, and we wait for it."""
@@ -257,6 +328,8 @@ def _control_callback(writer: SessionWriter, control: RunControl, spec: TrainSpe
     crash_at = int(os.environ.get("ROUNDS_FAULT_CRASH_AT_STEP", "0") or 0)
     step_sleep = float(os.environ.get("ROUNDS_FAULT_STEP_SLEEP", "0") or 0)
 
+    rank, world = _rank()
+
     class ControlCallback(TrainerCallback):
         def __init__(self):
             self.last_save = time.monotonic()
@@ -276,6 +349,11 @@ def _control_callback(writer: SessionWriter, control: RunControl, spec: TrainSpe
 
         def on_step_end(self, args, state, control_, **kwargs):
             control.poll_requests()
+            if world > 1:  # every rank stops (or saves) at the same step, whichever rank was asked
+                if _all_ranks_agree(bool(control.stop_reason)) and not control.stop_reason:
+                    control.stop_reason = "another rank was asked to stop"
+                if _all_ranks_agree(bool(control.checkpoint_reason)) and not control.checkpoint_reason:
+                    control.checkpoint_reason = "another rank asked for a checkpoint"
             if control.stop_reason:
                 control_.should_save = True
                 control_.should_training_stop = True
@@ -292,8 +370,11 @@ def _control_callback(writer: SessionWriter, control: RunControl, spec: TrainSpe
         def on_save(self, args, state, control_, **kwargs):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             took = time.monotonic() - (self.save_started or time.monotonic())
-            write_json_atomic(ckpt / COMPLETE, {"step": state.global_step, "time": time.time(),
-                                                "seconds": round(took, 3), "reason": self.save_reason})
+            _barrier()  # every rank's part of the checkpoint is written before it is called complete
+            if rank == 0:
+                write_json_atomic(ckpt / COMPLETE, {"step": state.global_step, "time": time.time(),
+                                                    "seconds": round(took, 3), "reason": self.save_reason,
+                                                    **({"world_size": world} if world > 1 else {})})
             writer.event("event", kind="checkpoint", path=str(ckpt), step=state.global_step,
                          seconds=round(took, 3), reason=self.save_reason)
             self.last_save = time.monotonic()
@@ -382,14 +463,65 @@ def _data_event(writer: SessionWriter, spec: TrainSpec, tokenizer, rows: list[di
                              f"any whose answer is cut away entirely")
 
 
+class _FollowerWriter:
+    """What a rank other than 0 may write: its own ``system`` records. Everything else (metrics,
+    events, session.json) is rank 0's, so the session tells one story."""
+
+    def __init__(self, inner: SessionWriter):
+        self.inner = inner
+        self.path, self.meta = inner.path, inner.meta
+
+    def event(self, type: str, **fields) -> dict:
+        if type == "system" or (type == "event" and fields.get("kind") == "error"):
+            return self.inner.event(type, **{"rank": _rank()[0], **fields})
+        return {}
+
+    def update(self, **fields) -> None:
+        pass
+
+    def set_status(self, status: str, **fields) -> None:
+        pass
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _rank() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _all_ranks_agree(flag: bool) -> bool:
+    """True on every rank when it is true on any (so that all stop or save at the same step)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def run_session(session: Path) -> int:
-    """The worker: run (or continue) the training described in ``session``."""
-    writer = SessionWriter.reopen(session)
+    """The worker: run (or continue) the training described in ``session``. Under a multi-process
+    launch every rank runs this; rank 0 writes the session, the others only their system records."""
+    rank, world = _rank()
+    lead = rank == 0
+    writer = SessionWriter.reopen(session) if lead else _FollowerWriter(SessionWriter.reopen(session))
     spec = TrainSpec.from_json(writer.meta["config"])
     control = RunControl(session)
     control.install()
-    control.clear_stop_request()  # a stale request from an earlier stop must not end this run
-    writer.update(pid=os.getpid())
+    if lead:
+        control.clear_stop_request()  # a stale request from an earlier stop must not end this run
+    writer.update(pid=os.getpid(), **({"world_size": world} if world > 1 else {}))
+    say = (lambda *a, **k: print(*a, **k)) if lead else (lambda *a, **k: None)
     sampler = None
     ckpt_dir = session / "checkpoints"
     try:
@@ -407,29 +539,32 @@ def run_session(session: Path) -> int:
                      predicted_peak_bytes=predicted, chosen_by=(writer.meta.get("plan") or {}).get("chosen_by"),
                      micro_batch=spec.batch, grad_accum=spec.grad_accum, precompute_ref=spec.precompute_ref,
                      gradient_checkpointing=spec.gradient_checkpointing, max_length=spec.max_length)
-        sampler = SystemSampler(writer, spec.system_interval).start()
+        sampler = SystemSampler(writer, spec.system_interval,
+                                extra={"rank": rank, "world_size": world} if world > 1 else None).start()
         tokenizer = load_tokenizer(spec)
         rows = (load_rows(spec, "data"), load_rows(spec, "val") if spec.val else None)  # read once, used on retries
         _data_event(writer, spec, tokenizer, *rows)
-        print(f"rounds: {spec.stage} on {rt.device}, plan {spec.plan}, micro-batch {spec.batch} x {spec.grad_accum}",
-              flush=True)
+        say(f"rounds: {spec.stage} on {rt.device}, plan {spec.plan}, micro-batch {spec.batch} x {spec.grad_accum}"
+            + (f" x {world} ranks" if world > 1 else ""), flush=True)
 
         telemetry = None
         trainer = None
         while True:
-            set_aside_incomplete(ckpt_dir, writer)
+            if lead:
+                set_aside_incomplete(ckpt_dir, writer)
             done = complete_checkpoints(ckpt_dir)
             resume_from = str(done[-1]) if done else None
-            telemetry = TelemetryCallback(writer, samples_per_step=spec.batch * spec.grad_accum, echo=_echo)
+            telemetry = TelemetryCallback(writer, samples_per_step=spec.batch * spec.grad_accum * world, echo=_echo)
             writer.event("event", kind="loading", message=f"loading {spec.model}"
                          + (f" + adapter {spec.adapter}" if spec.adapter else ""))
-            trainer = build_trainer(spec, rt, ckpt_dir, [telemetry, _control_callback(writer, control, spec)],
+            callbacks = [telemetry] if lead else []
+            trainer = build_trainer(spec, rt, ckpt_dir, callbacks + [_control_callback(writer, control, spec)],
                                     tokenizer, rows)
             if writer.meta.get("status") != "running":
                 writer.set_status("running")
             if resume_from:
                 writer.event("event", kind="resumed", checkpoint=resume_from)
-                print(f"rounds: resuming from {resume_from}", flush=True)
+                say(f"rounds: resuming from {resume_from}", flush=True)
             if control.stop_reason:
                 break
             try:
@@ -438,6 +573,8 @@ def run_session(session: Path) -> int:
             except Exception as e:
                 if not _is_oom(e):
                     raise
+                if world > 1:  # the other ranks are inside a collective: no retry on one rank alone
+                    raise UserError(f"out of memory on rank {rank} ({e})", hint=oom_advice(spec)) from None
                 if spec.batch == 1:
                     raise UserError(f"out of memory at micro-batch 1 ({e})", hint=oom_advice(spec)) from None
                 old = (spec.batch, spec.grad_accum)
@@ -457,8 +594,10 @@ def run_session(session: Path) -> int:
             control.clear_stop_request()
             writer.event("event", kind="stopped", reason=control.stop_reason, step=trainer.state.global_step)
             writer.set_status("stopped", reason=control.stop_reason)
-            print(f"rounds: stopped ({control.stop_reason}) at step {trainer.state.global_step}; "
-                  f"resume with `rounds resume {session.name}`", flush=True)
+            say(f"rounds: stopped ({control.stop_reason}) at step {trainer.state.global_step}; "
+                f"resume with `rounds resume {session.name}`", flush=True)
+            return 0
+        if not lead:
             return 0
         outputs = save_outputs(trainer, spec, rt, session, tokenizer)
         writer.update(outputs=outputs)
@@ -493,6 +632,8 @@ def run_session(session: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    rank_worker = bool(argv) and argv[0] == "--rank-worker"
+    argv = argv[1:] if rank_worker else argv
     if len(argv) != 1:
         print("usage: python -m engine.train SESSION_DIR", file=sys.stderr)
         return 2
@@ -500,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (session / "session.json").is_file():
         print(f"engine.train: {session}: not a session folder", file=sys.stderr)
         return 2
+    spec = TrainSpec.from_json(read_session_json(session)["config"])
+    if spec.launcher == "accelerate" and not rank_worker and "RANK" not in os.environ:
+        return supervise(session)
     return run_session(session)
 
 
