@@ -76,6 +76,7 @@ class MonitorState:
     seconds_per_step: float | None = None
     series: dict[str, Series] = field(default_factory=lambda: {k: Series() for k in SERIES})
     system: dict | None = None
+    ranks: dict[int, dict] = field(default_factory=dict)  # latest system record of each rank (multi-process)
     gpu_mem: dict[int, deque] = field(default_factory=dict)
     gpu_util: dict[int, deque] = field(default_factory=dict)
     gpu_temp: dict[int, deque] = field(default_factory=dict)
@@ -130,6 +131,11 @@ class MonitorState:
                 self.series[key].add(step, float(value))
 
     def _system(self, rec: dict) -> None:
+        rank = rec.get("rank")
+        if isinstance(rank, int):
+            self.ranks[rank] = rec
+            if rank != 0:  # host and GPU histories come from rank 0 (every rank sees the same machine)
+                return
         self.system = rec
         for g in rec.get("gpus") or []:
             i = g.get("index", 0)

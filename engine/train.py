@@ -200,6 +200,7 @@ def supervise(session: Path) -> int:
     with SessionWriter.reopen(session) as writer:  # rank 0's latest session.json, plus the failure
         writer.event("event", kind="error", message=reason, failed_rank=rank)
         writer.set_status("failed", error=reason, failed_rank=rank)
+        writer.update(failed_rank=rank)
     print(f"rounds: run failed: {reason}", flush=True)
     return code or 1
 

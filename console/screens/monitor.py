@@ -140,6 +140,7 @@ class MonitorScreen(Screen):
                               (f"plan {plan.get('name', '-')}{'+pre' if plan.get('precompute_ref') else ''} · "
                                if meta.get("kind", "train") == "train" else ""),
                               (status, f"bold {colour}"), f" · {format_duration(elapsed)}",
+                              (f" · {meta['world_size']} ranks" if (meta.get("world_size") or 1) > 1 else ""),
                               (f"  {detail}" if detail else "", "yellow"))
         self.query_one("#title", Static).update(title)
         frac = st.fraction

@@ -47,4 +47,12 @@ class SystemPanel(Static):
         proc = st.system.get("process") or {}
         out.append(f"run's CPU {proc.get('cpu_percent', 'N/A')}%  threads {proc.get('threads', 'N/A')}  "
                    f"RAM {human_bytes(host.get('ram_used'))}")
+        if len(st.ranks) > 1:
+            for r, rec in sorted(st.ranks.items()):
+                p = rec.get("process") or {}
+                t = rec.get("torch") or {}
+                out.append(f"\nrank {r}", style="bold")
+                out.append(f"  pid {p.get('pid', '?')}  CPU {p.get('cpu_percent', 'N/A')}%  "
+                           f"RSS {human_bytes(p.get('rss'))}"
+                           + (f"  GPU{t.get('device', '?')} allocated {human_bytes(t.get('allocated'))}" if t else ""))
         return out
