@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --launcher accelerate: ranks (default: the GPUs torch sees, at least 1)")
     p.add_argument("--accelerate-config", metavar="FILE", help="with --launcher accelerate: an `accelerate config` "
                                                                "file (DDP, FSDP, DeepSpeed); see the README")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="create the session and print the command to launch its ranks yourself "
+                        "(`accelerate launch ... -m engine.train --rank-worker SESSION`)")
     p.add_argument("--name", metavar="NAME", help="session name (letters, digits, . _ -)")
     p.set_defaults(func=cmd_train)
 
@@ -531,12 +534,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     budget = parse_size(args.mem_budget, "--mem-budget") if args.mem_budget else None
     writer, proc = start(spec, sessions_root(args.sessions), name=args.name, shared=args.shared_sessions,
                          detach=args.detach, command=["rounds", *sys.argv[1:]], budget_bytes=budget,
-                         ignore_plan=args.ignore_plan)
+                         ignore_plan=args.ignore_plan, spawn=not args.prepare_only)
     plan = writer.meta["plan"]
     print(f"rounds: plan {plan['name']}{' +precompute-ref' if plan['precompute_ref'] else ''}, micro-batch "
           f"{plan['micro_batch']} x {plan['grad_accum']}, gradient checkpointing "
           f"{'on' if plan['gradient_checkpointing'] else 'off'} ({plan['chosen_by']}); predicted peak "
           f"{human_bytes(plan['predicted_peak_bytes'])} of {human_bytes(plan['usable_bytes'])} usable")
+    if proc is None:  # --prepare-only: the user launches the ranks
+        print(f"rounds: session {writer.id} is ready; start its ranks yourself, e.g.\n"
+              f"  accelerate launch --num_processes N [your options] -m engine.train --rank-worker {writer.path}\n"
+              f"  (rank 0 writes the session; without rounds' supervisor a dead rank is not named and an\n"
+              f"  out-of-memory rank is not relaunched: `--launcher accelerate` does both)")
+        return 0
     _announce(writer, proc, args.detach)
     if args.detach:
         return 0

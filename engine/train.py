@@ -110,15 +110,15 @@ def prepare(spec: TrainSpec) -> dict:
 
 def start(spec: TrainSpec, root: Path, *, name: str | None = None, shared: bool = False, detach: bool = False,
           command: list[str] | None = None, budget_bytes: int | None = None,
-          ignore_plan: bool = False) -> tuple[SessionWriter, subprocess.Popen]:
+          ignore_plan: bool = False, spawn: bool = True) -> tuple[SessionWriter, subprocess.Popen | None]:
     facts = prepare(spec)
     plan_record = choose_plan(spec, facts["train_rows"], budget_bytes, ignore_plan)
     writer = SessionWriter.create(root, "train", name=name, stage=spec.stage, command=command,
                                   config=spec.to_json(), shared=shared)
     writer.update(plan=plan_record,
                   data={"train_rows": facts["train_rows"], "val_rows": facts["val_rows"]},
-                  launcher="detached" if detach else "foreground")
-    return writer, spawn_worker(writer.path, detach)
+                  launcher=("detached" if detach else "foreground") if spawn else "user")
+    return writer, (spawn_worker(writer.path, detach) if spawn else None)
 
 
 def spawn_worker(session: Path, detach: bool) -> subprocess.Popen:
@@ -161,37 +161,55 @@ def _failed_rank(log_tail: str) -> tuple[int | None, str]:
     return (int(rank.group(1)) if rank else None), why
 
 
+OOM_MARK = "oom.json"  # in requests/: a rank ran out of memory and asks for a smaller micro-batch
+
+
 def supervise(session: Path) -> int:
     """Run a multi-process launch and make sure the session ends with the truth: when a rank
-    dies, the others are stopped by the launcher and the run is marked failed, naming the rank."""
-    spec = TrainSpec.from_json(read_session_json(session)["config"])
-    cmd = launcher_command(spec, session)
-    with SessionWriter.reopen(session) as writer:
-        writer.update(world_size=spec.num_processes, launcher_command=cmd, supervisor_pid=os.getpid())
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROUNDS_WORLD_SIZE": str(spec.num_processes)}
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env)
+    runs out of memory, relaunch every rank with half the micro-batch (twice the accumulation)
+    from the last checkpoint; when a rank dies, the launcher stops the others and the run is
+    marked failed, naming the rank."""
+    stopping = {"signal": None}
+    proc_box: dict = {}
 
     def forward(signum, frame):  # the launcher passes it on to every rank
-        try:
-            proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
+        stopping["signal"] = signum
+        proc = proc_box.get("proc")
+        if proc is not None:
+            try:
+                proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, forward)
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for raw in iter(proc.stdout.readline, b""):
-        sys.stdout.buffer.write(raw)
-        sys.stdout.buffer.flush()
-        tail = (tail + [raw.decode(errors="replace")])[-400:]
-    code = proc.wait()
-    status = read_session_json(session).get("status")
-    if status == "finished" and code == 0:
-        return 0
-    if status == "stopped":
-        return 0  # the ranks stopped as asked (the launcher may report the signal it got)
+    while True:
+        spec = TrainSpec.from_json(read_session_json(session)["config"])
+        cmd = launcher_command(spec, session)
+        with SessionWriter.reopen(session) as writer:
+            writer.update(world_size=spec.num_processes, launcher_command=cmd, supervisor_pid=os.getpid())
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROUNDS_WORLD_SIZE": str(spec.num_processes)}
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env)
+        proc_box["proc"] = proc
+        tail: list[str] = []
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            sys.stdout.buffer.write(raw)
+            sys.stdout.buffer.flush()
+            tail = (tail + [raw.decode(errors="replace")])[-400:]
+        code = proc.wait()
+        status = read_session_json(session).get("status")
+        if status == "finished" and code == 0:
+            return 0
+        if status == "stopped":
+            return 0  # the ranks stopped as asked (the launcher may report the signal it got)
+        oom = session / REQUESTS / OOM_MARK
+        if oom.exists() and stopping["signal"] is None:
+            if _relaunch_after_oom(session, oom):
+                continue
+            return 1
+        break
     rank, why = _failed_rank("".join(tail))
     if status == "failed" and rank in (0, None):
         return code or 1  # rank 0 failed and said why itself
@@ -203,6 +221,38 @@ def supervise(session: Path) -> int:
         writer.update(failed_rank=rank)
     print(f"rounds: run failed: {reason}", flush=True)
     return code or 1
+
+
+def _relaunch_after_oom(session: Path, mark: Path) -> bool:
+    """Halve the micro-batch in the session's config for the next launch; False when it is already 1."""
+    import json
+
+    try:
+        info = json.loads(mark.read_text())
+    except (OSError, ValueError):
+        info = {}
+    mark.unlink(missing_ok=True)
+    with SessionWriter.reopen(session) as writer:
+        spec = TrainSpec.from_json(writer.meta["config"])
+        if spec.batch == 1:
+            msg = f"out of memory on rank {info.get('rank', '?')} at micro-batch 1 ({info.get('error', '')})"
+            writer.event("event", kind="error", message=msg, failed_rank=info.get("rank"))
+            writer.set_status("failed", error=msg)
+            writer.update(failed_rank=info.get("rank"))
+            print(f"rounds: error: {msg}\n  hint: {oom_advice(spec)}", flush=True)
+            return False
+        old = (spec.batch, spec.grad_accum)
+        spec.batch, spec.grad_accum = spec.batch // 2, spec.grad_accum * 2
+        writer.update(config=spec.to_json(), oom_recoveries=(writer.meta.get("oom_recoveries") or 0) + 1,
+                      plan={**(writer.meta.get("plan") or {}), "micro_batch": spec.batch,
+                            "grad_accum": spec.grad_accum})
+        writer.event("event", kind="oom_recovered", step=info.get("step"), rank=info.get("rank"),
+                     error=str(info.get("error", ""))[:300], micro_batch=[old[0], spec.batch],
+                     grad_accum=[old[1], spec.grad_accum])
+    print(f"rounds: out of memory on rank {info.get('rank', '?')} at step {info.get('step')}; relaunching every "
+          f"rank with micro-batch {old[0]} -> {spec.batch}, gradient accumulation {old[1]} -> {spec.grad_accum}",
+          flush=True)
+    return True
 
 
 def follow(proc: subprocess.Popen, log_path: Path, out=None) -> int:
@@ -330,6 +380,7 @@ def _control_callback(writer: SessionWriter, control: RunControl, spec: TrainSpe
     step_sleep = float(os.environ.get("ROUNDS_FAULT_STEP_SLEEP", "0") or 0)
 
     rank, world = _rank()
+    control.injected_ooms = max(control.injected_ooms, writer.meta.get("oom_recoveries") or 0)
 
     class ControlCallback(TrainerCallback):
         def __init__(self):
@@ -574,8 +625,13 @@ def run_session(session: Path) -> int:
             except Exception as e:
                 if not _is_oom(e):
                     raise
-                if world > 1:  # the other ranks are inside a collective: no retry on one rank alone
-                    raise UserError(f"out of memory on rank {rank} ({e})", hint=oom_advice(spec)) from None
+                if world > 1:  # the other ranks are inside a collective: the supervisor relaunches them all
+                    (session / REQUESTS).mkdir(exist_ok=True)
+                    write_json_atomic(session / REQUESTS / OOM_MARK,
+                                      {"rank": rank, "step": trainer.state.global_step, "error": str(e)[:300]})
+                    print(f"rounds: rank {rank} ran out of memory at step {trainer.state.global_step}; "
+                          "asking the supervisor for a smaller micro-batch", flush=True)
+                    os._exit(75)  # now: the other ranks wait in a collective that will never complete
                 if spec.batch == 1:
                     raise UserError(f"out of memory at micro-batch 1 ({e})", hint=oom_advice(spec)) from None
                 old = (spec.batch, spec.grad_accum)

@@ -104,3 +104,38 @@ def test_the_readme_ddp_config_runs(tmp_path, tiny_model):
     meta = read_session_json(s)
     assert meta["status"] == "finished" and meta["world_size"] == 2 and str(config) in meta["launcher_command"]
     assert {e.get("rank") for e in events(s) if e["type"] == "system"} == {0, 1}
+
+
+def test_out_of_memory_on_a_rank_relaunches_every_rank_with_half_the_micro_batch(tmp_path, tiny_model):
+    r, s = ddp(tmp_path, tiny_model, "--max-steps", "6", "--batch", "4", "--save-steps", "2",
+               env={"ROUNDS_FAULT_OOM_AT_STEP": "4"})
+    meta = read_session_json(s)
+    assert meta["status"] == "finished", r.stdout[-3000:]
+    assert meta["config"]["batch"] == 2 and meta["config"]["grad_accum"] == 2 and meta["oom_recoveries"] == 1
+    rec = [e for e in events(s) if e.get("kind") == "oom_recovered"]
+    assert len(rec) == 1 and rec[0]["micro_batch"] == [4, 2] and rec[0]["grad_accum"] == [1, 2]
+    assert "relaunching every rank with micro-batch 4 -> 2" in r.stdout
+    steps = [m["step"] for m in metrics(s)]
+    assert steps[-1] == 6 and sorted(set(steps)) == [1, 2, 3, 4, 5, 6]  # resumed from checkpoint-2: 3 again
+
+
+def test_a_session_prepared_for_a_launch_the_user_runs(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    root = tmp_path / "sessions"
+    r = run_rounds("--sessions", str(root), "train", "dpo", "--model", str(tiny_model), "--data",
+                   str(DEMO / "dpo_train.jsonl"), "--plan", "lora", "--batch", "2", "--max-steps", "2",
+                   "--system-interval", "0.3", "--prepare-only")
+    assert r.returncode == 0 and "--rank-worker" in r.stdout, r.stderr
+    s = only_session(root)
+    assert read_session_json(s)["status"] == "planned"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "engine.train", "--rank-worker", str(s)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    meta = read_session_json(s)
+    assert meta["status"] == "finished" and meta["world_size"] == 2
+    assert [m["step"] for m in metrics(s)] == [1, 2]
+    assert {e.get("rank") for e in events(s) if e["type"] == "system"} == {0, 1}
