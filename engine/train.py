@@ -52,8 +52,15 @@ def choose_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None,
 
     shape = ModelShape.from_config(read_config(spec.model))
     device = pl.detect_device(spec.device, budget_bytes)
-    work = pl.Workload(spec.stage, spec.max_length, spec.batch * spec.grad_accum, examples, spec.epochs,
-                       spec.lora_rank)
+    ranks = spec.num_processes if spec.launcher == "accelerate" else 1
+    gpus = ranks if device.kind == "cuda" else 1
+    if ranks > 1 and device.kind == "cpu":  # the ranks share this machine's RAM
+        from dataclasses import replace
+
+        device = replace(device, budget_bytes=device.budget_bytes // ranks,
+                         name=f"{device.name}, 1/{ranks} of the RAM for each rank")
+    work = pl.Workload(spec.stage, spec.max_length, spec.batch * spec.grad_accum * gpus, examples, spec.epochs,
+                       spec.lora_rank, gpus=gpus, shard=_sharding(spec.accelerate_config) if gpus > 1 else "none")
     chosen_by = "user"
     if spec.plan == "auto":
         result = pl.plan(shape, work, device)
@@ -88,6 +95,24 @@ def choose_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None,
             "budget_bytes": device.budget_bytes, "usable_bytes": int(device.budget_bytes * (1 - device.margin)),
             "device": device.kind, "predicted_seconds_per_step": r.seconds_per_step,
             "predicted_total_seconds": r.total_seconds}
+
+
+def _sharding(config: str | None) -> str:
+    """none (DDP), fsdp or zero3, from an `accelerate config` file."""
+    if not config:
+        return "none"
+    try:
+        import yaml
+
+        data = yaml.safe_load(Path(config).read_text()) or {}
+    except Exception:
+        return "none"
+    kind = str(data.get("distributed_type", "")).upper()
+    if kind == "FSDP":
+        return "fsdp"
+    if kind == "DEEPSPEED" and int((data.get("deepspeed_config") or {}).get("zero_stage", 0) or 0) == 3:
+        return "zero3"
+    return "none"
 
 
 def prepare(spec: TrainSpec) -> dict:

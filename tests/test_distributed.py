@@ -139,3 +139,15 @@ def test_a_session_prepared_for_a_launch_the_user_runs(tmp_path, tiny_model):
     assert meta["status"] == "finished" and meta["world_size"] == 2
     assert [m["step"] for m in metrics(s)] == [1, 2]
     assert {e.get("rank") for e in events(s) if e["type"] == "system"} == {0, 1}
+
+
+def test_auto_plan_on_cpu_gives_each_rank_its_share_of_the_ram(tiny_model):
+    from engine.recipe import TrainSpec
+    from engine.train import choose_plan
+
+    def usable(**kw) -> int:
+        spec = TrainSpec(stage="dpo", model=str(tiny_model), data=str(DEMO / "dpo_train.jsonl"), plan="auto",
+                         device="cpu", **kw)
+        return choose_plan(spec, 100, budget_bytes=8 * 2**30)["usable_bytes"]
+
+    assert usable(launcher="accelerate", num_processes=2) == usable() // 2
