@@ -310,20 +310,24 @@ def build_trainer(spec: TrainSpec, rt: Runtime, output_dir: Path, callbacks: lis
     return trainer
 
 
-def save_outputs(trainer, spec: TrainSpec, rt: Runtime, session: Path, tokenizer) -> dict[str, str]:
-    """The adapter (LoRA plans) or the whole model (full), and with ``merge`` a merged model."""
+def save_outputs(trainer, spec: TrainSpec, rt: Runtime, session: Path, tokenizer, lead: bool = True) -> dict[str, str]:
+    """The adapter (LoRA plans) or the whole model (full), and with ``merge`` a merged model.
+
+    Called on every rank of a multi-process run: ``trainer.save_model`` gathers a sharded
+    (FSDP) model from all ranks and writes on the main process only; the rest is rank 0's."""
     from peft import PeftModel
 
     outputs: dict[str, str] = {}
-    model = trainer.model
+    model = trainer.accelerator.unwrap_model(trainer.model)
     if isinstance(model, PeftModel):
         if "ref" in model.peft_config:  # TRL's frozen copy of the starting adapter: not an output
             model.delete_adapter("ref")
         out = session / "adapter"
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        trainer.save_model(str(out))
         outputs["adapter"] = str(out)
-        if spec.merge:
+        if lead:
+            tokenizer.save_pretrained(out)
+        if spec.merge and lead:
             base = _load_base(spec, rt, quantize=False)
             merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
             mout = session / "merged"
@@ -333,7 +337,8 @@ def save_outputs(trainer, spec: TrainSpec, rt: Runtime, session: Path, tokenizer
     else:
         out = session / "model"
         trainer.save_model(str(out))
-        tokenizer.save_pretrained(out)
+        if lead:
+            tokenizer.save_pretrained(out)
         outputs["model"] = str(out)
         if spec.merge:
             outputs["merged"] = str(out)  # a full run's model is already whole

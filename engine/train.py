@@ -679,9 +679,9 @@ def run_session(session: Path) -> int:
             say(f"rounds: stopped ({control.stop_reason}) at step {trainer.state.global_step}; "
                 f"resume with `rounds resume {session.name}`", flush=True)
             return 0
+        outputs = save_outputs(trainer, spec, rt, session, tokenizer, lead=lead)  # every rank: FSDP gathers
         if not lead:
             return 0
-        outputs = save_outputs(trainer, spec, rt, session, tokenizer)
         writer.update(outputs=outputs)
         writer.event("event", kind="finished", step=trainer.state.global_step, outputs=outputs,
                      **(telemetry.final if telemetry else {}))
