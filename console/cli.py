@@ -361,13 +361,13 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from engine.data import format_report, token_stats, validate_file
+    from engine.data import format_report, load_tokenizer_folder, token_stats, validate_file
 
     fields = ("question", "answer", "context", "reference", "prompt", "chosen", "rejected", "id")
     columns = {f: getattr(args, f) for f in fields if getattr(args, f)}
     report = validate_file(args.file, args.kind, columns)
     if args.model and report.rows:
-        token_stats(report, _load_tokenizer(args.model), args.max_length)
+        token_stats(report, load_tokenizer_folder(args.model), args.max_length)
     if args.json:
         print(json.dumps(report.to_json(), indent=1, ensure_ascii=False))
     else:
@@ -841,18 +841,6 @@ def _pairs_from_marks(args: argparse.Namespace) -> int:
     if rep.get("warning"):
         print(f"  warning: {rep['warning']}")
     return 0
-
-
-def _load_tokenizer(path: str):
-    if not Path(path).is_dir():
-        raise UserError(f"{path}: not a model folder", field="--model",
-                        hint="give a local folder with tokenizer files (nothing is downloaded)")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot load a tokenizer ({e})", field="--model") from None
 
 
 # --------------------------------------------------------------------------- entry point

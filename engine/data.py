@@ -426,6 +426,19 @@ def load(path: str | os.PathLike, kind: str, columns: dict[str, str] | None = No
 
 # --------------------------------------------------------------------------- token lengths
 
+def load_tokenizer_folder(path: str, field: str = "--model"):
+    """A local tokenizer (nothing is downloaded), or a clear error naming the flag."""
+    if not Path(path).is_dir():
+        raise UserError(f"{path}: not a model folder", field=field,
+                        hint="give a local folder with tokenizer files (nothing is downloaded)")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot load a tokenizer ({e})", field=field) from None
+
+
 def _summary(values: list[int], max_length: int | None) -> dict:
     values = sorted(values)
     out = {

@@ -239,9 +239,9 @@ class LengthCheck:
             if not tokenizer_path:
                 raise UserError("--max-length needs a tokenizer to count tokens", field="--max-length",
                                 hint="add --tokenizer MODEL_FOLDER (the model you will train)")
-            from console.cli import _load_tokenizer
+            from engine.data import load_tokenizer_folder
 
-            self.tok = _load_tokenizer(tokenizer_path)
+            self.tok = load_tokenizer_folder(tokenizer_path, field="--tokenizer")
 
     def too_long(self, prompt: str, chosen: str, rejected: str) -> int | None:
         if not self.max_length:

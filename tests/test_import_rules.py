@@ -45,3 +45,17 @@ def test_probe_can_see_a_violation():
                           "import sys, engine.tinymodel as t; t.train_tokenizer(64); "
                           "print('transformers' in sys.modules)"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_engine_never_imports_console_even_lazily():
+    """The engine is headless: not even a function-level import of the console (AST, every file)."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                          if n == "console" or n.startswith("console.")]
+    assert offenders == []
