@@ -709,6 +709,8 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
             sink.close(commit=complete)
     except BaseException as e:
         buckets.cleanup()
+        if sys.stderr.isatty() and not quiet:
+            sys.stderr.write("\n")  # end the progress bar's line before the message
         if writer:
             reason = "interrupted" if isinstance(e, KeyboardInterrupt) else (
                 e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
