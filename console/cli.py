@@ -400,17 +400,6 @@ def _announce(writer, proc, detach: bool, verb: str = "started") -> None:
                                                         else ""), flush=True)
 
 
-def _fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes = seconds / 60
-    if minutes < 60:
-        return f"{minutes:.0f} min"
-    return f"{minutes / 60:.1f} h"
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     from engine import plan as pl
     from engine.shapes import ModelShape, read_config
@@ -434,7 +423,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def format_plan(result, model: str, show_all: bool = False) -> str:
-    from engine.units import human_bytes
+    from engine.units import format_seconds, human_bytes
 
     w, d, shape = result.workload, result.device, result.shape
     lines = []
@@ -463,7 +452,7 @@ def format_plan(result, model: str, show_all: bool = False) -> str:
     for r in rows:
         mark = "*" if r is result.recommended else " "
         lines.append(f"{mark} {r.strategy.name:<20}{human_bytes(r.peak_bytes):>10}  {'yes' if r.fits else 'no':<5}"
-                     f"{_fmt_seconds(r.seconds_per_step):>9}{_fmt_seconds(r.total_seconds):>9}  {r.why}")
+                     f"{format_seconds(r.seconds_per_step):>9}{format_seconds(r.total_seconds):>9}  {r.why}")
     if result.recommended:
         rec = result.recommended
         c = rec.components

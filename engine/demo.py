@@ -108,6 +108,19 @@ def answerable_accuracy(session: Path, annotator: str = "auto:contains") -> dict
     return out
 
 
+def _sft_stage(root: Path, model: Path, cfg: DemoConfig, echo) -> tuple[Path, Path]:
+    """Stage A on the demo data; returns its session and the trained model folder."""
+    from engine.recipe import TrainSpec
+
+    # the demo model starts from random weights: Stage A must train all of them (full), not adapters
+    sft = _train(root, TrainSpec(stage="sft", model=str(model), data=str(DEMO_DATA / "sft_train.jsonl"),
+                                 val=str(DEMO_DATA / "sft_val.jsonl"), plan="full", epochs=cfg.sft_epochs,
+                                 lr=cfg.sft_lr, batch=cfg.sft_batch, max_length=cfg.max_length, merge=True,
+                                 gradient_checkpointing=False, save_steps=100, logging_steps=2, eval_steps=50),
+                 "demo-sft", echo)
+    return sft, sft / ("merged" if (sft / "merged").is_dir() else "model")
+
+
 def run_pipeline(root: Path, cfg: DemoConfig, echo=print) -> dict:
     from engine.recipe import TrainSpec
     from engine.report import auto_assess, make_pairs, write_compare
@@ -116,13 +129,7 @@ def run_pipeline(root: Path, cfg: DemoConfig, echo=print) -> dict:
     root = Path(root)
     model = demo_model(cfg.size)
     echo(f"[demo] model {model} ({cfg.size}); sessions in {root}")
-    # the demo model starts from random weights: Stage A must train all of them (full), not adapters
-    sft = _train(root, TrainSpec(stage="sft", model=str(model), data=str(DEMO_DATA / "sft_train.jsonl"),
-                                 val=str(DEMO_DATA / "sft_val.jsonl"), plan="full", epochs=cfg.sft_epochs,
-                                 lr=cfg.sft_lr, batch=cfg.sft_batch, max_length=cfg.max_length, merge=True,
-                                 gradient_checkpointing=False, save_steps=100, logging_steps=2, eval_steps=50),
-                 "demo-sft", echo)
-    sft_model = sft / ("merged" if (sft / "merged").is_dir() else "model")
+    sft, sft_model = _sft_stage(root, model, cfg, echo)
     ev_sft = _eval(root, sft_model, DEMO_DATA / "test.jsonl", "demo-eval-sft", cfg, True, echo)
     rnd = _eval(root, sft_model, DEMO_DATA / "assess_questions.jsonl", "demo-round", cfg, False, echo)
     for s in (ev_sft, rnd):
@@ -178,16 +185,7 @@ def _pct(d: dict) -> str:
 
 def run_first_stage(root: Path, cfg: DemoConfig, echo=print) -> None:
     """What `rounds demo` runs in the background: SFT, then an evaluation of the SFT model to assess."""
-    from engine.recipe import TrainSpec
-
-    model = demo_model(cfg.size)
-    # the demo model starts from random weights: Stage A must train all of them (full), not adapters
-    sft = _train(root, TrainSpec(stage="sft", model=str(model), data=str(DEMO_DATA / "sft_train.jsonl"),
-                                 val=str(DEMO_DATA / "sft_val.jsonl"), plan="full", epochs=cfg.sft_epochs,
-                                 lr=cfg.sft_lr, batch=cfg.sft_batch, max_length=cfg.max_length, merge=True,
-                                 gradient_checkpointing=False, save_steps=100, logging_steps=2, eval_steps=50),
-                 "demo-sft", echo)
-    sft_model = sft / ("merged" if (sft / "merged").is_dir() else "model")
+    _, sft_model = _sft_stage(root, demo_model(cfg.size), cfg, echo)
     _eval(root, sft_model, DEMO_DATA / "test.jsonl", "demo-eval-sft", cfg, True, echo)
 
 

@@ -93,18 +93,13 @@ def read_held_out(paths: list[str]) -> HeldOut:
         path = Path(p)
         before = (len(held.ids), len(held.texts))
         if path.is_dir() and (path / "session.json").exists():
-            from engine.evaluate import RESULTS, EvalSpec, item_rows
+            from engine.evaluate import EvalSpec, item_rows, read_results
 
             meta = read_session_json(path)
             if meta.get("kind") != "eval":
                 raise UserError(f"{path.name} is a {meta.get('kind')} session, not an evaluation", field="--exclude",
                                 hint="exclude evaluation sessions or test files")
-            rows: list[dict] = []
-            results = path / RESULTS
-            if results.exists():
-                from engine.evaluate import read_results
-
-                rows += read_results(path)
+            rows = read_results(path)  # [] before any answer
             data = (meta.get("config") or {}).get("data")
             if data and Path(data).is_file():
                 try:

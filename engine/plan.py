@@ -35,7 +35,7 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.shapes import ModelShape
-from engine.units import human_bytes
+from engine.units import format_seconds, human_bytes
 
 GiB = 1024**3
 TOKEN_TILE = 4096  # TRL's fused LM head: tokens per tile
@@ -180,6 +180,21 @@ def _tokens(stage: str, micro_batch: int, seq: int) -> int:
     return micro_batch * seq * (2 if stage == "dpo" else 1)
 
 
+def _policy_weight_bytes(shape: ModelShape, s: Strategy, wb: int) -> int:
+    if s.plan == "qlora":  # NF4 linear weights with double-quantized block scales; the rest unquantized
+        quantized = shape.params_linear
+        return int(quantized * (0.5 + 1 / 64 + 4 / (64 * 256)) + (shape.params_total - quantized) * wb)
+    return shape.params_total * wb
+
+
+def _trainable(shape: ModelShape, s: Strategy, w: Workload, wb: int) -> tuple[int, int]:
+    """(trainable parameters, bytes each)."""
+    if s.plan == "full":
+        return shape.params_total, wb
+    # TRL casts QLoRA adapters to bf16; PEFT keeps LoRA in fp32
+    return shape.lora_params(w.lora_rank), 2 if s.plan == "qlora" else 4
+
+
 def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> dict:
     wb = d.width
     P = shape.params_total
@@ -188,21 +203,12 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     comp: dict[str, int] = {}
 
     # weights
-    if s.plan == "qlora":
-        quantized = shape.params_linear
-        comp["policy_weights"] = int(quantized * (0.5 + 1 / 64 + 4 / (64 * 256)) + (P - quantized) * wb)
-    else:
-        comp["policy_weights"] = P * wb
+    comp["policy_weights"] = _policy_weight_bytes(shape, s, wb)
     comp["reference_weights"] = P * wb if (w.stage == "dpo" and s.plan == "full" and not s.precompute_ref) else 0
 
     # trainable parameters, gradients, optimizer state
-    if s.plan == "full":
-        trainable, tw = P, wb
-        comp["trainable_parameters"] = 0  # they are the policy weights
-    else:
-        trainable = shape.lora_params(w.lora_rank)
-        tw = 2 if s.plan == "qlora" else 4  # TRL casts QLoRA adapters to bf16; PEFT keeps LoRA in fp32
-        comp["trainable_parameters"] = trainable * tw
+    trainable, tw = _trainable(shape, s, w, wb)
+    comp["trainable_parameters"] = 0 if s.plan == "full" else trainable * tw  # full: they are the policy weights
     grads = trainable * tw
     if d.kind == "cuda":
         opt = trainable * 2 + trainable * 4 // 2048  # paged 8-bit AdamW: two 1-byte moments + block scales
@@ -268,10 +274,6 @@ TIME = {
 QLORA_ONLY_IF_FASTER = {"cpu": 1.5, "cuda": 1.4}
 
 
-def _fmt_s(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.1f} s"
-
-
 def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
     """What one micro-step does: matmul FLOPs (body and LM head), layer passes, logit elements."""
     N = _tokens(w.stage, s.micro_batch, w.max_length)
@@ -310,11 +312,10 @@ def communication_seconds(shape: ModelShape, s: Strategy, w: Workload, d: Device
     if n == 1:
         return 0.0
     ring = 2 * (n - 1) / n
-    trainable = shape.params_total if s.plan == "full" else shape.lora_params(w.lora_rank)
-    grad_bytes = trainable * (d.width if s.plan == "full" else 4)
+    trainable, tw = _trainable(shape, s, w, d.width)
+    grad_bytes = trainable * tw
     if w.shard in ("fsdp", "zero3"):
-        weight_bytes = predict_memory(shape, s, Workload(w.stage, w.max_length, 1), d)["components"]["policy_weights"]
-        per_micro = (2 * weight_bytes * (n - 1) / n + grad_bytes * (n - 1) / n)
+        per_micro = (2 * _policy_weight_bytes(shape, s, d.width) + grad_bytes) * (n - 1) / n
         return accum * per_micro / INTERCONNECT_BYTES_PER_SECOND
     return ring * grad_bytes / INTERCONNECT_BYTES_PER_SECOND
 
@@ -441,9 +442,10 @@ def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlor
             best_exact = min(exact, key=cost)
             if cost(best_exact)[0] <= QLORA_ONLY_IF_FASTER[d.kind] * cost(fastest)[0]:
                 result.recommended = best_exact
-                result.note = (f"{fastest.strategy.name} is predicted faster ({_fmt_s(cost(fastest)[0])} vs "
-                               f"{_fmt_s(cost(best_exact)[0])}) but quantizes the weights to 4 bits; within the "
-                               f"estimate's error that is not worth it (--plan qlora to insist)")
+                fast, exact_s = format_seconds(cost(fastest)[0]), format_seconds(cost(best_exact)[0])
+                result.note = (f"{fastest.strategy.name} is predicted faster ({fast} vs {exact_s}) but quantizes "
+                               "the weights to 4 bits; within the estimate's error that is not worth it "
+                               "(--plan qlora to insist)")
     return result
 
 

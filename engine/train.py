@@ -544,13 +544,13 @@ class _FollowerWriter:
     """What a rank other than 0 may write: its own ``system`` records. Everything else (metrics,
     events, session.json) is rank 0's, so the session tells one story."""
 
-    def __init__(self, inner: SessionWriter):
-        self.inner = inner
+    def __init__(self, inner: SessionWriter, rank: int):
+        self.inner, self.rank = inner, rank
         self.path, self.meta = inner.path, inner.meta
 
     def event(self, type: str, **fields) -> dict:
         if type == "system" or (type == "event" and fields.get("kind") == "error"):
-            return self.inner.event(type, **{"rank": _rank()[0], **fields})
+            return self.inner.event(type, **{"rank": self.rank, **fields})
         return {}
 
     def update(self, **fields) -> None:
@@ -591,14 +591,14 @@ def run_session(session: Path) -> int:
     launch every rank runs this; rank 0 writes the session, the others only their system records."""
     rank, world = _rank()
     lead = rank == 0
-    writer = SessionWriter.reopen(session) if lead else _FollowerWriter(SessionWriter.reopen(session))
+    writer = SessionWriter.reopen(session) if lead else _FollowerWriter(SessionWriter.reopen(session), rank)
     spec = TrainSpec.from_json(writer.meta["config"])
     control = RunControl(session)
     control.install()
     if lead:
         control.clear_stop_request()  # a stale request from an earlier stop must not end this run
     writer.update(pid=os.getpid(), **({"world_size": world} if world > 1 else {}))
-    say = (lambda *a, **k: print(*a, **k)) if lead else (lambda *a, **k: None)
+    say = print if lead else (lambda *a, **k: None)
     sampler = None
     ckpt_dir = session / "checkpoints"
     try:

@@ -28,6 +28,18 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def format_seconds(seconds: float | None) -> str:
+    """'1.6 s', '12 min', '3.5 h' (plan tables); '-' when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = seconds / 60
+    if minutes < 60:
+        return f"{minutes:.0f} min"
+    return f"{minutes / 60:.1f} h"
+
+
 def parse_time(text: str | None) -> float | None:
     """An ISO timestamp from session.json as epoch seconds, or None."""
     if not text:

@@ -235,14 +235,7 @@ def test_assess_snapshot(snap_compare, size):
 async def test_compare_screen_lists_changed_items_and_opens_them_side_by_side(tmp_path):
     from console.screens.compare import CompareScreen, SideBySide
 
-    a = make_session(tmp_path, name="before")
-    b = make_session(tmp_path, name="after")
-    with AssessmentLog(a, "alice") as log:
-        for i in range(6):
-            log.mark(f"q{i}", "hallucinated" if i < 4 else "faithful")
-    with AssessmentLog(b, "alice") as log:
-        for i in range(6):
-            log.mark(f"q{i}", "hallucinated" if i == 0 else "faithful")
+    a, b = _two_assessed(tmp_path)
     app = RoundsApp(tmp_path, compare=(a, b, None))
     async with app.run_test(size=(100, 30)) as pilot:
         screen = app.screen
