@@ -125,7 +125,8 @@ def run_point(point: dict, model: str, data: str, steps: int) -> dict:
             trainer.train()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"static": static, "dynamic": tracker.peak, "measured": static + tracker.peak,
-            "rss_growth": peak_rss - rss0, "seconds_per_step": statistics.median(times[1:] or times)}
+            "rss_growth": peak_rss - rss0, "seconds_per_step": statistics.median(times[1:] or times),
+            "step_times": times}
 
 
 def grid(quick: bool) -> list[dict]:

@@ -178,12 +178,37 @@ def _load_base(spec: TrainSpec, rt: Runtime, quantize: bool):
     if rt.device == "cuda":
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
-        return AutoModelForCausalLM.from_pretrained(spec.model, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(spec.model, **kwargs)
     except Exception as e:  # a damaged folder raises anything from OSError to SafetensorError
         if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
             raise
         raise UserError(f"cannot load the model from {spec.model}: {e}", field="--model",
                         hint="check that the folder is complete and not damaged") from None
+    if quantize and rt.device == "cpu":
+        keep_4bit_trainable(model)
+    return model
+
+
+def keep_4bit_trainable(model) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference during training.
+
+    On a CPU with AVX512-BF16, the first eval-mode forward of a ``Linear4bit`` (DPO's
+    precomputed reference log-probs, an evaluation pass) converts its weight to a packed
+    inference layout for good; later training forwards then go through a kernel that has no
+    autograd formula, so no gradient flows through the frozen 4-bit layers to the adapters
+    before them — silently wrong training (bitsandbytes 0.50 warns only at backward). Turning
+    the conversion off keeps the dequantize-and-matmul path, whose gradients are correct.
+    Returns how many layers were changed."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def load_policy(spec: TrainSpec, rt: Runtime):

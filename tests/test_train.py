@@ -143,17 +143,21 @@ def test_dpo_reward_margin_rises_on_an_overfit_set(tmp_path, tiny_sft):
     assert metrics(only_session(root))[-1]["rewards/accuracies"] == 1.0
 
 
-def test_qlora_gradients_match_the_dequantized_model(tiny_model):
+@pytest.mark.parametrize("after_eval_pass", [False, True])
+def test_qlora_gradients_match_the_dequantized_model(tiny_model, after_eval_pass):
     """bitsandbytes 4-bit on CPU: LoRA gradients through NF4 layers equal those through the same
-    weights dequantized to fp32 (so QLoRA trains correctly on CPU, warnings or not)."""
+    weights dequantized to fp32 (so QLoRA trains correctly on CPU, warnings or not) — also after an
+    eval-mode forward such as DPO's precomputed reference log-probs, which on an AVX512-BF16 CPU
+    would otherwise repack the weights into an inference layout that carries no gradient."""
     import bitsandbytes as bnb
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32)
-    quant = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, quantization_config=nf4)
+    from engine.recipe import Runtime, TrainSpec, _load_base
+
+    spec = TrainSpec(stage="dpo", model=str(tiny_model), data="-", plan="qlora", device="cpu")
+    quant = _load_base(spec, Runtime("cpu", False, "adamw_torch", []), quantize=True)
     dense = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     with torch.no_grad():
         for name, mod in quant.named_modules():
@@ -166,6 +170,12 @@ def test_qlora_gradients_match_the_dequantized_model(tiny_model):
     torch.manual_seed(1)
     pd = get_peft_model(dense, cfg)
     ids = torch.randint(10, 1000, (2, 12))
+    if after_eval_pass:
+        pq.eval()
+        with torch.no_grad():
+            pq(input_ids=ids)
+        assert not any(getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)
+                       for m in pq.modules() if isinstance(m, bnb.nn.Linear4bit))
     for m in (pq, pd):
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         m.enable_input_require_grads()
