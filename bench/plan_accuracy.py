@@ -8,12 +8,16 @@ code `rounds train` uses and compares:
   tensor bytes (weights + everything allocated during the steps; engine.memtrack), and the
   peak RSS growth of the fresh process, for information;
 - time: predicted vs measured seconds per step on this CPU (median of the steps after
-  the first), with the planner's calibrated device throughput.
+  the first), with the planner's calibrated device throughput (the cached probe).
+
+The planner's coefficients were fitted to one run of this grid (``--raw FILE``, then
+bench/plan_fit.py); the points marked * were held back from that fit, and every run after
+it is a fresh measurement.
 
 It prints every point and the worst |predicted - measured| / measured for each.
 Targets: <= 10 % for memory on every point, <= 25 % for CPU time per step.
 
-    python bench/plan_accuracy.py [--quick] [--steps 4]
+    python bench/plan_accuracy.py [--quick] [--shapes tiny,small] [--steps 6] [--raw FILE]
 
 On a CUDA machine it also compares against torch.cuda.max_memory_allocated (the
 --device cuda path); this file has only been run on CPU so far.
@@ -116,6 +120,9 @@ def run_point(point: dict, model: str, data: str, steps: int) -> dict:
                      gradient_checkpointing=point.get("gradient_checkpointing", True), max_steps=steps,
                      batch=point["batch"], max_length=point["seq"], save_steps=10_000, device="cpu",
                      lora_rank=point.get("lora_rank", 16))
+    from engine.plan import matmul_flops
+
+    flops_now = matmul_flops("cpu", "fp32")  # this moment's throughput, for information (noise)
     rss0 = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(spec, resolve_runtime(spec), Path(out), [Clock()])
@@ -126,7 +133,7 @@ def run_point(point: dict, model: str, data: str, steps: int) -> dict:
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"static": static, "dynamic": tracker.peak, "measured": static + tracker.peak,
             "rss_growth": peak_rss - rss0, "seconds_per_step": statistics.median(times[1:] or times),
-            "step_times": times}
+            "step_times": times, "flops_now": flops_now}
 
 
 def grid(quick: bool) -> list[dict]:
@@ -142,6 +149,15 @@ def grid(quick: bool) -> list[dict]:
                     "gradient_checkpointing": False})
         pts.append({"shape": shape, "stage": "dpo", "plan": "full", "seq": 128, "batch": 4,
                     "gradient_checkpointing": False})
+        pts.append({"shape": shape, "stage": "dpo", "plan": "qlora", "seq": 256, "batch": 2})
+        pts.append({"shape": shape, "stage": "sft", "plan": "qlora", "seq": 512, "batch": 4})
+        pts.append({"shape": shape, "stage": "dpo", "plan": "qlora", "precompute_ref": True, "seq": 128, "batch": 1})
+        # held back: points the coefficients in engine/plan.py were not fitted to (marked * in the table)
+        pts.append({"shape": shape, "stage": "sft", "plan": "lora", "seq": 1024, "batch": 2, "held_back": True})
+        pts.append({"shape": shape, "stage": "dpo", "plan": "lora", "precompute_ref": True, "seq": 384, "batch": 3,
+                    "held_back": True})
+        pts.append({"shape": shape, "stage": "sft", "plan": "full", "seq": 128, "batch": 8,
+                    "gradient_checkpointing": False, "held_back": True})
     if quick:
         pts = [p for i, p in enumerate(pts) if i % 3 == 0]
     return pts
@@ -149,8 +165,9 @@ def grid(quick: bool) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--quick", action="store_true", help="a third of the grid")
+    ap.add_argument("--raw", help="also write every point's measurements here, a JSON line each")
     ap.add_argument("--shapes", help="comma-separated subset of: " + ",".join(SHAPES))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -170,7 +187,8 @@ def main() -> None:
           f"{len(points)} points, {args.steps} steps each, every point in a fresh process")
     print(f"{'point':<44}{'predicted':>11}{'measured':>11}{'err':>7}{'RSS grow':>10}"
           f"{'s/step pred':>12}{'meas':>8}{'err':>7}")
-    worst_mem, worst_time = 0.0, 0.0
+    worst_mem, worst_time, worst_held = 0.0, 0.0, 0.0
+    failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         models = build_shapes(tmp, sorted({p["shape"] for p in points}))
@@ -182,12 +200,18 @@ def main() -> None:
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(p), "--model", str(model),
                                    "--data", str(data), "--steps", str(args.steps)], capture_output=True, text=True)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            label = (f"{p['shape']} {p['stage']} {p['plan']}{'+pre' if p.get('precompute_ref') else ''}"
+            label = (f"{'*' if p.get('held_back') else ''}{p['shape']} {p['stage']} {p['plan']}"
+                     f"{'+pre' if p.get('precompute_ref') else ''}"
                      f"{' no-gc' if p.get('gradient_checkpointing') is False else ''} s{p['seq']} b{p['batch']}")
             if line is None:
                 print(f"{label:<44} FAILED\n{proc.stderr[-1500:]}")
+                failed.append(label)
                 continue
             m = json.loads(line[7:])
+            if args.raw:
+                with open(args.raw, "a") as f:
+                    f.write(json.dumps({"point": p, "config": json.loads((model / "config.json").read_text()),
+                                        **m}) + "\n")
             shape = ModelShape.from_config(json.loads((model / "config.json").read_text()))
             strat = Strategy(plan=p["plan"], precompute_ref=p.get("precompute_ref", False),
                              gradient_checkpointing=p.get("gradient_checkpointing", True), micro_batch=p["batch"])
@@ -197,12 +221,17 @@ def main() -> None:
             err = (pred - m["measured"]) / m["measured"]
             terr = (pred_t - m["seconds_per_step"]) / m["seconds_per_step"]
             worst_mem, worst_time = max(worst_mem, abs(err)), max(worst_time, abs(terr))
+            if p.get("held_back"):
+                worst_held = max(worst_held, abs(err), abs(terr))
             mib = 2**20
             print(f"{label:<44}{pred / mib:>8.1f}MiB{m['measured'] / mib:>8.1f}MiB{err * 100:>6.1f}%"
                   f"{m['rss_growth'] / mib:>7.0f}MiB{pred_t:>12.3f}{m['seconds_per_step']:>8.3f}{terr * 100:>6.1f}%",
                   flush=True)
-    mem_ok = "MET" if worst_mem <= 0.10 else "NOT MET"
-    time_ok = "MET" if worst_time <= 0.25 else "NOT MET"
+    mem_ok = "MET" if worst_mem <= 0.10 and not failed else "NOT MET"
+    time_ok = "MET" if worst_time <= 0.25 and not failed else "NOT MET"
+    if failed:
+        print(f"{len(failed)} point(s) failed to run, so neither target is met: {', '.join(failed)}")
+    print(f"* held-back points (not fitted to): worst error {worst_held * 100:.1f} % (memory or time)")
     print(f"worst memory error {worst_mem * 100:.1f} % (target <= 10 %: {mem_ok}); "
           f"worst CPU time error {worst_time * 100:.1f} % (target <= 25 %: {time_ok})")
 

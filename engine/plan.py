@@ -42,17 +42,18 @@ TOKEN_TILE = 4096  # TRL's fused LM head: tokens per tile
 MAX_TILE_WIDTH = 32768
 
 # Activation elements per token, fitted by non-negative least squares (relative error) to the
-# measured live-tensor peaks of 43 real TRL steps on CPU (transformers' Llama, SDPA attention,
-# four shapes with vocabularies of 1 k to 32 k; bench/plan_accuracy.py), checked by leaving
-# each shape out of the fit in turn. With gradient checkpointing: "layer" x hidden for the one
-# layer being recomputed and "inputs" x hidden per layer for the inputs checkpointing keeps;
-# without it: "nogc" x hidden per layer. "tiles": copies of the LM head's logits tile that are
-# alive at once (TRL's chunked log-softmax and its torch fallback on CPU keep about eight).
-# QLoRA without checkpointing was not measured: it takes LoRA's figure.
+# measured live-tensor peaks of 56 real TRL steps on CPU (transformers' Llama, SDPA attention,
+# four shapes with vocabularies of 1.5 k to 32 k; bench/plan_accuracy.py --raw, then
+# bench/plan_fit.py), checked by leaving each shape out of the fit in turn. With gradient
+# checkpointing: "layer" x hidden for the one layer being recomputed and "inputs" x hidden per
+# layer for the inputs checkpointing keeps; without it: "nogc" x hidden per layer. "tiles":
+# copies of the LM head's logits tile that are alive at once (TRL's chunked log-softmax and its
+# torch fallback on CPU keep about eight). QLoRA's activations come out as LoRA's, as they
+# should; QLoRA without checkpointing was not measured and takes LoRA's figure.
 ACT = {
     "full": {"layer": 0.0, "inputs": 3.38, "nogc": 22.13, "tiles_sft": 7.90, "tiles_dpo": 8.02},
     "lora": {"layer": 3.93, "inputs": 0.89, "nogc": 30.57, "tiles_sft": 8.24, "tiles_dpo": 8.21},
-    "qlora": {"layer": 0.0, "inputs": 0.94, "nogc": 30.57, "tiles_sft": 8.31, "tiles_dpo": 8.64},
+    "qlora": {"layer": 3.61, "inputs": 0.87, "nogc": 30.57, "tiles_sft": 8.24, "tiles_dpo": 8.21},
 }
 OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the gradients
 CUDA_CONTEXT = 600 * 2**20
@@ -229,11 +230,19 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     head_grad = shape.vocab * h * tw if (s.plan == "full" and not shape.tied) else 0
     quant = shape.intermediate * shape.hidden * wb if s.plan == "qlora" else 0  # one weight dequantized
 
-    start_of_backward = act + tile + head_grad + quant
+    # the LM head's tiles are freed before the first 4-bit layer is dequantized for backward
+    start_of_backward = act + tile + head_grad
+    layer_backward = act + quant
     optimizer_step = grads * (1 + OPTIMIZER_STEP_TEMPS)
-    if start_of_backward >= optimizer_step:
-        comp.update(gradients=head_grad, activations=act, logits=tile, quantization_buffers=quant)
+    held = comp["policy_weights"] + comp["reference_weights"] + comp["trainable_parameters"] + opt
+    moments = {"start of backward": int(held + start_of_backward), "optimizer step": int(held + optimizer_step),
+               "backward through a 4-bit layer": int(held + layer_backward)}
+    if start_of_backward >= max(optimizer_step, layer_backward):
+        comp.update(gradients=head_grad, activations=act, logits=tile, quantization_buffers=0)
         moment = "start of backward"
+    elif layer_backward >= optimizer_step:
+        comp.update(gradients=0, activations=act, logits=0, quantization_buffers=quant)
+        moment = "backward through a 4-bit layer"
     else:
         comp.update(gradients=optimizer_step, activations=0, logits=0, quantization_buffers=0)
         moment = "optimizer step"
@@ -255,19 +264,41 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     comp["framework_overhead"] = int(CUDA_CONTEXT + ALLOCATOR_SLACK * dynamic) if d.kind == "cuda" else 0
     comp = {k: int(v) for k, v in comp.items()}
     return {"peak_bytes": sum(comp.values()), "components": comp, "moment": moment,
-            "allocated_bytes": sum(comp.values()) - comp["framework_overhead"]}
+            "allocated_bytes": sum(comp.values()) - comp["framework_overhead"],
+            "moments": moments}  # one device, before sharding and overhead (for bench/plan_fit.py)
 
 
 # --------------------------------------------------------------------------- time
 
-# Seconds of a step = dense FLOPs / probed FLOP/s x "dense" + 4-bit (QLoRA) linear FLOPs / probed
-# FLOP/s x "q4" + layer passes x "layer_pass" (+ "lora_layer_pass" for adapters) + logit elements
-# x "per_logit" (the softmax/log-softmax passes over the vocabulary). CPU: fitted by least squares
-# to the same 43 measured steps as ACT (2 cores); CUDA: typical figures, not yet measured.
+# Seconds of a step, term by term: each is a count of what the step does (step_work) times a
+# cost per unit (TIME). Matmul FLOPs are divided by the probed FLOP/s first, so "dense",
+# "q4" (4-bit layers' matmuls after dequantization) and "attention" are multiples of the
+# ideal matmul time; the rest are seconds per unit:
+#   weight_read     a weight element read by one matmul pass (small batches are bandwidth-bound)
+#   dequant         a 4-bit weight dequantized (QLoRA: every forward, recomputation, backward)
+#   elementwise     a token x (hidden + intermediate) element of a decoder layer pass (norms,
+#                   activations, residuals, rotary embeddings)
+#   lora_elementwise  a token x output element of an adapter (scale, add)
+#   dropout         a token x input element masked by the adapters' dropout (SFT only: TRL's
+#                   DPO turns dropout off)
+#   layer_pass / lora_layer_pass  fixed cost of one decoder layer's pass (kernel launches,
+#                   autograd bookkeeping), and the extra for its adapters
+#   per_logit       a vocabulary logit scored (the LM head's log-softmax, forward and backward)
+#   per_logit_tile  the same, scaled by the tile's token count / 4096 (large tiles are slower)
+#   per_trainable   a trainable parameter's optimizer update
+# CPU: fitted by non-negative least squares on relative error to 56 measured steps of real TRL
+# runs on this 2-core machine (bench/plan_accuracy.py --raw, then the fit in the bench's
+# docstring), four shapes with vocabularies of 1.5 k to 32 k; a second, separate run checks
+# it. CUDA: typical figures, not yet measured (no GPU was available).
 TIME = {
-    "cpu": {"dense": 1.191, "q4": 0.733, "layer_pass": 4.81e-3, "lora_layer_pass": 4.58e-3, "per_logit": 1.42e-8},
-    "cuda": {"dense": 2.2, "q4": 2.8, "layer_pass": 1.5e-4, "lora_layer_pass": 5e-5, "per_logit": 1e-11},
+    "cpu": {"dense": 0.819, "q4": 0.819, "attention": 1.46, "weight_read": 3.18e-10, "dequant": 3.25e-10,
+            "elementwise": 3.44e-9, "lora_elementwise": 1.33e-9, "dropout": 5.53e-9, "layer_pass": 2.25e-3,
+            "lora_layer_pass": 1.79e-3, "per_logit": 1.08e-8, "per_logit_tile": 6.8e-9, "per_trainable": 2.94e-9},
+    "cuda": {"dense": 2.2, "q4": 2.2, "attention": 2.2, "weight_read": 0.0, "dequant": 3e-12,
+             "elementwise": 1e-11, "lora_elementwise": 5e-12, "dropout": 1e-11, "layer_pass": 1.5e-4,
+             "lora_layer_pass": 5e-5, "per_logit": 1e-11, "per_logit_tile": 0.0, "per_trainable": 3e-11},
 }
+FLOP_TERMS = ("dense", "q4", "attention")
 
 
 # QLoRA is recommended over a full-precision plan that fits only when predicted this much faster
@@ -275,7 +306,7 @@ QLORA_ONLY_IF_FASTER = {"cpu": 1.5, "cuda": 1.4}
 
 
 def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
-    """What one micro-step does: matmul FLOPs (body and LM head), layer passes, logit elements."""
+    """What one micro-step does, counted in the units of TIME (FLOPs for the matmul terms)."""
     N = _tokens(w.stage, s.micro_batch, w.max_length)
     ref = 1 if (w.stage == "dpo" and not s.precompute_ref) else 0
     gc = 1 if s.gradient_checkpointing else 0
@@ -283,21 +314,41 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
     # forward, the recomputation of checkpointing, backward (weight gradients only for full), reference forward
     body_passes = 1 + gc + (2 if full else 1) + ref
     head_passes = 1 + (2 if full else 1) + ref
-    body = 2 * N * shape.params_linear * body_passes + 2 * N * shape.layers * w.max_length * shape.q_out * (
-        body_passes + 1)
-    return {"body_flops": body, "head_flops": 2 * N * shape.vocab * shape.hidden * head_passes,
-            "layer_passes": (2 + gc + ref) * shape.layers, "logits": N * shape.vocab * (2 + ref),
-            "forward_flops": 2 * N * (shape.params_linear + shape.vocab * shape.hidden)}
+    layer_passes = 1 + gc + 1 + ref  # forward, recomputation, backward, reference
+    body = 2 * N * shape.params_linear * body_passes
+    head = 2 * N * shape.vocab * shape.hidden * head_passes
+    logits = N * shape.vocab * (2 + ref)
+    adapters = not full
+    return {
+        "dense": head + (0 if s.plan == "qlora" else body),
+        "q4": body if s.plan == "qlora" else 0,
+        "attention": 2 * N * shape.layers * w.max_length * shape.q_out * (body_passes + 1),
+        "weight_read": shape.params_linear * (body_passes + (1 if adapters else 0)),
+        "dequant": shape.params_linear * layer_passes if s.plan == "qlora" else 0,
+        "elementwise": N * (shape.hidden + shape.intermediate) * shape.layers * layer_passes,
+        "lora_elementwise": N * sum(o for _, o in shape.linear_dims()) * shape.layers * layer_passes
+        if adapters else 0,
+        "dropout": N * sum(i for i, _ in shape.linear_dims()) * shape.layers * (1 + gc)
+        if (adapters and w.stage == "sft") else 0,
+        "layer_pass": layer_passes * shape.layers,
+        "lora_layer_pass": layer_passes * shape.layers if adapters else 0,
+        "per_logit": logits,
+        "per_logit_tile": logits * min(N, TOKEN_TILE) / TOKEN_TILE,
+        "per_trainable": _trainable(shape, s, w, 4)[0],
+        "forward_flops": 2 * N * (shape.params_linear + shape.vocab * shape.hidden),
+    }
 
 
-def predict_seconds(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> float:
+def time_terms(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> dict:
+    """Predicted seconds of one micro-step, by term (the keys of TIME)."""
     k = TIME[d.kind]
     rate = d.flops or (2e11 if d.kind == "cpu" else 2e14)
     work = step_work(shape, s, w)
-    body = work["body_flops"] / rate * (k["q4"] if s.plan == "qlora" else k["dense"])
-    seconds = body + work["head_flops"] / rate * k["dense"] + work["logits"] * k["per_logit"]
-    seconds += work["layer_passes"] * (k["layer_pass"] + (0 if s.plan == "full" else k["lora_layer_pass"]))
-    return seconds
+    return {name: work[name] * (cost / rate if name in FLOP_TERMS else cost) for name, cost in k.items()}
+
+
+def predict_seconds(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> float:
+    return sum(time_terms(shape, s, w, d).values())
 
 
 SHARDING = {"none": "DDP: a full copy on every device", "fsdp": "FSDP: weights, gradients and optimizer state split",
@@ -325,7 +376,10 @@ def forward_seconds(shape: ModelShape, micro_batch: int, w: Workload, d: Device)
     k = TIME[d.kind]
     rate = d.flops or (2e11 if d.kind == "cpu" else 2e14)
     work = step_work(shape, Strategy("full", True, False, micro_batch), w)
-    return work["forward_flops"] / rate * k["dense"] + shape.layers * k["layer_pass"]
+    n = _tokens(w.stage, micro_batch, w.max_length)
+    return (work["forward_flops"] / rate * k["dense"] + shape.layers * k["layer_pass"]
+            + n * (shape.hidden + shape.intermediate) * shape.layers * k["elementwise"]
+            + n * shape.vocab * k["per_logit"])
 
 
 # --------------------------------------------------------------------------- planning
