@@ -2,7 +2,7 @@
 coefficients (engine.plan.ACT) from measured steps, and check them shape by shape.
 
     python bench/plan_accuracy.py --raw steps.jsonl      # measure (about 25 minutes on 2 cores)
-    python bench/plan_fit.py steps.jsonl                 # fit, print, and check
+    python bench/plan_fit.py steps.jsonl [more.jsonl]    # fit, print, and check
 
 Time: every term of engine.plan.step_work is a count of what a step does; the fit finds the
 non-negative cost per unit that minimises the squared *relative* error over all points
@@ -41,7 +41,7 @@ def load(path: str) -> list[dict]:
                                           p.get("gradient_checkpointing", True), p["batch"]),
                      "workload": Workload(stage=p["stage"], max_length=p["seq"], lora_rank=p.get("lora_rank", 16)),
                      "seconds": float(np.median(r["step_times"][1:] or r["step_times"])),
-                     "measured_bytes": r["measured"]})
+                     "measured_bytes": r["measured"], "held_back": bool(p.get("held_back"))})
     return rows
 
 
@@ -62,7 +62,7 @@ def time_row(r: dict) -> np.ndarray:
 def nnls_relative(rows: list[np.ndarray], targets: list[float]) -> np.ndarray:
     from scipy.optimize import nnls
 
-    A = np.array([row / t for row, t in zip(rows, targets)])
+    A = np.array([row / t for row, t in zip(rows, targets, strict=True)])
     scale = np.abs(A).max(axis=0)
     scale[scale == 0] = 1.0
     x, _ = nnls(A / scale, np.ones(len(A)))
@@ -70,7 +70,15 @@ def nnls_relative(rows: list[np.ndarray], targets: list[float]) -> np.ndarray:
 
 
 def fit_time(points: list[dict]) -> np.ndarray:
-    return nnls_relative([time_row(r) for r in points], [r["seconds"] for r in points])
+    """Costs of the terms these points exercise; a term none of them has (dequant_large, say)
+    keeps its value from engine/plan.py, and its share is taken off the measured times first."""
+    rows = np.array([time_row(r) for r in points])
+    used = rows.any(axis=0)
+    kept = np.array([TIME["cpu"][k] for k in TERMS])
+    x = kept.copy()
+    targets = [r["seconds"] - row[~used] @ kept[~used] for r, row in zip(points, rows, strict=True)]
+    x[used] = nnls_relative(list(rows[:, used]), targets)
+    return x
 
 
 def report_time(points: list[dict], x: np.ndarray, show: bool) -> tuple[float, float]:
@@ -87,65 +95,95 @@ def report_time(points: list[dict], x: np.ndarray, show: bool) -> tuple[float, f
 CPU = Device("cpu", 2**40, "fp32", RATE)
 
 
-def memory_parts(r: dict) -> tuple[float, np.ndarray, float]:
-    """(bytes held without activations, bytes per unit of each ACT coefficient, optimizer-step moment)."""
+MOMENTS = ("start of backward", "backward through a layer")
+
+
+def memory_parts(r: dict) -> tuple[dict, dict, float]:
+    """For each activation moment: bytes without activations, and bytes per unit of each ACT
+    coefficient (both moments are linear in them); and the optimizer-step moment."""
     plan, saved = r["strategy"].plan, dict(ACT[r["strategy"].plan])
     keys = list(saved)
+
+    def moments() -> dict:
+        return predict_memory(r["shape"], r["strategy"], r["workload"], CPU)["moments"]
+
     try:
         ACT[plan].update({k: 0.0 for k in keys})
-        zero = predict_memory(r["shape"], r["strategy"], r["workload"], CPU)["moments"]
-        cols = []
+        zero = moments()
+        cols = {m: [] for m in MOMENTS}
         for k in keys:
             ACT[plan][k] = 1.0
-            cols.append(predict_memory(r["shape"], r["strategy"], r["workload"], CPU)["moments"]["start of backward"]
-                        - zero["start of backward"])
+            one = moments()
+            for m in MOMENTS:
+                cols[m].append(one[m] - zero[m])
             ACT[plan][k] = 0.0
     finally:
         ACT[plan].update(saved)
-    return zero["start of backward"], np.array(cols, dtype=float), zero["optimizer step"]
+    return ({m: zero[m] for m in MOMENTS}, {m: np.array(c, dtype=float) for m, c in cols.items()},
+            zero["optimizer step"])
+
+
+def predict_bytes(r: dict, coefs: np.ndarray) -> tuple[float, str]:
+    fixed, cols, opt_moment = memory_parts(r)
+    best = max(MOMENTS, key=lambda m: fixed[m] + cols[m] @ coefs)
+    value = fixed[best] + cols[best] @ coefs
+    return (value, best) if value >= opt_moment else (opt_moment, "optimizer step")
 
 
 def fit_memory(points: list[dict]) -> dict:
-    """ACT coefficients by plan, from the points whose peak is the start of backward."""
+    """ACT coefficients by plan. The peak is the largest of the moments, so each point is fitted
+    to the moment the current coefficients say is its peak, and the assignment is repeated
+    until it settles (points whose peak is the optimizer step say nothing about activations)."""
     from scipy.optimize import nnls
 
     out = {}
     for plan in ACT:
-        rows, targets = [], []
-        for r in points:
-            if r["strategy"].plan != plan:
-                continue
-            fixed, cols, opt_moment = memory_parts(r)
-            if r["measured_bytes"] > 1.03 * opt_moment:
-                rows.append(cols / r["measured_bytes"])
-                targets.append((r["measured_bytes"] - fixed) / r["measured_bytes"])
-        A = np.array(rows)
-        used = A.any(axis=0)  # a coefficient no point exercises keeps its value
+        mine = [r for r in points if r["strategy"].plan == plan]
         x = np.array(list(ACT[plan].values()), dtype=float)
-        if len(rows):
-            x[used], _ = nnls(A[:, used], np.array(targets))
-        out[plan] = dict(zip(ACT[plan], x))
+        for _ in range(8):
+            rows, targets = [], []
+            for r in mine:
+                fixed, cols, _ = memory_parts(r)
+                _, moment = predict_bytes(r, x)
+                if moment == "optimizer step":
+                    continue
+                rows.append(cols[moment] / r["measured_bytes"])
+                targets.append((r["measured_bytes"] - fixed[moment]) / r["measured_bytes"])
+            if not rows:
+                break
+            A = np.array(rows)
+            used = A.any(axis=0)  # a coefficient no point exercises keeps its value
+            new = x.copy()
+            new[used], _ = nnls(A[:, used], np.array(targets))
+            if np.allclose(new, x, rtol=1e-4):
+                break
+            x = new
+        out[plan] = dict(zip(ACT[plan], x, strict=True))
     return out
 
 
 def report_memory(points: list[dict], act: dict) -> float:
     worst = 0.0
     for r in points:
-        fixed, cols, opt_moment = memory_parts(r)
-        pred = max(opt_moment, fixed + cols @ np.array(list(act[r["strategy"].plan].values())))
+        pred, _ = predict_bytes(r, np.array(list(act[r["strategy"].plan].values())))
         worst = max(worst, abs(pred - r["measured_bytes"]) / r["measured_bytes"])
     return worst
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
-    points = load(sys.argv[1])
+    every = [r for path in sys.argv[1:] for r in load(path)]
+    points = [r for r in every if not r["held_back"]]  # the grid's * points stay out of the fit
+    held_back = [r for r in every if r["held_back"]]
     x = fit_time(points)
-    print("TIME['cpu'] =", {k: float(f"{v:.3g}") for k, v in zip(TERMS, x)}, "(q4 = dense)")
+    print("TIME['cpu'] =", {k: float(f"{v:.3g}") for k, v in zip(TERMS, x, strict=True)}, "(q4 = dense)")
     print(f"  {'point':<40}{'pred s':>9}{'meas s':>9}{'err':>9}")
     worst, mean = report_time(points, x, show=True)
     print(f"in the fit: worst {worst * 100:.1f} %, mean {mean * 100:.1f} %")
+    if held_back:
+        worst, mean = report_time(held_back, x, show=False)
+        print(f"the {len(held_back)} held-back points, predicted: worst {worst * 100:.1f} %, mean {mean * 100:.1f} %")
     for held in sorted({r["shape_name"] for r in points}):
         xh = fit_time([r for r in points if r["shape_name"] != held])
         worst, mean = report_time([r for r in points if r["shape_name"] == held], xh, show=False)
@@ -154,6 +192,8 @@ def main() -> None:
     print("\nACT =", {p: {k: round(float(v), 2) for k, v in c.items()} for p, c in act.items()})
     print(f"memory, in the fit: worst {report_memory(points, act) * 100:.1f} % "
           f"(with the ACT in engine/plan.py now: {report_memory(points, ACT) * 100:.1f} %)")
+    if held_back:
+        print(f"the held-back points, predicted: worst {report_memory(held_back, act) * 100:.1f} %")
     for held in sorted({r["shape_name"] for r in points}):
         worst = report_memory([r for r in points if r["shape_name"] == held],
                               fit_memory([r for r in points if r["shape_name"] != held]))

@@ -14,8 +14,10 @@ The memory model follows what a step holds, component by component:
   DPO runs chosen and rejected in one forward, so its token count is doubled;
 - a dequantized weight at a time under QLoRA; CUDA context and allocator slack on GPU.
 
-The step's peak is the larger of two moments: the start of backward (all activations,
-the LM head's tiles) and the optimizer step (all gradients, with the moments). The
+The step's peak is the largest of three moments: the start of backward (the activations
+kept, the LM head's tiles), backward through a layer (the activations kept, that layer's
+recomputed internals, a dequantized 4-bit weight) and the optimizer step (all gradients,
+with the moments). The
 per-token activation coefficients were calibrated against measured live-tensor peaks of
 real TRL runs (bench/plan_accuracy.py prints predicted vs measured for every point).
 
@@ -42,18 +44,19 @@ TOKEN_TILE = 4096  # TRL's fused LM head: tokens per tile
 MAX_TILE_WIDTH = 32768
 
 # Activation elements per token, fitted by non-negative least squares (relative error) to the
-# measured live-tensor peaks of 56 real TRL steps on CPU (transformers' Llama, SDPA attention,
-# four shapes with vocabularies of 1.5 k to 32 k; bench/plan_accuracy.py --raw, then
-# bench/plan_fit.py), checked by leaving each shape out of the fit in turn. With gradient
-# checkpointing: "layer" x hidden for the one layer being recomputed and "inputs" x hidden per
-# layer for the inputs checkpointing keeps; without it: "nogc" x hidden per layer. "tiles":
-# copies of the LM head's logits tile that are alive at once (TRL's chunked log-softmax and its
-# torch fallback on CPU keep about eight). QLoRA's activations come out as LoRA's, as they
-# should; QLoRA without checkpointing was not measured and takes LoRA's figure.
+# measured live-tensor peaks of 2 x 56 real TRL steps on CPU (transformers' Llama, SDPA
+# attention, four shapes with vocabularies of 1.5 k to 32 k; bench/plan_accuracy.py --raw, then
+# bench/plan_fit.py), checked by leaving each shape out of the fit in turn and on held-back
+# points. With gradient checkpointing: "inputs" x hidden per layer for the inputs checkpointing
+# keeps, and "layer" x hidden for the one layer being recomputed during backward (no measured
+# point peaks then, so "layer" keeps an earlier fit's value); without it: "nogc" x hidden per
+# layer. "tiles": copies of the LM head's logits tile alive at once (TRL's chunked log-softmax
+# and its torch fallback on CPU keep about eight). QLoRA without checkpointing was not measured
+# and takes LoRA's figure.
 ACT = {
-    "full": {"layer": 0.0, "inputs": 3.38, "nogc": 22.13, "tiles_sft": 7.90, "tiles_dpo": 8.02},
-    "lora": {"layer": 3.93, "inputs": 0.89, "nogc": 30.57, "tiles_sft": 8.24, "tiles_dpo": 8.21},
-    "qlora": {"layer": 3.61, "inputs": 0.87, "nogc": 30.57, "tiles_sft": 8.24, "tiles_dpo": 8.21},
+    "full": {"layer": 0.0, "inputs": 2.12, "nogc": 21.9, "tiles_sft": 8.22, "tiles_dpo": 8.22},
+    "lora": {"layer": 3.93, "inputs": 1.47, "nogc": 19.58, "tiles_sft": 8.34, "tiles_dpo": 8.34},
+    "qlora": {"layer": 3.61, "inputs": 1.34, "nogc": 30.57, "tiles_sft": 8.42, "tiles_dpo": 8.38},
 }
 OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the gradients
 CUDA_CONTEXT = 600 * 2**20
@@ -216,13 +219,18 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     else:
         opt = 2 * trainable * tw  # AdamW's moments, in the parameters' dtype
 
-    # activations (elements per token)
+    # activations (elements per token). With checkpointing the forward keeps each layer's input
+    # ("inputs"); one layer's internals ("layer") exist only while that layer is recomputed for
+    # backward, after the LM head's tiles are freed. SFT keeps the adapters' dropout too: each
+    # adapted linear saves its dropped-out input and the mask (TRL's DPO turns dropout off).
     coef = ACT[s.plan]
+    dropout = N * sum(i for i, _ in shape.linear_dims()) * (wb + 1) if (w.stage == "sft" and s.plan != "full") else 0
     if s.gradient_checkpointing:
-        per_token = coef["layer"] * h + coef["inputs"] * L * h
+        act = N * coef["inputs"] * L * h * wb
+        act_layer = N * coef["layer"] * h * wb + dropout
     else:
-        per_token = coef["nogc"] * L * h
-    act = N * per_token * wb
+        act = N * coef["nogc"] * L * h * wb + dropout * L
+        act_layer = 0
     width = min(MAX_TILE_WIDTH, -(-shape.vocab // 64) * 64)
     # on CUDA, TRL's Triton path keeps one tile; its torch fallback on CPU keeps several temporaries
     copies = 1.0 if d.kind == "cuda" else coef["tiles_sft" if w.stage == "sft" else "tiles_dpo"]
@@ -230,19 +238,18 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     head_grad = shape.vocab * h * tw if (s.plan == "full" and not shape.tied) else 0
     quant = shape.intermediate * shape.hidden * wb if s.plan == "qlora" else 0  # one weight dequantized
 
-    # the LM head's tiles are freed before the first 4-bit layer is dequantized for backward
     start_of_backward = act + tile + head_grad
-    layer_backward = act + quant
+    layer_backward = act + act_layer + quant
     optimizer_step = grads * (1 + OPTIMIZER_STEP_TEMPS)
     held = comp["policy_weights"] + comp["reference_weights"] + comp["trainable_parameters"] + opt
     moments = {"start of backward": int(held + start_of_backward), "optimizer step": int(held + optimizer_step),
-               "backward through a 4-bit layer": int(held + layer_backward)}
+               "backward through a layer": int(held + layer_backward)}
     if start_of_backward >= max(optimizer_step, layer_backward):
         comp.update(gradients=head_grad, activations=act, logits=tile, quantization_buffers=0)
         moment = "start of backward"
     elif layer_backward >= optimizer_step:
-        comp.update(gradients=0, activations=act, logits=0, quantization_buffers=quant)
-        moment = "backward through a 4-bit layer"
+        comp.update(gradients=0, activations=act + act_layer, logits=0, quantization_buffers=quant)
+        moment = "backward through a layer"
     else:
         comp.update(gradients=optimizer_step, activations=0, logits=0, quantization_buffers=0)
         moment = "optimizer step"
@@ -276,6 +283,10 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 # ideal matmul time; the rest are seconds per unit:
 #   weight_read     a weight element read by one matmul pass (small batches are bandwidth-bound)
 #   dequant         a 4-bit weight dequantized (QLoRA: every forward, recomputation, backward)
+#   dequant_large   the same for a weight whose fp32 copy is over 32 MiB (a 7 B model's): not
+#                   fitted (no measured shape has one) but measured directly, bitsandbytes'
+#                   dequantize_4bit on a 4096 x 11008 NF4 weight on this CPU, median of 5
+#   q4_layer_pass   fixed cost of a decoder layer's pass through bitsandbytes' 4-bit layers
 #   elementwise     a token x (hidden + intermediate) element of a decoder layer pass (norms,
 #                   activations, residuals, rotary embeddings)
 #   lora_elementwise  a token x output element of an adapter (scale, add)
@@ -286,23 +297,34 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 #   per_logit       a vocabulary logit scored (the LM head's log-softmax, forward and backward)
 #   per_logit_tile  the same, scaled by the tile's token count / 4096 (large tiles are slower)
 #   per_trainable   a trainable parameter's optimizer update
-# CPU: fitted by non-negative least squares on relative error to 56 measured steps of real TRL
-# runs on this 2-core machine (bench/plan_accuracy.py --raw, then the fit in the bench's
-# docstring), four shapes with vocabularies of 1.5 k to 32 k; a second, separate run checks
-# it. CUDA: typical figures, not yet measured (no GPU was available).
+# CPU: fitted by non-negative least squares on relative error to 2 x 56 measured steps of real
+# TRL runs on this 2-core machine (two runs of bench/plan_accuracy.py --raw, then
+# bench/plan_fit.py), four shapes with vocabularies of 1.5 k to 32 k; the grid's held-back
+# points and a third, fresh run check it. "dequant" came out 0: at these sizes the 4-bit layers'
+# cost is per call (q4_layer_pass). CUDA: typical figures, not yet measured (no GPU was available).
 TIME = {
-    "cpu": {"dense": 0.819, "q4": 0.819, "attention": 1.46, "weight_read": 3.18e-10, "dequant": 3.25e-10,
-            "elementwise": 3.44e-9, "lora_elementwise": 1.33e-9, "dropout": 5.53e-9, "layer_pass": 2.25e-3,
-            "lora_layer_pass": 1.79e-3, "per_logit": 1.08e-8, "per_logit_tile": 6.8e-9, "per_trainable": 2.94e-9},
+    "cpu": {"dense": 0.932, "q4": 0.932, "attention": 2.56, "weight_read": 4.67e-10, "dequant": 0.0,
+            "dequant_large": 9.9e-10, "elementwise": 2.4e-10, "lora_elementwise": 1.32e-9, "dropout": 5.0e-9,
+            "layer_pass": 2.44e-3, "lora_layer_pass": 8.95e-4, "q4_layer_pass": 1.93e-3, "per_logit": 1.14e-8,
+            "per_logit_tile": 4.97e-9, "per_trainable": 1.69e-9},
     "cuda": {"dense": 2.2, "q4": 2.2, "attention": 2.2, "weight_read": 0.0, "dequant": 3e-12,
-             "elementwise": 1e-11, "lora_elementwise": 5e-12, "dropout": 1e-11, "layer_pass": 1.5e-4,
-             "lora_layer_pass": 5e-5, "per_logit": 1e-11, "per_logit_tile": 0.0, "per_trainable": 3e-11},
+             "dequant_large": 3e-12, "elementwise": 1e-11, "lora_elementwise": 5e-12, "dropout": 1e-11,
+             "layer_pass": 1.5e-4, "lora_layer_pass": 5e-5, "q4_layer_pass": 5e-5, "per_logit": 1e-11,
+             "per_logit_tile": 0.0, "per_trainable": 3e-11},
 }
 FLOP_TERMS = ("dense", "q4", "attention")
 
 
 # QLoRA is recommended over a full-precision plan that fits only when predicted this much faster
 QLORA_ONLY_IF_FASTER = {"cpu": 1.5, "cuda": 1.4}
+
+
+LARGE_WEIGHT_BYTES = 32 * 2**20  # a dequantized fp32 weight beyond this no longer stays in cache
+
+
+def _quantized_weights(shape: ModelShape, large: bool) -> int:
+    """4-bit weights in linear layers whose dequantized copy is (not) larger than LARGE_WEIGHT_BYTES."""
+    return shape.layers * sum(i * o for i, o in shape.linear_dims() if (i * o * 4 > LARGE_WEIGHT_BYTES) == large)
 
 
 def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
@@ -324,7 +346,8 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
         "q4": body if s.plan == "qlora" else 0,
         "attention": 2 * N * shape.layers * w.max_length * shape.q_out * (body_passes + 1),
         "weight_read": shape.params_linear * (body_passes + (1 if adapters else 0)),
-        "dequant": shape.params_linear * layer_passes if s.plan == "qlora" else 0,
+        "dequant": _quantized_weights(shape, large=False) * layer_passes if s.plan == "qlora" else 0,
+        "dequant_large": _quantized_weights(shape, large=True) * layer_passes if s.plan == "qlora" else 0,
         "elementwise": N * (shape.hidden + shape.intermediate) * shape.layers * layer_passes,
         "lora_elementwise": N * sum(o for _, o in shape.linear_dims()) * shape.layers * layer_passes
         if adapters else 0,
@@ -332,6 +355,7 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
         if (adapters and w.stage == "sft") else 0,
         "layer_pass": layer_passes * shape.layers,
         "lora_layer_pass": layer_passes * shape.layers if adapters else 0,
+        "q4_layer_pass": layer_passes * shape.layers if s.plan == "qlora" else 0,
         "per_logit": logits,
         "per_logit_tile": logits * min(N, TOKEN_TILE) / TOKEN_TILE,
         "per_trainable": _trainable(shape, s, w, 4)[0],

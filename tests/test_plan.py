@@ -119,8 +119,13 @@ def test_component_arithmetic():
     nogc = pl.predict_memory(s, pl.Strategy("lora", False, False, 1), work, cpu)["components"]["activations"]
     assert nogc > 10 * gc
     # DPO runs chosen and rejected: twice the tokens of SFT
-    sft = pl.predict_memory(s, pl.Strategy("lora", False, False, 1), pl.Workload("sft", 512), cpu)
-    assert nogc == pytest.approx(2 * sft["components"]["activations"])
+    def act(stage, plan_):
+        strategy = pl.Strategy(plan_, False, False, 1)
+        return pl.predict_memory(s, strategy, pl.Workload(stage, 512), cpu)["components"]["activations"]
+
+    assert act("dpo", "full") == pytest.approx(2 * act("sft", "full"))
+    # SFT's adapters also keep their dropout's input and mask (TRL's DPO turns dropout off)
+    assert act("sft", "lora") > act("dpo", "lora") / 2
 
 
 @pytest.mark.parametrize("text,expected", [("12GiB", 12 * GiB), ("12 GB", 12 * 10**9), ("12G", 12 * GiB),
@@ -250,3 +255,47 @@ def test_cli_plan_gpus_and_shard(tmp_path):
     assert all("gathered_layers" in x["components"] for x in out["strategies"])
     r = run_rounds("plan", "--model", cfg, "--stage", "dpo", "--device", "cpu", "--gpus", "2")
     assert r.returncode == 1 and "--gpus is for GPUs" in r.stderr
+
+
+def test_plan_fit_recovers_the_costs_it_was_given(tmp_path):
+    """bench/plan_fit.py, fed steps whose times and peaks the planner itself predicts, gives back
+    the planner's own figures: the fitting tool that produced TIME and ACT does what it says."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import plan_fit
+
+    shapes = {
+        "a": {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1500},
+        "b": {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 4,
+              "num_attention_heads": 16, "num_key_value_heads": 8, "vocab_size": 4096},
+        "c": {"model_type": "llama", "hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 3,
+              "num_attention_heads": 6, "num_key_value_heads": 2, "vocab_size": 32000},
+    }
+    cpu = plan_fit.CPU
+    lines = []
+    for name, cfg in shapes.items():
+        sh = ModelShape.from_config(cfg)
+        for stage, plan_, pre, gc, seq, batch in [
+                ("sft", "full", False, True, 256, 2), ("sft", "lora", False, True, 256, 2),
+                ("sft", "qlora", False, True, 512, 4), ("dpo", "full", False, True, 256, 2),
+                ("dpo", "full", True, True, 128, 1), ("dpo", "lora", False, True, 512, 4),
+                ("dpo", "lora", True, True, 256, 2), ("dpo", "qlora", True, True, 128, 1),
+                ("dpo", "qlora", False, True, 256, 2), ("sft", "lora", False, False, 128, 1),
+                ("dpo", "full", False, False, 128, 4), ("sft", "full", False, False, 2048, 4)]:
+            s, w = pl.Strategy(plan_, pre, gc, batch), pl.Workload(stage=stage, max_length=seq)
+            seconds = pl.predict_seconds(sh, s, w, cpu)
+            point = {"shape": name, "stage": stage, "plan": plan_, "precompute_ref": pre,
+                     "gradient_checkpointing": gc, "seq": seq, "batch": batch}
+            lines.append(json.dumps({"point": point, "config": cfg, "step_times": [9.9, seconds, seconds],
+                                     "measured": pl.predict_memory(sh, s, w, cpu)["peak_bytes"]}))
+    raw = tmp_path / "steps.jsonl"
+    raw.write_text("\n".join(lines) + "\n")
+    points = plan_fit.load(str(raw))
+    x = plan_fit.fit_time(points)
+    worst, _ = plan_fit.report_time(points, x, show=False)
+    assert worst < 0.005
+    # a different set of costs is not what these steps say
+    assert plan_fit.report_time(points, x * 1.2, show=False)[0] > 0.15
+    assert plan_fit.report_memory(points, plan_fit.fit_memory(points)) < 0.005
