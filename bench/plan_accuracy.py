@@ -19,8 +19,9 @@ Targets: <= 10 % for memory on every point, <= 25 % for CPU time per step.
 
     python bench/plan_accuracy.py [--quick] [--shapes tiny,small] [--steps 6] [--raw FILE]
 
-On a CUDA machine it also compares against torch.cuda.max_memory_allocated (the
---device cuda path); this file has only been run on CPU so far.
+CPU only: the GPU comparison the planner also needs (torch.cuda.max_memory_allocated and the
+driver's view through pynvml, 1 B-7 B shaped models with random weights) is not written yet,
+because no GPU has been available to this project to check it against.
 """
 
 from __future__ import annotations

@@ -452,8 +452,9 @@ class PlanResult:
 
 def time_uncertainty(d: Device) -> str:
     if d.kind == "cpu" and d.calibrated:
-        return ("±30% (matmul throughput measured on this CPU; step model fitted to real steps, "
-                "bench/plan_accuracy.py; QLoRA on CPU ±50%)")
+        return ("±20% (matmul throughput measured on this CPU; step model fitted to real steps, worst error "
+                "15% on a fresh run of bench/plan_accuracy.py; models far larger than its ≤ 60 M-parameter "
+                "shapes are an extrapolation)")
     if d.calibrated:
         return "±40% (GPU throughput measured; GPU step model not yet checked against runs)"
     return "±60% (no throughput measured for this device: a typical figure was assumed)"
@@ -469,7 +470,8 @@ def explain(shape: ModelShape, r: StrategyResult, w: Workload, usable: int) -> s
     biggest = max(c.items(), key=lambda kv: kv[1])
     s = r.strategy
     if r.fits:
-        return f"peak {human_bytes(r.peak_bytes)} at the {r.moment}, {human_bytes(usable - r.peak_bytes)} to spare"
+        when = "during" if r.moment.startswith("backward through") else "at the"
+        return f"peak {human_bytes(r.peak_bytes)} {when} {r.moment}, {human_bytes(usable - r.peak_bytes)} to spare"
     if c["reference_weights"] and c["reference_weights"] + c["policy_weights"] > 0.35 * r.peak_bytes:
         width = "bf16" if c["policy_weights"] == shape.params_total * 2 else "fp32"
         return (f"needs {human_bytes(r.peak_bytes)}: two {width} copies of "

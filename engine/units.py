@@ -29,7 +29,7 @@ def format_duration(seconds: float | None) -> str:
 
 
 def format_seconds(seconds: float | None) -> str:
-    """'1.6 s', '12 min', '3.5 h' (plan tables); '-' when unknown."""
+    """'1.6 s', '12 min', '3.5 h', '57 days' (plan tables); '-' when unknown."""
     if seconds is None:
         return "-"
     if seconds < 60:
@@ -37,7 +37,9 @@ def format_seconds(seconds: float | None) -> str:
     minutes = seconds / 60
     if minutes < 60:
         return f"{minutes:.0f} min"
-    return f"{minutes / 60:.1f} h"
+    if minutes < 72 * 60:
+        return f"{minutes / 60:.1f} h"
+    return f"{minutes / 1440:.0f} days"
 
 
 def parse_time(text: str | None) -> float | None:

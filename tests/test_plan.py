@@ -299,3 +299,10 @@ def test_plan_fit_recovers_the_costs_it_was_given(tmp_path):
     # a different set of costs is not what these steps say
     assert plan_fit.report_time(points, x * 1.2, show=False)[0] > 0.15
     assert plan_fit.report_memory(points, plan_fit.fit_memory(points)) < 0.005
+
+
+def test_plan_times_read_at_a_glance():
+    from engine.units import format_seconds
+
+    assert [format_seconds(x) for x in (None, 1.64, 720, 5400, 1358.6 * 3600)] == \
+        ["-", "1.6 s", "12 min", "1.5 h", "57 days"]
