@@ -150,28 +150,57 @@ def matmul_flops(device: str = "cpu", dtype: str = "fp32", n: int = 1024, repeat
     return 2 * n**3 / best
 
 
-def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Device:
-    import psutil
-
+def _cached_probe(key: str, measure, refresh: bool = False) -> dict:
+    """The probe result stored under ``key`` in the cache file, measured (and stored) when absent.
+    A damaged or unwritable cache never stops a plan: the probe is then simply re-run."""
     cache = _probe_cache()
-    key = f"cpu:{os.cpu_count()}"
     data = {}
     if cache.exists():
         try:
             data = json.loads(cache.read_text())
         except (OSError, json.JSONDecodeError):
             data = {}
-    if refresh or key not in data:
-        data[key] = {"flops": matmul_flops("cpu", "fp32"), "time": time.time()}
+    if refresh or not isinstance(data.get(key), dict) or not data[key].get("flops"):
+        result = {**measure(), "time": time.time()}
+        if not result.get("flops"):
+            return result  # a probe that could not run is not remembered
+        data[key] = result
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(data))
         except OSError:
             pass
+    return data[key]
+
+
+def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Device:
+    import psutil
+
+    probe = _cached_probe(f"cpu:{os.cpu_count()}", lambda: {"flops": matmul_flops("cpu", "fp32")}, refresh)
     if budget_bytes is None:
         budget_bytes = psutil.virtual_memory().available
-    return Device("cpu", budget_bytes, "fp32", data[key]["flops"], name=f"CPU ({os.cpu_count()} cores)",
+    return Device("cpu", budget_bytes, "fp32", probe["flops"], name=f"CPU ({os.cpu_count()} cores)",
                   calibrated=True)
+
+
+def _probe_cuda() -> dict:
+    """bf16 (or fp32 where the GPU has no bf16) matmul throughput of the first GPU; 0 without torch CUDA."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {"flops": 0.0, "bf16": True}
+        bf16 = bool(torch.cuda.is_bf16_supported())
+        return {"flops": matmul_flops("cuda", "bf16" if bf16 else "fp32", n=4096, repeats=5), "bf16": bf16}
+    except Exception:  # a driver problem must not stop a plan: it falls back to a typical figure
+        return {"flops": 0.0, "bf16": True}
+
+
+def calibrate_cuda(budget_bytes: int, name: str, refresh: bool = False) -> Device:
+    """A GPU seen by NVML, with its matmul throughput probed once (a 4096^3 matmul, best of 5) and
+    cached under its name; a probe that could not run (no CUDA build of torch) is not cached."""
+    probe = _cached_probe(f"cuda:{name}", _probe_cuda, refresh)
+    return cuda_device(budget_bytes, name=name, bf16=probe.get("bf16", True), flops=probe["flops"])
 
 
 def cuda_device(budget_bytes: int, name: str = "GPU", bf16: bool = True, flops: float = 0.0) -> Device:
@@ -555,7 +584,7 @@ def detect_device(device: str = "auto", budget_bytes: int | None = None) -> Devi
         gpus = SystemProbe().gpus()
         if gpus and gpus[0].get("mem_total"):
             gpu = gpus[0]
-            return cuda_device(budget_bytes or gpu["mem_total"], name=gpu.get("name", "GPU"))
+            return calibrate_cuda(budget_bytes or gpu["mem_total"], name=gpu.get("name", "GPU"))
         if device == "cuda":
             raise UserError("--device cuda, but no NVIDIA GPU is visible (NVML found none)", field="--device",
                             hint="check `nvidia-smi`, or plan for --device cpu")

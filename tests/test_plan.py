@@ -306,3 +306,28 @@ def test_plan_times_read_at_a_glance():
 
     assert [format_seconds(x) for x in (None, 1.64, 720, 5400, 1358.6 * 3600)] == \
         ["-", "1.6 s", "12 min", "1.5 h", "57 days"]
+
+
+def test_a_visible_gpu_is_probed_once_and_cached(tmp_path, monkeypatch):
+    """On a GPU box the plan uses the GPU's measured matmul throughput, probed once per GPU name;
+    a probe that cannot run (torch without CUDA) is not remembered and the figure stays typical."""
+    from engine.probe import SystemProbe
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(SystemProbe, "gpus", lambda self: [{"name": "Card X", "mem_total": 12 * GiB}])
+    calls = []
+
+    def probe():
+        calls.append(1)
+        return {"flops": 3.0e14, "bf16": True}
+
+    monkeypatch.setattr(pl, "_probe_cuda", probe)
+    d = pl.detect_device("auto")
+    assert d.kind == "cuda" and d.flops == 3.0e14 and d.calibrated and d.budget_bytes == 12 * GiB
+    assert pl.detect_device("auto").flops == 3.0e14 and len(calls) == 1  # cached
+    assert "GPU throughput measured" in pl.time_uncertainty(d)
+    monkeypatch.setattr(SystemProbe, "gpus", lambda self: [{"name": "Card Y", "mem_total": 8 * GiB}])
+    monkeypatch.setattr(pl, "_probe_cuda", lambda: {"flops": 0.0, "bf16": True})
+    d = pl.detect_device("auto")
+    assert not d.calibrated and "typical figure was assumed" in pl.time_uncertainty(d)
+    assert "cuda:Card Y" not in json.loads((tmp_path / "rounds" / "device_probe.json").read_text())
