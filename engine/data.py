@@ -455,8 +455,8 @@ def _as_messages(value: Any, role: str) -> list[dict]:
     return value if isinstance(value, list) else [{"role": role, "content": value}]
 
 
-def token_stats(report: DataReport, tokenizer: Any, max_length: int | None = None) -> dict:
-    """Token counts of prompts, answers and whole examples as the chat template renders them."""
+def _rendered_lengths(rows: list[dict], kind: str, tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
+    """Token counts of prompts, answers and whole examples (one per DPO side) as the chat template renders them."""
     def render(messages: list[dict], generation_prompt: bool) -> int:
         if getattr(tokenizer, "chat_template", None):
             ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
@@ -466,8 +466,8 @@ def token_stats(report: DataReport, tokenizer: Any, max_length: int | None = Non
         return len(tokenizer("\n".join(m["content"] for m in messages))["input_ids"])
 
     prompts, answers, totals = [], [], []
-    for row in report.rows:
-        if report.kind == "dpo":
+    for row in rows:
+        if kind == "dpo":
             prompt = _as_messages(row["prompt"], "user")
             answer_sets = [_as_messages(row["chosen"], "assistant"), _as_messages(row["rejected"], "assistant")]
         else:
@@ -480,6 +480,12 @@ def token_stats(report: DataReport, tokenizer: Any, max_length: int | None = Non
             t = render(prompt + ans, False)
             totals.append(t)
             answers.append(t - p)
+    return prompts, answers, totals
+
+
+def token_stats(report: DataReport, tokenizer: Any, max_length: int | None = None) -> dict:
+    """Token counts of prompts, answers and whole examples as the chat template renders them."""
+    prompts, answers, totals = _rendered_lengths(report.rows, report.kind, tokenizer)
     stats = {"prompt": _summary(prompts, None)} if prompts else {}
     if answers:
         stats["answer"] = _summary(answers, None)
@@ -488,6 +494,19 @@ def token_stats(report: DataReport, tokenizer: Any, max_length: int | None = Non
         stats["max_length"] = max_length
     report.token_stats = stats
     return stats
+
+
+SAMPLE_ROWS = 2000
+
+
+def example_lengths(rows: list[dict], kind: str, tokenizer: Any, sample: int = SAMPLE_ROWS) -> list[int]:
+    """Rendered token lengths of the examples (chosen and rejected for DPO) — of a seeded random
+    sample of ``sample`` rows when there are more — for the planner's memory and time."""
+    import random
+
+    if len(rows) > sample:
+        rows = random.Random(0).sample(rows, sample)
+    return _rendered_lengths(rows, kind, tokenizer)[2]
 
 
 def format_report(report: DataReport, max_problems: int = 50) -> str:

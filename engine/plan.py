@@ -89,6 +89,29 @@ class Workload:
     lora_rank: int = 16
     gpus: int = 1  # data-parallel devices; memory is per device
     shard: str = "none"  # none (DDP: a full copy per device) | fsdp | zero3 (weights, gradients, optimizer state split)
+    # token lengths of the data's examples as the chat template renders them (each DPO pair gives its
+    # chosen and its rejected), a sample of at most engine.data.SAMPLE_ROWS rows; None: every example is max_length
+    lengths: list[int] | None = None
+
+    def peak_length(self) -> int:
+        """The longest sequence a batch can have: it sets the memory peak."""
+        return min(self.max_length, max(self.lengths)) if self.lengths else self.max_length
+
+    def padded_length(self, micro_batch: int) -> float:
+        """The expected padded length of a micro-batch (TRL pads to its longest sequence; DPO pads
+        chosen and rejected together): the expected maximum of that many lengths drawn from the data."""
+        if not self.lengths:
+            return float(self.max_length)
+        values = sorted(min(v, self.max_length) for v in self.lengths)
+        k, n = micro_batch * (2 if self.stage == "dpo" else 1), len(values)
+        return sum(v * ((i / n) ** k - ((i - 1) / n) ** k) for i, v in enumerate(values, start=1))
+
+    def summary(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "lengths"}
+        if self.lengths:
+            out["lengths"] = {"examples_sampled": len(self.lengths), "longest": max(self.lengths),
+                              "median": sorted(self.lengths)[len(self.lengths) // 2]}
+        return out
 
 
 @dataclass
@@ -209,7 +232,7 @@ def cuda_device(budget_bytes: int, name: str = "GPU", bf16: bool = True, flops: 
 
 # --------------------------------------------------------------------------- memory
 
-def _tokens(stage: str, micro_batch: int, seq: int) -> int:
+def _tokens(stage: str, micro_batch: int, seq: float) -> float:
     return micro_batch * seq * (2 if stage == "dpo" else 1)
 
 
@@ -231,7 +254,7 @@ def _trainable(shape: ModelShape, s: Strategy, w: Workload, wb: int) -> tuple[in
 def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> dict:
     wb = d.width
     P = shape.params_total
-    N = _tokens(w.stage, s.micro_batch, w.max_length)
+    N = _tokens(w.stage, s.micro_batch, w.peak_length())
     h, L = shape.hidden, shape.layers
     comp: dict[str, int] = {}
 
@@ -358,7 +381,8 @@ def _quantized_weights(shape: ModelShape, large: bool) -> int:
 
 def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
     """What one micro-step does, counted in the units of TIME (FLOPs for the matmul terms)."""
-    N = _tokens(w.stage, s.micro_batch, w.max_length)
+    seq = w.padded_length(s.micro_batch)
+    N = _tokens(w.stage, s.micro_batch, seq)
     ref = 1 if (w.stage == "dpo" and not s.precompute_ref) else 0
     gc = 1 if s.gradient_checkpointing else 0
     full = s.plan == "full"
@@ -373,7 +397,7 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
     return {
         "dense": head + (0 if s.plan == "qlora" else body),
         "q4": body if s.plan == "qlora" else 0,
-        "attention": 2 * N * shape.layers * w.max_length * shape.q_out * (body_passes + 1),
+        "attention": 2 * N * shape.layers * seq * shape.q_out * (body_passes + 1),
         "weight_read": shape.params_linear * (body_passes + (1 if adapters else 0)),
         "dequant": _quantized_weights(shape, large=False) * layer_passes if s.plan == "qlora" else 0,
         "dequant_large": _quantized_weights(shape, large=True) * layer_passes if s.plan == "qlora" else 0,
@@ -429,7 +453,7 @@ def forward_seconds(shape: ModelShape, micro_batch: int, w: Workload, d: Device)
     k = TIME[d.kind]
     rate = d.flops or (2e11 if d.kind == "cpu" else 2e14)
     work = step_work(shape, Strategy("full", True, False, micro_batch), w)
-    n = _tokens(w.stage, micro_batch, w.max_length)
+    n = _tokens(w.stage, micro_batch, w.padded_length(micro_batch))
     return (work["forward_flops"] / rate * k["dense"] + shape.layers * k["layer_pass"]
             + n * (shape.hidden + shape.intermediate) * shape.layers * k["elementwise"]
             + n * shape.vocab * k["per_logit"])
@@ -471,7 +495,7 @@ class PlanResult:
 
     def to_json(self) -> dict:
         return {"budget_bytes": self.device.budget_bytes, "usable_bytes": self.usable_bytes,
-                "device": asdict(self.device), "model": asdict(self.shape), "workload": asdict(self.workload),
+                "device": asdict(self.device), "model": asdict(self.shape), "workload": self.workload.summary(),
                 "strategies": [r.to_json() for r in self.strategies],
                 "gpus": self.workload.gpus, "shard": self.workload.shard,
                 "recommended": self.recommended.strategy.name if self.recommended else None,
@@ -515,7 +539,7 @@ def explain(shape: ModelShape, r: StrategyResult, w: Workload, usable: int) -> s
              "optimizer_state": "optimizer state", "gradients": "gradients"}
     return (f"needs {human_bytes(r.peak_bytes)}, over the {human_bytes(usable)} usable; largest part: "
             f"{names.get(biggest[0], biggest[0])} {human_bytes(biggest[1])} (micro-batch {s.micro_batch}, "
-            f"{w.max_length} tokens{', x2 for chosen+rejected' if w.stage == 'dpo' else ''})")
+            f"{w.peak_length()} tokens{', x2 for chosen+rejected' if w.stage == 'dpo' else ''})")
 
 
 def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlora"),

@@ -43,7 +43,8 @@ RUN_LOG = "run.log"
 
 # --------------------------------------------------------------------------- launching (no torch here)
 
-def choose_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None, ignore: bool = False) -> dict:
+def choose_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None, ignore: bool = False,
+                lengths: list[int] | None = None) -> dict:
     """Settle the plan before any weight is loaded: ``auto`` takes the planner's
     recommendation; an explicit plan predicted not to fit is refused (unless ``ignore``)
     with the nearest plan that fits. Returns the plan record for session.json."""
@@ -60,7 +61,8 @@ def choose_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None,
         device = replace(device, budget_bytes=device.budget_bytes // ranks,
                          name=f"{device.name}, 1/{ranks} of the RAM for each rank")
     work = pl.Workload(spec.stage, spec.max_length, spec.batch * spec.grad_accum * gpus, examples, spec.epochs,
-                       spec.lora_rank, gpus=gpus, shard=_sharding(spec.accelerate_config) if gpus > 1 else "none")
+                       spec.lora_rank, gpus=gpus, shard=_sharding(spec.accelerate_config) if gpus > 1 else "none",
+                       lengths=lengths)
     chosen_by = "user"
     if spec.plan == "auto":
         result = pl.plan(shape, work, device)
@@ -94,7 +96,8 @@ def choose_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None,
             "predicted_peak_bytes": r.peak_bytes, "components": r.components, "moment": r.moment,
             "budget_bytes": device.budget_bytes, "usable_bytes": int(device.budget_bytes * (1 - device.margin)),
             "device": device.kind, "predicted_seconds_per_step": r.seconds_per_step,
-            "predicted_total_seconds": r.total_seconds}
+            "predicted_total_seconds": r.total_seconds, "planned_for": work.summary().get("lengths") or
+            {"longest": spec.max_length, "assumed": "every example --max-length tokens"}}
 
 
 def _sharding(config: str | None) -> str:
@@ -130,14 +133,26 @@ def prepare(spec: TrainSpec) -> dict:
         check_adapter_folder(spec.adapter)
     train_rows = load_rows(spec, "data")
     val_rows = load_rows(spec, "val") if spec.val else []
-    return {"model_type": config.get("model_type"), "train_rows": len(train_rows), "val_rows": len(val_rows)}
+    return {"model_type": config.get("model_type"), "train_rows": len(train_rows), "val_rows": len(val_rows),
+            "lengths": data_lengths(spec.model, train_rows, spec.stage)}
+
+
+def data_lengths(model: str, rows: list[dict], stage: str) -> list[int] | None:
+    """The rendered token lengths the planner sizes memory and time by (a sample of the rows), or
+    None where the model folder's tokenizer can't be loaded (the plan then assumes --max-length)."""
+    from engine.data import example_lengths, load_tokenizer_folder
+
+    try:
+        return example_lengths(rows, stage, load_tokenizer_folder(model)) or None
+    except Exception:  # a tokenizer that needs remote code, say: plan for the worst case
+        return None
 
 
 def start(spec: TrainSpec, root: Path, *, name: str | None = None, shared: bool = False, detach: bool = False,
           command: list[str] | None = None, budget_bytes: int | None = None,
           ignore_plan: bool = False, spawn: bool = True) -> tuple[SessionWriter, subprocess.Popen | None]:
     facts = prepare(spec)
-    plan_record = choose_plan(spec, facts["train_rows"], budget_bytes, ignore_plan)
+    plan_record = choose_plan(spec, facts["train_rows"], budget_bytes, ignore_plan, lengths=facts["lengths"])
     writer = SessionWriter.create(root, "train", name=name, stage=spec.stage, command=command,
                                   config=spec.to_json(), shared=shared)
     writer.update(plan=plan_record,

@@ -188,13 +188,41 @@ def test_train_auto_plan_is_recorded(tmp_path, tiny_model):
     event = next(e for e in map(json.loads, (next(root.iterdir()) / "events.jsonl").read_text().splitlines())
                  if e.get("kind") == "plan")
     assert event["predicted_peak_bytes"] == plan["predicted_peak_bytes"]
+    # planned for the data's own lengths: the longest example the worker measured, not --max-length
+    data = next(e for e in map(json.loads, (next(root.iterdir()) / "events.jsonl").read_text().splitlines())
+                if e.get("kind") == "data")
+    assert plan["planned_for"]["longest"] == data["tokens"]["total"]["max"] < meta["config"]["max_length"]
+
+
+def test_padded_length_is_the_expected_longest_of_a_batch():
+    w = pl.Workload("sft", max_length=1024, lengths=[10, 100])
+    assert w.peak_length() == 100
+    assert w.padded_length(1) == pytest.approx(55)  # one example: the mean
+    assert w.padded_length(2) == pytest.approx(10 * 0.25 + 100 * 0.75)  # the longer of two draws
+    dpo = pl.Workload("dpo", max_length=64, lengths=[10, 100])  # chosen and rejected padded together; capped
+    assert dpo.peak_length() == 64 and dpo.padded_length(1) == pytest.approx(10 * 0.25 + 64 * 0.75)
+    assert pl.Workload("sft", max_length=512).padded_length(4) == 512  # no data: the worst case
+
+
+def test_plan_with_data_uses_its_lengths(tiny_model):
+    data = str(ROOT / "engine" / "demo_data" / "sft_train.jsonl")
+    common = ["--stage", "sft", "--device", "cpu", "--data", data, "--max-length", "512", "--batch", "8", "--json"]
+    folder = json.loads(run_rounds("plan", "--model", str(tiny_model), *common).stdout)
+    config_only = json.loads(run_rounds("plan", "--model", str(tiny_model / "config.json"), *common).stdout)
+    assert folder["workload"]["lengths"]["longest"] < 64 and "lengths" not in config_only["workload"]
+    by_name = {r["name"]: r for r in config_only["strategies"]}
+    for r in folder["strategies"]:
+        assert r["seconds_per_step"] < by_name[r["name"]]["seconds_per_step"] / 2
+        assert r["peak_bytes"] < by_name[r["name"]]["peak_bytes"]
+    text = run_rounds("plan", "--model", str(tiny_model), *common[:-1]).stdout
+    assert "lengths from the data (400 examples' tokens): longest" in text
 
 
 def test_explicit_plan_that_cannot_fit_is_refused_before_loading(tmp_path, tiny_model):
     root = tmp_path / "s"
     r = run_rounds("--sessions", str(root), "train", "dpo", "--model", str(tiny_model), "--data",
                    str(ROOT / "engine" / "demo_data" / "dpo_train.jsonl"), "--plan", "full", "--batch", "4",
-                   "--mem-budget", "60MiB")
+                   "--mem-budget", "45MiB")
     assert r.returncode == 1
     assert "plan full mb4 will not fit" in r.stderr and "the nearest plan that fits" in r.stderr
     assert not root.exists() or not any(root.iterdir())  # no session, nothing loaded
