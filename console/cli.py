@@ -407,13 +407,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     shape = ModelShape.from_config(read_config(args.model))
     examples, lengths = args.examples, None
     if args.data:
-        from engine.data import load
-        from engine.train import data_lengths
+        from engine.data import example_lengths, load
 
         rows = load(args.data, args.stage)
         examples = len(rows)
         if Path(args.model).is_dir():
-            lengths = data_lengths(args.model, rows, args.stage)
+            lengths = example_lengths(args.model, rows, args.stage)
     budget = pl.parse_size(args.gpu_mem) if args.gpu_mem else None
     device = pl.cuda_device(budget, name=f"GPU with {args.gpu_mem}") if budget else pl.detect_device(args.device)
     work = pl.Workload(args.stage, args.max_length, max(1, args.batch), examples, args.epochs, args.lora_rank,
@@ -438,8 +437,9 @@ def format_plan(result, model: str, show_all: bool = False) -> str:
                  f"{human_bytes(result.usable_bytes)} usable ({d.margin:.0%} kept free); max length {w.max_length}, "
                  f"batch {w.batch}, {size}")
     if w.lengths:
-        lines.append(f"lengths from the data ({len(w.lengths):,} examples' tokens): longest {max(w.lengths)}, "
-                     f"median {sorted(w.lengths)[len(w.lengths) // 2]}; memory for the longest, time for "
+        seen = w.summary()["lengths"]
+        lines.append(f"lengths from the data ({seen['examples_sampled']:,} examples' tokens): longest "
+                     f"{seen['longest']}, median {seen['median']}; memory for the longest, time for "
                      f"the typical padded batch")
     else:
         lines.append(f"every example taken as {w.max_length} tokens (give --data FILE with a model folder "

@@ -499,14 +499,20 @@ def token_stats(report: DataReport, tokenizer: Any, max_length: int | None = Non
 SAMPLE_ROWS = 2000
 
 
-def example_lengths(rows: list[dict], kind: str, tokenizer: Any, sample: int = SAMPLE_ROWS) -> list[int]:
-    """Rendered token lengths of the examples (chosen and rejected for DPO) — of a seeded random
-    sample of ``sample`` rows when there are more — for the planner's memory and time."""
+def example_lengths(model: str, rows: list[dict], kind: str, sample: int = SAMPLE_ROWS) -> list[int] | None:
+    """Token lengths of the examples (chosen and rejected for DPO) as the model folder's chat
+    template renders them — of a seeded random sample of ``sample`` rows when there are more —
+    for the planner's memory and time. None where the tokenizer can't be loaded (a bare
+    config.json, one that needs remote code): the plan then assumes --max-length."""
     import random
 
+    try:
+        tokenizer = load_tokenizer_folder(model)
+    except Exception:
+        return None
     if len(rows) > sample:
         rows = random.Random(0).sample(rows, sample)
-    return _rendered_lengths(rows, kind, tokenizer)[2]
+    return _rendered_lengths(rows, kind, tokenizer)[2] or None
 
 
 def format_report(report: DataReport, max_problems: int = 50) -> str:

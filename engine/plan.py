@@ -91,26 +91,30 @@ class Workload:
     shard: str = "none"  # none (DDP: a full copy per device) | fsdp | zero3 (weights, gradients, optimizer state split)
     # token lengths of the data's examples as the chat template renders them (each DPO pair gives its
     # chosen and its rejected), a sample of at most engine.data.SAMPLE_ROWS rows; None: every example is max_length
-    lengths: list[int] | None = None
+    lengths: list[int] | None = None  # kept sorted
+
+    def __post_init__(self) -> None:
+        if self.lengths:
+            self.lengths = sorted(self.lengths)
 
     def peak_length(self) -> int:
         """The longest sequence a batch can have: it sets the memory peak."""
-        return min(self.max_length, max(self.lengths)) if self.lengths else self.max_length
+        return min(self.max_length, self.lengths[-1]) if self.lengths else self.max_length
 
     def padded_length(self, micro_batch: int) -> float:
         """The expected padded length of a micro-batch (TRL pads to its longest sequence; DPO pads
         chosen and rejected together): the expected maximum of that many lengths drawn from the data."""
         if not self.lengths:
             return float(self.max_length)
-        values = sorted(min(v, self.max_length) for v in self.lengths)
-        k, n = micro_batch * (2 if self.stage == "dpo" else 1), len(values)
-        return sum(v * ((i / n) ** k - ((i - 1) / n) ** k) for i, v in enumerate(values, start=1))
+        k, n = micro_batch * (2 if self.stage == "dpo" else 1), len(self.lengths)
+        return sum(min(v, self.max_length) * ((i / n) ** k - ((i - 1) / n) ** k)
+                   for i, v in enumerate(self.lengths, start=1))
 
     def summary(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "lengths"}
         if self.lengths:
-            out["lengths"] = {"examples_sampled": len(self.lengths), "longest": max(self.lengths),
-                              "median": sorted(self.lengths)[len(self.lengths) // 2]}
+            out["lengths"] = {"examples_sampled": len(self.lengths), "longest": self.lengths[-1],
+                              "median": self.lengths[len(self.lengths) // 2]}
         return out
 
 
@@ -290,21 +294,17 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     head_grad = shape.vocab * h * tw if (s.plan == "full" and not shape.tied) else 0
     quant = shape.intermediate * shape.hidden * wb if s.plan == "qlora" else 0  # one weight dequantized
 
-    start_of_backward = act + tile + head_grad
-    layer_backward = act + act_layer + quant
     optimizer_step = grads * (1 + OPTIMIZER_STEP_TEMPS)
+    at = {  # what is alive at each moment besides the weights and the optimizer state (ties: the first)
+        "start of backward": dict(gradients=head_grad, activations=act, logits=tile, quantization_buffers=0),
+        "backward through a layer": dict(gradients=0, activations=act + act_layer, logits=0,
+                                         quantization_buffers=quant),
+        "optimizer step": dict(gradients=optimizer_step, activations=0, logits=0, quantization_buffers=0),
+    }
     held = comp["policy_weights"] + comp["reference_weights"] + comp["trainable_parameters"] + opt
-    moments = {"start of backward": int(held + start_of_backward), "optimizer step": int(held + optimizer_step),
-               "backward through a layer": int(held + layer_backward)}
-    if start_of_backward >= max(optimizer_step, layer_backward):
-        comp.update(gradients=head_grad, activations=act, logits=tile, quantization_buffers=0)
-        moment = "start of backward"
-    elif layer_backward >= optimizer_step:
-        comp.update(gradients=0, activations=act + act_layer, logits=0, quantization_buffers=quant)
-        moment = "backward through a layer"
-    else:
-        comp.update(gradients=optimizer_step, activations=0, logits=0, quantization_buffers=0)
-        moment = "optimizer step"
+    moments = {name: int(held + sum(parts.values())) for name, parts in at.items()}
+    moment = max(moments, key=moments.get)
+    comp.update(at[moment])
     comp["optimizer_state"] = opt
     n = max(1, w.gpus)
     if n > 1 and w.shard in ("fsdp", "zero3"):
@@ -379,8 +379,9 @@ def _quantized_weights(shape: ModelShape, large: bool) -> int:
     return shape.layers * sum(i * o for i, o in shape.linear_dims() if (i * o * 4 > LARGE_WEIGHT_BYTES) == large)
 
 
-def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
-    """What one micro-step does, counted in the units of TIME (FLOPs for the matmul terms)."""
+def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = False) -> dict:
+    """What one micro-step does, counted in the units of TIME (FLOPs for the matmul terms);
+    ``forward_only``: a single no-grad forward (the precomputed reference log-probs)."""
     seq = w.padded_length(s.micro_batch)
     N = _tokens(w.stage, s.micro_batch, seq)
     ref = 1 if (w.stage == "dpo" and not s.precompute_ref) else 0
@@ -390,10 +391,13 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
     body_passes = 1 + gc + (2 if full else 1) + ref
     head_passes = 1 + (2 if full else 1) + ref
     layer_passes = 1 + gc + 1 + ref  # forward, recomputation, backward, reference
+    logit_passes = 2 + ref  # forward and backward of the log-softmax, reference forward
+    if forward_only:
+        body_passes = head_passes = layer_passes = logit_passes = 1
     body = 2 * N * shape.params_linear * body_passes
     head = 2 * N * shape.vocab * shape.hidden * head_passes
-    logits = N * shape.vocab * (2 + ref)
-    adapters = not full
+    logits = N * shape.vocab * logit_passes
+    adapters = not full and not forward_only  # the reference forward runs with the adapters off
     return {
         "dense": head + (0 if s.plan == "qlora" else body),
         "q4": body if s.plan == "qlora" else 0,
@@ -405,22 +409,21 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload) -> dict:
         "lora_elementwise": N * sum(o for _, o in shape.linear_dims()) * shape.layers * layer_passes
         if adapters else 0,
         "dropout": N * sum(i for i, _ in shape.linear_dims()) * shape.layers * (1 + gc)
-        if (adapters and w.stage == "sft") else 0,
+        if (adapters and w.stage == "sft" and not forward_only) else 0,
         "layer_pass": layer_passes * shape.layers,
         "lora_layer_pass": layer_passes * shape.layers if adapters else 0,
         "q4_layer_pass": layer_passes * shape.layers if s.plan == "qlora" else 0,
         "per_logit": logits,
         "per_logit_tile": logits * min(N, TOKEN_TILE) / TOKEN_TILE,
-        "per_trainable": _trainable(shape, s, w, 4)[0],
-        "forward_flops": 2 * N * (shape.params_linear + shape.vocab * shape.hidden),
+        "per_trainable": 0 if forward_only else _trainable(shape, s, w, 4)[0],
     }
 
 
-def time_terms(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> dict:
-    """Predicted seconds of one micro-step, by term (the keys of TIME)."""
+def time_terms(shape: ModelShape, s: Strategy, w: Workload, d: Device, forward_only: bool = False) -> dict:
+    """Predicted seconds of one micro-step (or of one forward), by term (the keys of TIME)."""
     k = TIME[d.kind]
     rate = d.flops or (2e11 if d.kind == "cpu" else 2e14)
-    work = step_work(shape, s, w)
+    work = step_work(shape, s, w, forward_only)
     return {name: work[name] * (cost / rate if name in FLOP_TERMS else cost) for name, cost in k.items()}
 
 
@@ -448,15 +451,10 @@ def communication_seconds(shape: ModelShape, s: Strategy, w: Workload, d: Device
     return ring * grad_bytes / INTERCONNECT_BYTES_PER_SECOND
 
 
-def forward_seconds(shape: ModelShape, micro_batch: int, w: Workload, d: Device) -> float:
-    """One forward pass of a micro-batch (the reference log-probs computed once, before training)."""
-    k = TIME[d.kind]
-    rate = d.flops or (2e11 if d.kind == "cpu" else 2e14)
-    work = step_work(shape, Strategy("full", True, False, micro_batch), w)
-    n = _tokens(w.stage, micro_batch, w.padded_length(micro_batch))
-    return (work["forward_flops"] / rate * k["dense"] + shape.layers * k["layer_pass"]
-            + n * (shape.hidden + shape.intermediate) * shape.layers * k["elementwise"]
-            + n * shape.vocab * k["per_logit"])
+def forward_seconds(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> float:
+    """One no-grad forward of a micro-batch through the plan's model with adapters off (the
+    reference log-probs, computed once before training)."""
+    return sum(time_terms(shape, s, w, d, forward_only=True).values())
 
 
 # --------------------------------------------------------------------------- planning
@@ -559,7 +557,8 @@ def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlor
                 for m in micro:
                     r = strategy_result(shape, Strategy(p, pre, gc, m), w, d)
                     if r.total_seconds is not None and pre:  # the one-off reference pass over the data
-                        r.total_seconds += (w.examples / (m * w.gpus)) * forward_seconds(shape, m, w, d)
+                        r.total_seconds += (w.examples / (m * w.gpus)) * forward_seconds(
+                            shape, Strategy(p, pre, False, m), w, d)
                     result.strategies.append(r)
     fitting = [r for r in result.strategies if r.fits]
     if fitting:

@@ -41,7 +41,8 @@ REQUESTS = "requests"
 RUN_LOG = "run.log"
 
 
-# --------------------------------------------------------------------------- launching (no torch here)
+# --------------------------------------------------------------------------- launching (no weights loaded here;
+# the data's token lengths for the plan load the tokenizer, which imports torch)
 
 def choose_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None, ignore: bool = False,
                 lengths: list[int] | None = None) -> dict:
@@ -133,19 +134,10 @@ def prepare(spec: TrainSpec) -> dict:
         check_adapter_folder(spec.adapter)
     train_rows = load_rows(spec, "data")
     val_rows = load_rows(spec, "val") if spec.val else []
+    from engine.data import example_lengths
+
     return {"model_type": config.get("model_type"), "train_rows": len(train_rows), "val_rows": len(val_rows),
-            "lengths": data_lengths(spec.model, train_rows, spec.stage)}
-
-
-def data_lengths(model: str, rows: list[dict], stage: str) -> list[int] | None:
-    """The rendered token lengths the planner sizes memory and time by (a sample of the rows), or
-    None where the model folder's tokenizer can't be loaded (the plan then assumes --max-length)."""
-    from engine.data import example_lengths, load_tokenizer_folder
-
-    try:
-        return example_lengths(rows, stage, load_tokenizer_folder(model)) or None
-    except Exception:  # a tokenizer that needs remote code, say: plan for the worst case
-        return None
+            "lengths": example_lengths(spec.model, train_rows, spec.stage)}
 
 
 def start(spec: TrainSpec, root: Path, *, name: str | None = None, shared: bool = False, detach: bool = False,
