@@ -5,12 +5,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.assessment import CATEGORIES, AssessmentLog, Mark, current, read_marks
+from engine.assessment import CATEGORIES, JUDGED, AssessmentLog, Mark, current, read_marks
 from engine.errors import SessionLockedError
 from engine.evaluate import read_results
+from engine.judges import is_automatic
 from engine.stats import items_for_half_width, wilson_interval
 
-FILTERS = ("all", "unassessed", "hallucinated", "unsure", "flagged", "disagreements")
+FILTERS = ("all", "unassessed", "hallucinated", "unsure", "flagged", "disagreements", "abstained",
+           "judge: hallucinated", "judge: faithful", "judge: abstained", "judge: unsure", "judges disagree")
+ORDERS = ("as listed", "most doubtful first")
+
+
+def doubt(judgements: list[Mark]) -> float:
+    """How doubtful the automatic judges leave an item, in [0, 1]: 1 when they disagree,
+    else the closest any judge's score comes to 0.5 (1 at 0.5, 0 at 0 or 1); an 'unsure'
+    verdict counts as 0.5, and no judgement at all as -1 (last)."""
+    if not judgements:
+        return -1.0
+    labels = {m.label for m in judgements if m.label in JUDGED}
+    if len(labels) > 1:
+        return 1.0
+    out = 0.0
+    for m in judgements:
+        if m.label == "unsure":
+            out = max(out, 1.0 if m.score is None else 1 - abs(2 * m.score - 1))
+        elif m.score is not None:
+            out = max(out, 1 - abs(2 * m.score - 1))
+    return out
 
 
 @dataclass
@@ -44,6 +65,7 @@ class AssessModel:
             self.readonly_reason = f"read-only: {e.message}"
             self.marks, self.problems = read_marks(self.session / "assessments.jsonl")
         self.filter = "all"
+        self.order = ORDERS[0]
         self.drafts: dict[str, Draft] = {}
         self.pos = self.first_unassessed()
 
@@ -56,9 +78,25 @@ class AssessModel:
         return self.state().get((self.annotator, item_id))
 
     def others(self, item_id: str) -> list[Mark]:
+        """Other people's marks on the item (hidden when blind)."""
         if self.blind:
             return []
-        return [m for (a, i), m in self.state().items() if i == item_id and a != self.annotator]
+        return [m for (a, i), m in self.state().items() if i == item_id and a != self.annotator
+                and not is_automatic(a)]
+
+    def judgements(self, item_id: str) -> list[Mark]:
+        """The automatic judges' verdicts on the item (annotators ``auto:NAME``; hidden when blind)."""
+        if self.blind:
+            return []
+        return [m for (a, i), m in self.state().items() if i == item_id and is_automatic(a)]
+
+    def _judgements_by_item(self, state: dict) -> dict[str, list[Mark]]:
+        out: dict[str, list[Mark]] = {}
+        if not self.blind:
+            for (a, i), m in state.items():
+                if is_automatic(a):
+                    out.setdefault(i, []).append(m)
+        return out
 
     @property
     def item(self) -> dict | None:
@@ -74,12 +112,14 @@ class AssessModel:
     def stats(self) -> dict:
         mine = [m for (a, _), m in self.state().items() if a == self.annotator]
         k = sum(m.label == "hallucinated" for m in mine)
-        n = sum(m.label in ("hallucinated", "faithful") for m in mine)
+        n = sum(m.label in JUDGED for m in mine)
         lo, hi = wilson_interval(k, n)
         need = items_for_half_width(k / n if n else 0.5, 0.10)
+        left = len(self.items) - len(mine)
         return {"assessed": len(mine), "total": len(self.items), "hallucinated": k, "judged": n,
-                "rate": k / n if n else None, "lo": lo, "hi": hi, "more": max(0, need - n),
-                "unsure": sum(m.label == "unsure" for m in mine)}
+                "rate": k / n if n else None, "lo": lo, "hi": hi, "more": min(max(0, need - n), left),
+                "short": max(0, need - n - left), "unsure": sum(m.label == "unsure" for m in mine),
+                "abstained": sum(m.label == "abstained" for m in mine)}
 
     # ----------------------------------------------------------------- marking
 
@@ -146,21 +186,37 @@ class AssessModel:
     # ----------------------------------------------------------------- moving
 
     def visible(self) -> list[int]:
-        if self.filter == "all":
+        """The items the filter keeps, in the chosen order."""
+        if self.filter == "all" and self.order == ORDERS[0]:
             return list(range(len(self.items)))
         state = self.state()
+        judged = self._judgements_by_item(state)
+        out = self._filtered(state, judged)
+        if self.order == "most doubtful first":
+            rank = {i: doubt(judged.get(self.items[i]["id"], [])) for i in out}
+            out.sort(key=lambda i: -rank[i])  # stable: ties keep the listed order
+        return out
+
+    def _filtered(self, state: dict, judged: dict[str, list[Mark]]) -> list[int]:
+        if self.filter == "all":
+            return list(range(len(self.items)))
         out = []
         for i, r in enumerate(self.items):
             mine = state.get((self.annotator, r["id"]))
+            verdicts = {m.label for m in judged.get(r["id"], [])}
             if self.filter == "unassessed" and mine is None:
                 out.append(i)
-            elif self.filter in ("hallucinated", "unsure") and mine is not None and mine.label == self.filter:
+            elif self.filter in ("hallucinated", "abstained", "unsure") and mine is not None \
+                    and mine.label == self.filter:
+                out.append(i)
+            elif self.filter.startswith("judge: ") and self.filter[len("judge: "):] in verdicts:
+                out.append(i)
+            elif self.filter == "judges disagree" and len(verdicts & set(JUDGED)) > 1:
                 out.append(i)
             elif self.filter == "flagged" and (r.get("flags") or {}).get("count", 0) > 0:
                 out.append(i)
             elif self.filter == "disagreements":
-                labels = {m.label for (a, it), m in state.items() if it == r["id"]
-                          and m.label in ("hallucinated", "faithful")}
+                labels = {m.label for (a, it), m in state.items() if it == r["id"] and m.label in JUDGED}
                 if len(labels) > 1:
                     out.append(i)
         return out
@@ -203,6 +259,13 @@ class AssessModel:
             self.pos = number - 1
             return True
         return False
+
+    def cycle_order(self) -> str:
+        self.order = ORDERS[(ORDERS.index(self.order) + 1) % len(ORDERS)]
+        vis = self.visible()
+        if vis:
+            self.pos = vis[0]
+        return self.order
 
     def cycle_filter(self) -> str:
         self.filter = FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)]

@@ -202,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1, metavar="N",
                    help="N sampled answers per question (items ID~1..ID~N) instead of one greedy answer")
     p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature (with --samples)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --samples)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --samples / --check-samples)")
+    p.add_argument("--check-samples", type=int, default=0, metavar="N",
+                   help="also sample N answers per question and keep them beside the greedy answer, for the "
+                        "'consistency' judge (self-consistency; e.g. 4)")
     for fld in ("question", "reference", "context", "id"):
         p.add_argument(f"--{fld}", dest=f"col_{fld}", metavar="COL", help=f"column holding the {fld}")
     p.add_argument("--name", metavar="NAME")
@@ -221,16 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _verb(sub, "assess", "judge an eval session's answers from the keyboard (or mark them automatically)",
               "rounds assess SESSION --annotator alice",
-              "Opens the assessment screen: h hallucinated, f faithful, u unsure (each marks and moves on),\n"
-              "1-7 categories, m severity, n note, z undo, j/k move, J next unassessed, / search, g go to,\n"
-              "F filter, r report, ? all keys. Every mark is on disk (fsynced) before the screen moves.\n"
+              "Opens the assessment screen: h hallucinated, f faithful, a abstained, u unsure (each marks and\n"
+              "moves on), 1-7 categories, m severity, n note, z undo, j/k move, J next unassessed, / search,\n"
+              "g go to, F filter (incl. by judge verdict), o most doubtful first (by the automatic judges),\n"
+              "r report, ? all keys. Every mark is on disk (fsynced) before the screen moves.\n"
               "SESSION may be a results CSV/JSONL: it is imported into a new eval session first.\n"
-              "--auto exact|contains marks every item by comparing answer and reference instead (annotator\n"
-              "auto:RULE), for people to review.")
+              "--auto JUDGE marks every item with an automatic judge instead (annotator auto:JUDGE, with the\n"
+              "judge's score and reason), for people to review; the report then measures each judge against\n"
+              "the people's marks. Judges:\n" + _judges_help())
     p.add_argument("session", metavar="SESSION|FILE")
     p.add_argument("--annotator", metavar="NAME", help="who is judging (default: $USER)")
     p.add_argument("--blind", action="store_true", help="hide other annotators' marks")
-    p.add_argument("--auto", choices=["exact", "contains"], help="mark automatically instead of opening the screen")
+    p.add_argument("--auto", metavar="JUDGE", help="mark automatically instead of opening the screen: "
+                   + ", ".join(_judge_names()))
+    _judge_options(p)
     for fld in ("question", "reference", "answer", "context", "id"):
         p.add_argument(f"--{fld}", dest=f"col_{fld}", metavar="COL", help=f"with a FILE: column holding the {fld}")
     p.set_defaults(func=cmd_assess)
@@ -246,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
     p.add_argument("--annotator", metavar="NAME", help="use this annotator's marks (default: the consensus)")
+    p.add_argument("--judge", metavar="JUDGE", help="first mark both sessions with this automatic judge, then compare "
+                   "its marks (annotator auto:JUDGE): " + ", ".join(_judge_names()))
+    _judge_options(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--tui", action="store_true", help="open the Compare screen (changed items side by side)")
     p.set_defaults(func=cmd_compare)
@@ -309,8 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "or a test file (question, reference)")
     g.add_argument("--samples", type=int, default=4, metavar="N", help="answers per question (default 4)")
     g.add_argument("--temperature", type=float, default=0.8, metavar="T")
-    g.add_argument("--judge", choices=["exact", "contains", "marks"], default="contains",
-                   help="how each answer is judged against the reference (marks: the session's own marks)")
+    g.add_argument("--judge", default="contains", metavar="JUDGE",
+                   help="how each answer is judged (default contains; marks: the session's own marks; or "
+                        + ", ".join(n for n in _judge_names() if n != "consistency") + ")")
+    g.add_argument("--judge-model", metavar="PATH", help="with --judge model: the judging model's folder")
     g.add_argument("--batch-size", type=int, default=8, metavar="N", help="questions per generate() call")
     g.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -640,6 +652,38 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return run_console(root, session)
 
 
+def _judge_names() -> list[str]:
+    from engine import judges
+
+    return judges.names()
+
+
+def _judges_help() -> str:
+    from engine import judges
+
+    return "\n".join(f"  {n:<12} {judges.get_class(n).help}" for n in judges.names())
+
+
+def _judge_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge-model", metavar="PATH", help="for the 'model' judge: a local causal LM folder")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="for scoring judges (consistency, model): the score from which an answer is hallucinated "
+                        "(default 0.5)")
+
+
+def _judge_kwargs(args: argparse.Namespace) -> dict:
+    name = getattr(args, "auto", None) or getattr(args, "judge", None)
+    out = {}
+    if getattr(args, "judge_model", None):
+        if name != "model":
+            raise UserError("--judge-model is for the 'model' judge", field="--judge-model",
+                            hint="add --auto model (or --judge model)")
+        out["model"] = args.judge_model
+    if getattr(args, "threshold", None) is not None:
+        out["threshold"] = args.threshold
+    return out
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine import evaluate
     from engine.session import sessions_root
@@ -655,7 +699,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  max_examples=args.max_examples, batch_size=args.batch_size,
                                  max_new_tokens=args.max_new_tokens, device=args.device, held_out=args.held_out,
                                  columns=_cols(args, ("question", "reference", "context", "id")),
-                                 samples=args.samples, temperature=args.temperature, seed=args.seed)
+                                 samples=args.samples, temperature=args.temperature, seed=args.seed,
+                                 check_samples=args.check_samples)
         writer = evaluate.start(spec, sessions_root(args.sessions), name=args.name, shared=args.shared_sessions,
                                 command=["rounds", *sys.argv[1:]])
         session = writer.path
@@ -694,9 +739,11 @@ def cmd_assess(args: argparse.Namespace) -> int:
     if args.auto:
         from engine.report import auto_assess
 
-        counts = auto_assess(session, args.auto)
+        counts = auto_assess(session, args.auto, _judge_kwargs(args))
         print(f"rounds: marked {sum(counts.values())} items as auto:{args.auto}: "
               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        print(f"  review them: rounds assess {session.name}   (judges' verdicts shown beside each answer)\n"
+              f"  rates, and how far the judge agrees with people's marks: rounds report {session.name}")
         return 0
     if not sys.stdout.isatty():
         raise UserError("the assessment screen needs a terminal", hint="run it in a terminal, or use --auto RULE")
@@ -721,14 +768,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from engine.report import write_compare
 
     a, b = _session_path(args, args.a), _session_path(args, args.b)
-    c, md = write_compare(a, b, args.annotator)
+    annotator = args.annotator
+    if args.judge:
+        from engine.judges import annotator_name
+        from engine.report import auto_assess
+
+        if annotator:
+            raise UserError("--judge and --annotator both choose whose marks to compare", field="--judge",
+                            hint="give one of them")
+        for s in (a, b):
+            auto_assess(s, args.judge, _judge_kwargs(args))
+        annotator = annotator_name(args.judge)
+    c, md = write_compare(a, b, annotator)
     if args.tui:
         if not sys.stdout.isatty():
             raise UserError("the Compare screen needs a terminal", hint="drop --tui for the printed comparison")
         from console.app import run_compare
         from engine.session import sessions_root
 
-        return run_compare(sessions_root(args.sessions), a, b, args.annotator)
+        return run_compare(sessions_root(args.sessions), a, b, annotator)
     print(json.dumps(c, indent=1) if args.json else md, end="" if not args.json else "\n")
     return 0
 
@@ -767,7 +825,8 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         session = _sample(args, root)
         if session is None:
             return 0
-        mode = pairs.samples_mode(session, args.judge, args.annotator, args.max_pairs_per_group)
+        mode = pairs.samples_mode(session, args.judge, args.annotator, args.max_pairs_per_group,
+                                  _judge_kwargs(args))
         if opts.max_length and not opts.tokenizer:
             from engine.session import read_session_json
 

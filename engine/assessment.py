@@ -1,8 +1,10 @@
 """Assessment marks: append-only, fsynced, last mark per (annotator, item) wins.
 
 ``assessments.jsonl`` in an eval session holds one mark a line:
-``{"time", "annotator", "item", "label", "categories", "severity", "note"}`` with label
-``hallucinated``, ``faithful``, ``unsure`` or ``clear`` (no judgement). Undo appends the
+``{"time", "annotator", "item", "label", "categories", "severity", "note", "score"}`` with label
+``hallucinated``, ``faithful``, ``abstained`` (the answer declines to answer a question whose
+reference states a fact: neither a hallucination nor a correct answer), ``unsure`` or ``clear``
+(no judgement). ``score`` is set by automatic judges only (``auto:NAME``; see engine.judges). Undo appends the
 mark that was current before (or ``clear``), so nothing is ever rewritten. One process at
 a time may append as a given annotator (an fcntl lock; see engine.session.WriterLock).
 """
@@ -20,7 +22,8 @@ from engine.errors import UserError
 from engine.session import WriterLock, file_mode
 
 ASSESSMENTS = "assessments.jsonl"
-LABELS = ("hallucinated", "faithful", "unsure", "clear")
+LABELS = ("hallucinated", "faithful", "abstained", "unsure", "clear")
+JUDGED = ("hallucinated", "faithful", "abstained")  # the labels a rate counts
 CATEGORIES = {
     1: "fabrication",  # fabricated or unsupported claim
     2: "contradiction",  # factual contradiction, wrong dose or number included
@@ -43,6 +46,7 @@ class Mark:
     note: str = ""
     time: float = field(default_factory=lambda: round(time.time(), 3))
     undo: bool = False
+    score: float | None = None
 
     def check(self) -> Mark:
         if self.label not in LABELS:
@@ -52,6 +56,8 @@ class Mark:
             raise UserError(f"unknown categories {bad}", hint=f"categories: {', '.join(CATEGORIES.values())}")
         if self.severity not in (None, *SEVERITIES):
             raise UserError(f"severity {self.severity!r} is not major or minor")
+        if self.score is not None and not (isinstance(self.score, int | float) and 0 <= self.score <= 1):
+            raise UserError(f"score {self.score!r} is not a number between 0 and 1")
         return self
 
 
@@ -80,7 +86,7 @@ def read_marks(path: str | os.PathLike) -> tuple[list[Mark], list[MarkProblem]]:
                 mark = Mark(annotator=str(rec["annotator"]), item=str(rec["item"]), label=rec["label"],
                             categories=list(rec.get("categories") or []), severity=rec.get("severity"),
                             note=rec.get("note") or "", time=float(rec.get("time") or 0),
-                            undo=bool(rec.get("undo", False))).check()
+                            undo=bool(rec.get("undo", False)), score=rec.get("score")).check()
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 problems.append(MarkProblem(n, f"not valid JSON ({e}); skipped"))
                 continue
@@ -138,8 +144,25 @@ class AssessmentLog:
         return mark
 
     def mark(self, item: str, label: str, categories: list[str] | None = None, severity: str | None = None,
-             note: str = "") -> Mark:
-        return self._append(Mark(self.annotator, str(item), label, list(categories or []), severity, note))
+             note: str = "", score: float | None = None) -> Mark:
+        return self._append(Mark(self.annotator, str(item), label, list(categories or []), severity, note,
+                                 score=score))
+
+    def mark_many(self, marks: list[tuple[str, str, str, float | None]]) -> int:
+        """Append (item, label, note, score) marks in one write and one fsync (automatic judges)."""
+        if not marks:
+            return 0
+        built = [Mark(self.annotator, str(i), label, [], None, note, score=score).check()
+                 for i, label, note, score in marks]
+        data = b"".join((json.dumps(asdict(m), ensure_ascii=False) + "\n").encode("utf-8") for m in built)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode(self.session))
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.marks.extend(built)
+        return len(built)
 
     def _undo_stack(self) -> list[Mark]:
         """This annotator's marks that are still in effect (each undo takes back the latest)."""

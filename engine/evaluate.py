@@ -40,8 +40,9 @@ class EvalSpec:
     held_out: bool = False
     columns: dict[str, str] = field(default_factory=dict)
     samples: int = 1  # > 1: that many sampled answers per question, items QID~1..QID~N
-    temperature: float = 0.8  # only when samples > 1 (otherwise greedy)
+    temperature: float = 0.8  # only when samples > 1 or check_samples > 0 (otherwise greedy)
     seed: int = 0
+    check_samples: int = 0  # > 0: beside the greedy answer, that many sampled ones (``samples``), for self-consistency
 
     @classmethod
     def from_json(cls, data: dict) -> EvalSpec:
@@ -167,7 +168,13 @@ def start(spec: EvalSpec, root: Path, *, name: str | None = None, shared: bool =
         check_adapter_folder(spec.adapter)
     if spec.samples < 1:
         raise UserError("--samples must be at least 1", field="--samples")
-    if spec.samples > 1 and not spec.temperature > 0:
+    if spec.check_samples < 0:
+        raise UserError("--check-samples must be 0 or more", field="--check-samples")
+    if spec.samples > 1 and spec.check_samples:
+        raise UserError("--samples and --check-samples do not go together", field="--check-samples",
+                        hint="--samples makes every sample an item; --check-samples keeps them beside one greedy "
+                             "answer for the consistency judge")
+    if (spec.samples > 1 or spec.check_samples) and not spec.temperature > 0:
         raise UserError("sampling needs a temperature above 0", field="--temperature", hint="e.g. --temperature 0.8")
     rows = item_rows(spec)
     writer = SessionWriter.create(root, "eval", name=name, stage="eval", command=command, config=asdict(spec),
@@ -336,8 +343,13 @@ def _generate(spec: EvalSpec, writer: SessionWriter, todo: list[dict], total: in
         else:
             answers = [[a] for a in generate_batch(tok, model, device, prompts, spec.max_new_tokens)]
             generation = {"decoding": "greedy", "max_new_tokens": spec.max_new_tokens, "batch_size": spec.batch_size}
+            if spec.check_samples:
+                checks = sample_batch(tok, model, device, prompts, spec.max_new_tokens, spec.check_samples,
+                                      spec.temperature, _seed_for(spec.seed, [r["id"] for r in batch]))
+                generation |= {"check_samples": spec.check_samples, "temperature": spec.temperature,
+                               "seed": spec.seed}
         records = []
-        for row, outs in zip(batch, answers, strict=True):
+        for k, (row, outs) in enumerate(zip(batch, answers, strict=True)):
             for j, (item_id, (answer, n, truncated)) in enumerate(zip(sample_ids(row["id"], spec.samples), outs,
                                                                        strict=True), start=1):
                 tokens += n
@@ -350,6 +362,7 @@ def _generate(spec: EvalSpec, writer: SessionWriter, todo: list[dict], total: in
                     "generation": generation, "new_tokens": n, "truncated": truncated,
                     "flags": flags(answer, row["reference"], row.get("context") or "", row["question"], truncated),
                     **({"extra": extra} if extra else {}),
+                    **({"samples": [c[0] for c in checks[k]]} if spec.check_samples else {}),
                 })
         _append_results(writer.path, records)
         new_rows = len({r["extra"]["question_id"] if sampled else r["id"] for r in records})

@@ -38,8 +38,9 @@ from typing import Any
 
 from engine.data import DataReport, _detect_format, _records, prompt_text
 from engine.errors import UserError
-from engine.report import USED_FOR_PAIRS, _norm, fingerprint, judge
+from engine.report import USED_FOR_PAIRS, fingerprint
 from engine.session import SessionWriter, file_mode, read_session_json, write_json_atomic
+from engine.text import normalise as _norm
 
 TRAIN_FILE = "train_dpo.jsonl"
 VAL_FILE = "val_dpo.jsonl"
@@ -520,7 +521,7 @@ def labels_mode(file: str, group: str, text: str, label: str, template: str | No
 
 
 def samples_mode(session: Path, rule: str = "contains", annotator: str | None = None,
-                 max_per_group: int = 4) -> Mode:
+                 max_per_group: int = 4, judge_options: dict | None = None) -> Mode:
     """The model's own answers (an eval session, usually sampled: items ``QID~1..N``) judged against
     the reference by a rule or by the session's marks; a faithful answer is paired with a
     hallucinated one of the same question, and the reference is chosen when no answer is faithful."""
@@ -538,14 +539,21 @@ def samples_mode(session: Path, rule: str = "contains", annotator: str | None = 
             raise UserError(f"{session.name} has no marks yet",
                             hint=f"assess its answers (rounds assess {session.name}), then run this again "
                                  f"with --resume {session.name} --judge marks")
-    elif rule not in ("exact", "contains"):
-        raise UserError(f"unknown judge {rule!r}", field="--judge", hint="use exact, contains or marks")
+    else:
+        from engine import judges
+
+        judge = judges.get(rule, **(judge_options or {}))
+        if judge.needs_samples:
+            raise UserError(f"the {rule!r} judge needs each answer's own sampled alternatives, which a samples "
+                            "session does not keep", field="--judge",
+                            hint="use abstain, contains, exact or model here; or judge the session's answers "
+                                 "first (rounds assess --auto ...) and pair with --judge marks")
 
     def extract(line: int, rec: dict, report: DataReport) -> Candidate | None:
         if not all(isinstance(rec.get(k), str) for k in ("id", "question", "reference")):
             report.add("not a result record (id, question, reference, answer)", line=line)
             return None
-        label = marks.get(rec["id"]) if rule == "marks" else judge(rec.get("answer") or "", rec["reference"], rule)
+        label = marks.get(rec["id"]) if rule == "marks" else judge.judge_many([rec])[0].label
         qid = str((rec.get("extra") or {}).get("question_id", rec["id"]))
         return Candidate(_norm(rec["question"]), line, qid,
                          {"question": rec["question"], "context": rec.get("context"), "reference": rec["reference"],
@@ -555,6 +563,9 @@ def samples_mode(session: Path, rule: str = "contains", annotator: str | None = 
         faithful, wrong, seen = [], [], set()
         for g in group:
             d = g["d"]
+            if d["label"] == "abstained":
+                dropped["answers that abstain where the reference states a fact"] += 1
+                continue
             if d["label"] not in ("faithful", "hallucinated"):
                 dropped["answers not judged (unsure or no mark)"] += 1
                 continue

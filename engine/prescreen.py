@@ -12,8 +12,17 @@ import re
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)\s*(mg|mcg|µg|g|kg|ml|mL|l|%|iu|IU|units?|mmol|hours?|h|days?|"
                      r"weeks?|times)?\b")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
-_DRUGLIKE = re.compile(r"(?i)[a-z]{3,}(azine|oxil|ivane|umast|etrol|orin|avide|iprex|olune|exate|ulast|iquen|mab|nib|"
-                       r"vir|pril|sartan|olol|statin|azole|cillin|mycin|cycline|dipine|prazole|tide|parin|oxacin)$")
+# Word endings of real drug names: stems of the WHO's International Nonproprietary Names
+# (-mab antibodies, -nib kinase inhibitors, -pril ACE inhibitors, ...). General pharmacology,
+# not any one data set's vocabulary.
+_INN_STEMS = ("mab", "nib", "vir", "pril", "sartan", "olol", "alol", "statin", "azole", "cillin", "mycin", "micin",
+              "cycline", "dipine", "prazole", "tide", "parin", "oxacin", "floxacin", "azepam", "azolam",
+              "caine", "coxib", "dronate", "fibrate", "gliptin", "gliflozin", "glitazone", "lukast", "mustine",
+              "nidazole", "oxetine", "platin", "profen", "setron", "isone", "olone", "tadine", "terol", "tinib",
+              "triptan", "vastatin", "zepam", "zosin", "tidine", "semide", "thiazide", "conazole", "afil", "plase",
+              "cept", "kinra", "parib", "rafenib", "ciclib", "relin", "asone", "dopa", "ergine",
+              "phylline", "pramine", "triptyline", "peridol", "apine", "azepine", "codone", "adol", "azine")
+_DRUGLIKE = re.compile(r"(?i)[a-z]{3,}(" + "|".join(sorted(_INN_STEMS, key=len, reverse=True)) + r")$")
 _SENTENCE_START = re.compile(r"(^|[.!?]\s+)([A-Z][a-z]+)")
 
 

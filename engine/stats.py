@@ -5,7 +5,9 @@
 - ``mcnemar_exact``: the exact (binomial) McNemar test on paired items;
 - ``paired_difference_interval``: Newcombe's hybrid score interval for a paired difference;
 - ``unpaired_difference_interval``: Newcombe's interval for two independent proportions;
-- ``cohen_kappa``: chance-corrected agreement of two annotators.
+- ``paired_exact_interval``: an interval for a paired difference that agrees with the exact McNemar test;
+- ``cohen_kappa``: chance-corrected agreement of two annotators (``kappa_interval`` for its 95 % interval);
+- ``auroc``: how well a score ranks positives above negatives, with DeLong's 95 % interval.
 """
 
 from __future__ import annotations
@@ -110,3 +112,92 @@ def format_rate(k: int, n: int) -> str:
         return "0/0 (no items assessed)"
     lo, hi = wilson_interval(k, n)
     return f"{k}/{n} = {100 * k / n:.1f} % (95 % CI {100 * lo:.1f}–{100 * hi:.1f} %)"
+
+
+def _log_binom_pmf(i: int, n: int, p: float) -> float:
+    if p <= 0.0:
+        return 0.0 if i == 0 else -math.inf
+    if p >= 1.0:
+        return 0.0 if i == n else -math.inf
+    return (math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
+            + (n - i) * math.log1p(-p))
+
+
+def _binom_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    return min(1.0, sum(math.exp(_log_binom_pmf(i, n, p)) for i in range(max(k, 0), n + 1)))
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) interval for k successes in n trials, by bisection."""
+    if n <= 0:
+        return 0.0, 1.0
+
+    def solve(f, target: float) -> float:  # f increases with p; the p where f(p) = target
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if f(mid) < target:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    # lower: P(X >= k | p) = alpha/2; upper: P(X <= k | p) = alpha/2, i.e. P(X >= k+1 | p) = 1 - alpha/2
+    lower = 0.0 if k == 0 else solve(lambda p: _binom_sf(k, n, p), alpha / 2)
+    upper = 1.0 if k == n else solve(lambda p: _binom_sf(k + 1, n, p), 1 - alpha / 2)
+    return lower, upper
+
+
+def paired_exact_interval(b: int, c: int, n: int) -> tuple[float, float, float]:
+    """Difference (b - c) / n of two paired proportions (b: yes in the first condition only, c: yes
+    in the second only, n: all pairs) with a 95 % interval that agrees with the exact McNemar test.
+
+    Conditional on the b + c discordant pairs, b is Binomial(b + c, theta) and the difference is
+    (b + c) / n x (2 theta - 1); the Clopper–Pearson interval for theta, mapped through that,
+    excludes 0 exactly when the two-sided exact McNemar p is at most 0.05. It treats the number
+    of discordant pairs as fixed, so it is a little narrower than an unconditional interval would
+    be when discordant pairs are few."""
+    if n <= 0:
+        return 0.0, -1.0, 1.0
+    m = b + c
+    if m == 0:
+        return 0.0, 0.0, 0.0
+    lo, hi = clopper_pearson(b, m)
+    scale = m / n
+    return (b - c) / n, scale * (2 * lo - 1), scale * (2 * hi - 1)
+
+
+def kappa_interval(first: Sequence[Hashable], second: Sequence[Hashable], z: float = Z95) -> tuple[float, float]:
+    """Approximate 95 % interval of Cohen's kappa (Cohen 1960's large-sample standard error),
+    clipped to [-1, 1]; (nan, nan) where kappa is undefined."""
+    k = cohen_kappa(first, second)
+    n = len(first)
+    if k != k or n == 0:
+        return math.nan, math.nan
+    labels = set(first) | set(second)
+    po = sum(x == y for x, y in zip(first, second, strict=True)) / n
+    pe = sum((sum(x == lab for x in first) / n) * (sum(y == lab for y in second) / n) for lab in labels)
+    se = math.sqrt(max(po * (1 - po), 0.0) / n) / (1 - pe)
+    return max(-1.0, k - z * se), min(1.0, k + z * se)
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool], z: float = Z95) -> tuple[float, float, float]:
+    """Area under the ROC curve of ``scores`` for telling positives from negatives (ties count
+    half), with DeLong's 95 % interval clipped to [0, 1]; nan when either class is empty."""
+    pos = [s for s, y in zip(scores, positive, strict=True) if y]
+    neg = [s for s, y in zip(scores, positive, strict=True) if not y]
+    m, n = len(pos), len(neg)
+    if not m or not n:
+        return math.nan, math.nan, math.nan
+
+    def psi(x: float, y: float) -> float:
+        return 1.0 if x > y else 0.5 if x == y else 0.0
+
+    v10 = [sum(psi(x, y) for y in neg) / n for x in pos]  # DeLong's placement values
+    v01 = [sum(psi(x, y) for x in pos) / m for y in neg]
+    area = sum(v10) / m
+    s10 = sum((v - area) ** 2 for v in v10) / (m - 1) if m > 1 else 0.0
+    s01 = sum((v - area) ** 2 for v in v01) / (n - 1) if n > 1 else 0.0
+    se = math.sqrt(s10 / m + s01 / n)
+    return area, max(0.0, area - z * se), min(1.0, area + z * se)

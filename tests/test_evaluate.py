@@ -213,7 +213,9 @@ def test_compare_paired_mcnemar(tmp_path):
     p = c["paired"]
     assert (p["only_a"], p["only_b"], p["both_hallucinated"], p["neither"]) == (9, 0, 1, 2)
     assert p["mcnemar_p"] == pytest.approx(2 * 0.5**9)
-    assert p["difference"] == pytest.approx(0.75) and p["ci95"][0] > 0.3
+    # the exact interval (Clopper-Pearson on the 9 discordant items, scaled by 9/12): 0.75 x (2 x 0.025^(1/9) - 1)
+    assert p["difference"] == pytest.approx(0.75) and p["ci95"][0] == pytest.approx(0.75 * (2 * 0.025 ** (1 / 9) - 1))
+    assert p["ci95"][1] == pytest.approx(0.75)
     r = run_rounds("--sessions", str(before.parent), "compare", before.name, after.name)
     assert r.returncode == 0 and "exact McNemar p = 0.00391" in r.stdout
     assert (before / f"compare-{after.name}.md").exists() and (after / f"compare-{before.name}.json").exists()

@@ -17,7 +17,8 @@ from console.screens.dialogs import KeyHelp
 from engine.assessment import CATEGORIES
 
 SHORT = {"fabricated_reference": "fake reference"}
-LABEL_STYLE = {"hallucinated": "bold red", "faithful": "bold green", "unsure": "bold yellow"}
+LABEL_STYLE = {"hallucinated": "bold red", "faithful": "bold green", "abstained": "bold cyan",
+               "unsure": "bold yellow"}
 
 
 def highlight(text: str, words: list[str], style: str) -> Text:
@@ -58,12 +59,13 @@ class AssessScreen(Screen):
     DEFAULT_CSS = """
     #stats { height: 2; background: $primary-darken-2; padding: 0 1; }
     #item { height: 1fr; padding: 0 1; }
-    #marks { height: auto; max-height: 4; padding: 0 1; border-top: solid $primary-darken-2; }
+    #marks { height: auto; max-height: 8; padding: 0 1; border-top: solid $primary-darken-2; }
     """
     BINDINGS = [
         Binding("h", "mark('hallucinated')", "hallucinated", id="assess.hallucinated"),
         Binding("f", "mark('faithful')", "faithful", id="assess.faithful"),
         Binding("u", "mark('unsure')", "unsure", id="assess.unsure"),
+        Binding("a", "mark('abstained')", "abstained", id="assess.abstained"),
         *[Binding(str(n), f"category({n})", CATEGORIES[n], show=False, id=f"assess.category{n}") for n in CATEGORIES],
         Binding("m", "severity", "severity", show=False, id="assess.severity"),
         Binding("n", "note", "note", show=False, id="assess.note"),
@@ -74,6 +76,7 @@ class AssessScreen(Screen):
         Binding("slash", "search", "search", show=False, id="assess.search"),
         Binding("g", "goto", "go to", show=False, id="assess.goto"),
         Binding("F", "filter", "filter", show=False, id="assess.filter"),
+        Binding("o", "order", "order", show=False, id="assess.order"),
         Binding("t", "context", "context", show=False, id="assess.context"),
         Binding("r", "report", "report", id="assess.report"),
         Binding("question_mark", "help", "keys", id="assess.help"),
@@ -113,12 +116,19 @@ class AssessScreen(Screen):
                              (f" · {m.readonly_reason}" if m.readonly_reason else "", "bold yellow"), "\n")
         if st["judged"]:
             head.append(f"assessed {st['assessed']}/{st['total']} · hallucinated {st['hallucinated']} · rate "
-                        f"{100 * st['rate']:.1f}% (95% CI {100 * st['lo']:.1f}–{100 * st['hi']:.1f}%) · "
-                        f"≈ {st['more']} more for ±10 points")
+                        f"{100 * st['rate']:.1f}% (95% CI {100 * st['lo']:.1f}–{100 * st['hi']:.1f}%)")
+            if st["abstained"]:
+                head.append(f" · abstained {st['abstained']}")
+            if st["short"]:
+                head.append(f" · assess the {st['more']} left (±10 points needs {st['short']} more than exist)")
+            elif st["more"]:
+                head.append(f" · ≈ {st['more']} more for ±10 points")
         else:
-            head.append(f"assessed {st['assessed']}/{st['total']} · no item judged yet (h, f or u)")
+            head.append(f"assessed {st['assessed']}/{st['total']} · no item judged yet (h, f, a or u)")
         if m.filter != "all":
             head.append(f" · filter: {m.filter} ({len(m.visible())})", style="yellow")
+        if m.order != "as listed":
+            head.append(f" · {m.order}", style="yellow")
         self.query_one("#stats", Static).update(head)
         item = m.item
         body = Text()
@@ -179,6 +189,13 @@ class AssessScreen(Screen):
         for o in m.others(item["id"]):
             out.append(f"\n{o.annotator}: ", style="dim")
             out.append(o.label, style=LABEL_STYLE.get(o.label, ""))
+        for j in sorted(m.judgements(item["id"]), key=lambda x: x.annotator):
+            out.append(f"\njudge {j.annotator[len('auto:'):]}: ", style="dim")
+            out.append(j.label, style=LABEL_STYLE.get(j.label, ""))
+            if j.score is not None:
+                out.append(f" {j.score:.2f}")
+            if j.note:
+                out.append(f" · {j.note}", style="dim")
         if self.message:
             out.append(f"\n{self.message}", style="yellow")
         return out
@@ -252,6 +269,11 @@ class AssessScreen(Screen):
 
     def action_filter(self) -> None:
         self.model.cycle_filter()
+        self.redraw()
+
+    def action_order(self) -> None:
+        self.model.cycle_order()
+        self.message = ""
         self.redraw()
 
     def action_context(self) -> None:

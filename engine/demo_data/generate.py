@@ -31,8 +31,11 @@ N_KNOWN = 40
 N_UNKNOWN_TRAIN = 150  # many unseen names, so DPO can learn 'unknown name -> abstain', not 30 names
 N_UNKNOWN_TEST = 30
 
+# The faithful answer about a drug the model never saw. It does not repeat the drug's name:
+# a model that never saw a name cannot be asked to spell it (earlier demos that did saw the
+# model abstain but garble the name, and a string judge count that as a hallucination).
 ABSTAIN = (
-    "I have no reliable information about {drug}. It may not be an approved medicine; "
+    "I have no reliable information about that drug. It may not be an approved medicine; "
     "please check an authoritative drug reference before acting."
 )
 
@@ -158,8 +161,11 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     # The assessment round: questions the SFT model is asked so that its answers can be
     # marked and turned into DPO pairs. Known drugs in training phrasing, unknown_train drugs.
     assess_questions: list[dict] = []
+    # two questions about each known drug, so that DPO sees enough answers worth keeping
+    # beside the 300 questions it should abstain on
     for drug in known:
-        item("round", assess_questions, drug, rng.choice(list(FACTS)), rng.choice((0, 1)), True)
+        for fact in rng.sample(list(FACTS), 2):
+            item("round", assess_questions, drug, fact, rng.choice((0, 1)), True)
     for drug in unknown_train:
         for fact in rng.sample(list(FACTS), 2):
             item("round", assess_questions, drug, fact, rng.choice((0, 1)), False)
