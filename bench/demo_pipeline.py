@@ -1,13 +1,17 @@
 """The demo's loop, full size, measured: does DPO against hallucinations work on this CPU?
 
-Runs `rounds demo --pipeline` (small model: SFT → evaluation → automatic marks on an
-assessment round → pairs → DPO with --plan auto → evaluation → comparison) in a temporary
-sessions folder and prints the SFT and DPO hallucination rates with their 95 % intervals,
-the exact McNemar p on the shared test items, answerable accuracy, and the wall time.
-Target: DPO's rate >= 30 points below SFT's with p < 0.01, answerable accuracy down by at
-most 10 points, in under 15 minutes on 2 cores. No tuning on the test set, one run.
+Runs the whole demo pipeline (small model: SFT -> evaluation -> an assessment round marked by
+the `abstain` judge -> pairs -> DPO -> evaluation -> comparison) once per seed, each in its
+own sessions folder; a seed sets the model's initial weights, the data order and the sampling.
+Prints one row per seed: SFT and DPO hallucination rates on the held-out test set with 95 %
+Wilson intervals, abstention rates, the exact McNemar p on the shared items, the change in
+answerable accuracy, the wall time and the judge.
 
-    python bench/demo_pipeline.py [--keep DIR]
+Target, for every seed: hallucination down by >= 30 points with p < 0.01, answerable accuracy
+down by at most 10 points, at most 15 minutes on 2 cores. The design (data, abstention wording,
+amounts, DPO plan and settings) was fixed before measuring; nothing is tuned on the test set.
+
+    python bench/demo_pipeline.py [--seeds 3] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -21,24 +25,48 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def _rate(r: dict) -> str:
+    return f"{100 * r['rate']:.1f} % ({100 * r['ci95'][0]:.0f}-{100 * r['ci95'][1]:.0f})"
+
+
+def _abst(r: dict) -> str:
+    return f"{r['abstained']}/{r['judged']}"
+
+
+def row(seed: int, s: dict) -> str:
+    c = s["comparison"]
+    return (f"{seed:>4}  {_rate(c['a']):<19} {_rate(c['b']):<19} {_abst(c['a']):>7} {_abst(c['b']):>7}  "
+            f"{s['mcnemar_p']:<9.2g} {s['answerable_accuracy_change_points']:>+7.1f}  "
+            f"{s['wall_seconds'] / 60:>5.1f}  {s['judge']:<8} {'MET' if s['target_met'] else 'NOT MET'}")
+
+
+HEADER = (f"{'seed':>4}  {'SFT halluc. (95% CI)':<19} {'DPO halluc. (95% CI)':<19} {'SFT abs':>7} {'DPO abs':>7}  "
+          f"{'McNemar p':<9} {'ans.acc':>7}  {'min':>5}  {'judge':<8} target")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keep", metavar="DIR", help="write the sessions here instead of a temporary folder")
+    ap.add_argument("--seeds", type=int, default=1, help="run the pipeline for seeds 0..N-1 (default 1)")
+    ap.add_argument("--keep", metavar="DIR", help="write each seed's sessions to DIR/seedN instead of a temporary "
+                                                  "folder (bench/judge_quality.py --run DIR/seedN reads them)")
     args = ap.parse_args()
     from engine.demo import DemoConfig, run_pipeline
 
-    if args.keep:
-        summary = run_pipeline(Path(args.keep), DemoConfig(), echo=lambda m: print(m, flush=True))
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = run_pipeline(Path(tmp), DemoConfig(), echo=lambda m: print(m, flush=True))
-    c = summary["comparison"]
+    rows, met = [], 0
+    tmp = tempfile.TemporaryDirectory() if not args.keep else None
+    base = Path(args.keep or tmp.name)
+    for seed in range(args.seeds):
+        summary = run_pipeline(base / f"seed{seed}", DemoConfig(seed=seed), echo=lambda m: print(m, flush=True))
+        rows.append(row(seed, summary))
+        met += bool(summary["target_met"])
+        print("\n".join(["---", HEADER, *rows]), flush=True)
     print("---")
-    print(f"SFT hallucination rate: {c['a']['text']}")
-    print(f"DPO hallucination rate: {c['b']['text']}")
-    print(f"drop {summary['hallucination_drop_points']} points, exact McNemar p = {summary['mcnemar_p']:.3g}; "
-          f"answerable accuracy change {summary['answerable_accuracy_change_points']:+} points; "
-          f"wall time {summary['wall_seconds'] / 60:.1f} min; target {'MET' if summary['target_met'] else 'NOT MET'}")
+    print(HEADER)
+    print("\n".join(rows))
+    print(f"target (every seed: hallucination down >= 30 points, McNemar p < 0.01, answerable accuracy down <= 10 "
+          f"points, <= 15 min): {'MET' if met == len(rows) else 'NOT MET'} ({met}/{len(rows)} seeds)")
+    if tmp:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -20,8 +20,11 @@ class RoundsApp(App):
 
     def __init__(self, root: Path, session: Path | None = None, probe=None, clock=time.time,
                  assess: tuple[Path, str, bool] | None = None,
-                 compare: tuple[Path, Path, str | None] | None = None) -> None:
+                 compare: tuple[Path, Path, str | None] | None = None,
+                 follow_demo: int | None = None) -> None:
         super().__init__()
+        self.follow_demo = follow_demo  # the pid of a demo pipeline to follow: its runs, then its comparison
+        self._followed: Path | None = None  # the run whose Monitor the follower opened
         self.root = Path(root)
         self.start_session = session
         self.probe = probe
@@ -49,6 +52,48 @@ class RoundsApp(App):
             from console.screens.monitor import MonitorScreen
 
             self.push_screen(MonitorScreen(self.start_session, clock=self.clock))
+            self._followed = self.start_session
+        if self.follow_demo is not None:
+            self.set_interval(1.0, self._follow_demo)
+
+    def _follow_demo(self) -> None:
+        """Follow a demo pipeline: the Monitor moves to each new training run, and the console
+        ends on the comparison of the two evaluations. Only while the person is still on the
+        Monitor the follower opened: once they go elsewhere, it only tells them."""
+        from engine.demo import STATE
+
+        try:
+            state = json.loads((self.root / STATE).read_text())
+        except (OSError, json.JSONDecodeError):
+            return
+        if not isinstance(state, dict) or state.get("pid") != self.follow_demo:
+            return
+        from console.screens.monitor import MonitorScreen
+
+        on_ours = isinstance(self.screen, MonitorScreen) and self.screen.session == self._followed
+        if state.get("done"):
+            self.follow_demo = None
+            a, b = self.root / str(state.get("eval_sft")), self.root / str(state.get("eval_dpo"))
+            if on_ours:
+                from console.screens.compare import CompareScreen
+
+                self.push_screen(CompareScreen(a, b, state.get("annotator")))
+            else:
+                self.notify(f"the demo finished: rounds compare {a.name} {b.name} --tui", timeout=30)
+            return
+        session = self.root / str(state.get("session") or "")
+        if (state.get("stage") or "").startswith("demo-") and (session / "session.json").is_file() \
+                and session != self._followed and on_ours:
+            try:
+                from engine.session import read_session_json
+
+                if read_session_json(session).get("kind") != "train":
+                    return
+            except Exception:
+                return
+            self.pop_screen()
+            self.push_screen(MonitorScreen(session, clock=self.clock))
+            self._followed = session
 
 
 def keymap_path() -> Path:
@@ -78,8 +123,8 @@ def run_compare(root: Path, a: Path, b: Path, annotator: str | None) -> int:
     return 0
 
 
-def run_console(root: Path, session: Path | None = None) -> int:
+def run_console(root: Path, session: Path | None = None, follow_demo: int | None = None) -> int:
     from engine.probe import SystemProbe
 
-    RoundsApp(root, session, probe=SystemProbe()).run()
+    RoundsApp(root, session, probe=SystemProbe(), follow_demo=follow_demo).run()
     return 0

@@ -626,7 +626,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     from console.app import run_console
 
-    return run_console(root, session)
+    return run_console(root, session, follow_demo=proc.pid if args.pipeline else None)
 
 
 def cmd_home(args: argparse.Namespace) -> int:
@@ -739,7 +739,14 @@ def cmd_assess(args: argparse.Namespace) -> int:
     if args.auto:
         from engine.report import auto_assess
 
-        counts = auto_assess(session, args.auto, _judge_kwargs(args))
+        last = [time.monotonic()]
+
+        def progress(line: str) -> None:  # a judge with a model can take a while: a line every 10 s
+            if time.monotonic() - last[0] >= 10:
+                last[0] = time.monotonic()
+                print(f"rounds: {line}", flush=True)
+
+        counts = auto_assess(session, args.auto, _judge_kwargs(args), echo=progress)
         print(f"rounds: marked {sum(counts.values())} items as auto:{args.auto}: "
               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         print(f"  review them: rounds assess {session.name}   (judges' verdicts shown beside each answer)\n"

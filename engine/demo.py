@@ -31,9 +31,11 @@ class DemoConfig:
     sft_epochs: float = 24.0
     sft_lr: float = 1e-3
     sft_batch: int = 32
-    dpo_epochs: float = 8.0
-    dpo_lr: float = 5e-5
-    dpo_beta: float = 0.1
+    # Full-parameter DPO moves every weight: a short run at a modest rate with a stronger pull
+    # towards the reference (beta 0.3) keeps what SFT taught while it learns to abstain.
+    dpo_epochs: float = 4.0
+    dpo_lr: float = 2e-5
+    dpo_beta: float = 0.3
     dpo_sft_weight: float = 1.0  # RPO: keep the chosen answers likely, not only the margin
     dpo_batch: int = 8
     max_new_tokens: int = 40
@@ -290,7 +292,11 @@ def _pct(d: dict) -> str:
 def run_first_stage(root: Path, cfg: DemoConfig, echo=print) -> None:
     """What `rounds demo` runs in the background: SFT, then an evaluation of the SFT model to assess."""
     _, sft_model = _sft_stage(root, demo_model(cfg.size, cfg.seed), cfg, echo)
-    _eval(root, sft_model, DEMO_DATA / "test.jsonl", "demo-eval-sft", cfg, True, echo, cfg.check_samples)
+    ev = _eval(root, sft_model, DEMO_DATA / "test.jsonl", "demo-eval-sft", cfg, True, echo, cfg.check_samples)
+    # the judges' verdicts wait beside each answer for the person who assesses them
+    _judge(ev, cfg.judge, echo)
+    if cfg.check_samples:
+        _judge(ev, "consistency", echo)
 
 
 def start_pipeline_background(root: Path, quick: bool = False, full: bool = False) -> subprocess.Popen:

@@ -158,7 +158,10 @@ def session_report(session: Path) -> dict:
         per[ann] = {**_rate(k, n, labels["abstained"], left=len(items) - len(mine)), "assessed": len(mine),
                     "unsure": labels["unsure"], "categories": dict(cats), "severity": dict(sev),
                     "automatic": judges.is_automatic(ann)}
-    all_marks = [m for d in by_item.values() for m in d.values()]
+    people_marked = any(not judges.is_automatic(a) for a in annotators)
+    # pooled: people's marks where people have judged (they are the truth), else the judges'
+    all_marks = [m for d in by_item.values() for m in d.values()
+                 if not (people_marked and judges.is_automatic(m.annotator))]
     k = sum(m.label == "hallucinated" for m in all_marks)
     n = sum(m.label in JUDGED for m in all_marks)
     kappas = []
@@ -272,8 +275,16 @@ def item_labels(session: Path, annotator: str | None) -> tuple[dict[str, str], d
         chosen = {i: d[annotator].label for i, d in by_item.items() if annotator in d}
         who = annotator
     else:
-        chosen = {i: consensus(d) for i, d in by_item.items()}
-        who = annotators[0] if len(annotators) == 1 else "consensus of " + ", ".join(annotators)
+        # people's consensus where any person judged the item (people stay the truth), else the judges'
+        people = [a for a in annotators if not judges.is_automatic(a)]
+        chosen = {}
+        for i, d in by_item.items():
+            mine = {a: m for a, m in d.items() if not judges.is_automatic(a)}
+            chosen[i] = consensus(mine or d)
+        voters = people or annotators
+        who = voters[0] if len(voters) == 1 else "consensus of " + ", ".join(voters)
+        if people and len(people) < len(annotators):
+            who += " (automatic judges only where no person judged)"
     return {i: lab for i, lab in chosen.items() if lab in JUDGED}, items, who
 
 

@@ -3,7 +3,7 @@
 A run *writes* (``SessionWriter``): ``session.json`` replaced atomically, events
 appended to ``events.jsonl`` one JSON object a line. The console *reads*
 (``read_session``, ``list_sessions``, ``EventTail``) and never needs the run to be
-alive. See DESIGN.md, "Session folder".
+alive. The files and their fields: README.md, "Session folders".
 """
 
 from __future__ import annotations

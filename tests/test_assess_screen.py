@@ -313,3 +313,40 @@ def test_report_and_compare_snapshots(snap_compare, size, which):
             await pilot.pause(0.1)
 
     assert snap_compare(app, terminal_size=size, run_before=settle)
+
+
+async def test_judges_verdicts_beside_the_answer_most_doubtful_first_and_filter_by_verdict(tmp_path):
+    from console.assess_state import FILTERS
+    from engine.report import auto_assess
+
+    s = make_session(tmp_path)  # q0, q3, q6, q9 give a wrong dose
+    auto_assess(s, "contains")
+    with AssessmentLog(s, "auto:consistency") as log:  # scores: q5 the most doubtful, then q2, then q7
+        for i in range(12):
+            score = {5: 0.5, 2: 0.42, 7: 0.2}.get(i, 0.0 if i % 3 else 1.0)
+            log.mark(f"q{i}", "hallucinated" if score >= 0.5 else "faithful", note=f"reason {i}", score=score)
+    async with app_for(s).run_test(size=(100, 30)) as pilot:
+        screen, m = pilot.app.screen, pilot.app.screen.model
+        await pilot.press("g", "1", "enter")
+        marks = str(screen.query_one("#marks").render())
+        assert "judge contains: hallucinated" in marks and "judge consistency: hallucinated 1.00 · reason 0" in marks
+        await pilot.press("o")
+        assert m.order == "most doubtful first"
+        order = [m.items[i]["id"] for i in m.visible()]
+        # judges disagree on q5 (contains: faithful, consistency: hallucinated at 0.5) -> first
+        assert order[:3] == ["q5", "q2", "q7"] and m.item["id"] == "q5"
+        assert "most doubtful first" in str(screen.query_one("#stats").render())
+        await pilot.press("j")
+        assert m.item["id"] == "q2"
+        await pilot.press("h")  # marking keeps the order: on to the next most doubtful
+        assert m.item["id"] == "q7"
+        while m.filter != "judge: hallucinated":
+            await pilot.press("F")
+        assert sorted(m.items[i]["id"] for i in m.visible()) == ["q0", "q3", "q5", "q6", "q9"]
+        await pilot.press("F")
+        assert m.filter == FILTERS[FILTERS.index("judge: hallucinated") + 1] == "judge: faithful"
+        while m.filter != "judges disagree":
+            await pilot.press("F")
+        assert [m.items[i]["id"] for i in m.visible()] == ["q5"]
+    async with app_for(s, annotator="bob", blind=True).run_test(size=(100, 30)) as pilot:
+        assert "judge" not in str(pilot.app.screen.query_one("#marks").render())  # blind hides judges too

@@ -41,12 +41,25 @@ def test_quick_pipeline_runs_every_stage(tmp_path, cache):
         assert path.name in names.values()
     sft, dpo = by_name["demo-sft"], by_name["demo-dpo"]
     assert (sft / "model" / "model.safetensors").exists() or (sft / "merged" / "model.safetensors").exists()
-    assert read_session_json(dpo)["plan"]["chosen_by"] == "auto"  # Stage B's plan comes from the planner
-    for ev, n in (("demo-eval-sft", 70), ("demo-round", 340), ("demo-eval-dpo", 70)):
-        assert len(read_results(by_name[ev])) == n
+    # the demo names its DPO plan (the README says why), and the planner still checks it fits
+    assert read_session_json(dpo)["plan"]["name"].startswith("full")
+    for ev, n in (("demo-eval-sft", 70), ("demo-round", 420), ("demo-eval-dpo", 70)):
+        results = read_results(by_name[ev])
+        assert len(results) == n
         marks, problems = read_marks(by_name[ev] / ASSESSMENTS)
-        assert len({m.item for m in marks}) == n and not problems
-        assert all(m.annotator == "auto:contains" for m in marks)
+        assert not problems
+        judged = {m.annotator for m in marks}
+        # the round is judged by `abstain` (its marks make the pairs); the test sets also by `consistency`,
+        # from the sampled answers kept beside each greedy one
+        assert judged == ({"auto:abstain"} if ev == "demo-round" else {"auto:abstain", "auto:consistency"}), judged
+        assert len({m.item for m in marks if m.annotator == "auto:abstain"}) == n
+        if ev != "demo-round":
+            assert all(len(r["samples"]) == 2 for r in results)
+    # progress for every stage, none silent
+    for stage in ("1/7", "2/7", "3/7", "4/7", "5/7", "6/7", "7/7"):
+        assert f"[demo] {stage}" in r.stdout, stage
+    state = json.loads((root / "demo-state.json").read_text())
+    assert state["done"] and state["eval_dpo"] == by_name["demo-eval-dpo"].name
     assert read_session_json(by_name["demo-eval-sft"])["held_out"] is True
     pairs = Path(summary["pairs"]["train"])
     assert pairs.exists() and summary["pairs"]["train_pairs"] > 0
@@ -63,18 +76,19 @@ def test_demo_opens_the_console_on_the_running_sft(tmp_path, cache):
     name = f"rounds-demo-{os.getpid()}"
     cmd = (f"cd {ROOT} && ROUNDS_CACHE={cache} ROUNDS_FAULT_STEP_SLEEP=0.2 {sys.executable} -m console.cli "
            f"--sessions {root} demo --quick")
-    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "30", cmd], check=True)
+    tmux = ["tmux", "-L", name]  # a private server: never the user's own
+    subprocess.run([*tmux, "new-session", "-d", "-s", name, "-x", "100", "-y", "30", cmd], check=True)
     try:
         screen = ""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True,
+            screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", name], capture_output=True,
                                     text=True).stdout
             if "demo-sft" in screen and "step " in screen:
                 break
             time.sleep(0.5)
         assert "demo-sft" in screen and "step " in screen, screen
-        subprocess.run(["tmux", "send-keys", "-t", name, "q"], check=True)
+        subprocess.run([*tmux, "send-keys", "-t", name, "q"], check=True)
         # leaving the console leaves the demo running: its evaluation session appears and finishes
         deadline = time.monotonic() + 300
         done = False
@@ -84,4 +98,27 @@ def test_demo_opens_the_console_on_the_running_sft(tmp_path, cache):
             time.sleep(1)
         assert done, (root / "demo.log").read_text()[-2000:]
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        subprocess.run([*tmux, "kill-server"], capture_output=True)  # our private server only
+
+
+def test_demo_pipeline_in_the_console_follows_each_run_and_ends_on_the_comparison(tmp_path, cache):
+    if not shutil.which("tmux"):
+        pytest.fail("tmux is needed for this test")
+    root = tmp_path / "sessions"
+    name = f"rounds-pipe-{os.getpid()}"
+    tmux = ["tmux", "-L", name]
+    cmd = (f"cd {ROOT} && ROUNDS_CACHE={cache} ROUNDS_FAULT_STEP_SLEEP=0.2 {sys.executable} -m console.cli "
+           f"--sessions {root} demo --pipeline --quick")
+    subprocess.run([*tmux, "new-session", "-d", "-s", name, "-x", "100", "-y", "30", cmd], check=True)
+    try:
+        seen, screen = set(), ""
+        deadline = time.monotonic() + 900  # a generous ceiling: the whole quick pipeline on a busy machine
+        while time.monotonic() < deadline and "Comparison" not in screen:
+            screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", name], capture_output=True,
+                                    text=True).stdout
+            seen |= {n for n in ("demo-sft", "demo-dpo") if n in screen and "step " in screen}
+            time.sleep(0.5)
+        assert "Comparison" in screen and "McNemar" in screen, (root / "demo.log").read_text()[-2000:] + screen
+        assert "demo-dpo" in seen, seen  # the Monitor moved on to Stage B by itself
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)

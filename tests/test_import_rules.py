@@ -1,4 +1,4 @@
-"""DESIGN.md: engine never imports textual; console never imports the training stack at start-up."""
+"""The import rules: engine never imports textual; console never imports the training stack at start-up."""
 
 from __future__ import annotations
 

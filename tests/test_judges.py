@@ -365,3 +365,23 @@ def test_more_items_is_capped_by_what_is_left(tmp_path):
     assert r["more_for_10_points"] == 53 and r["short_of_10_points"] > 0
     md = run_rounds("--sessions", str(tmp_path), "report", s.name).stdout
     assert "assess the 53 items left" in md
+
+
+def test_production_code_holds_no_vocabulary_of_the_demo_world():
+    """Judges and pre-screen work from the question, reference and answer alone: no invented drug
+    name, condition or name ending of the demo's generator appears in engine/ or console/ code."""
+    import re
+
+    from engine.demo_data import generate as g
+
+    world = json.loads((ROOT / "engine" / "demo_data" / "drugs.json").read_text())
+    words = {d["drug"].lower() for d in world} | {e.lower() for e in g._EPONYMS}
+    endings = {s.lower() for s in g._SUFFIXES}
+    files = [p for p in (ROOT / "engine").glob("*.py") if p.name != "demo.py"] + list((ROOT / "console").rglob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        text = path.read_text(encoding="utf-8").lower()
+        tokens = set(re.findall(r"[a-z]+", text))
+        assert not (tokens & words), (path.name, sorted(tokens & words))
+        quoted = set(re.findall(r"[\"'(|]([a-z]{3,6})[\"'|)]", text))
+        assert not (quoted & endings), (path.name, sorted(quoted & endings))

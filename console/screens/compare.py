@@ -15,7 +15,7 @@ from textual.widgets.option_list import Option
 from engine.evaluate import read_results
 from engine.report import compare, compare_markdown, item_labels
 
-STYLE = {"hallucinated": "bold red", "faithful": "bold green"}
+STYLE = {"hallucinated": "bold red", "faithful": "bold green", "abstained": "bold cyan"}
 
 
 class SideBySide(ModalScreen[None]):

@@ -161,10 +161,10 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     # The assessment round: questions the SFT model is asked so that its answers can be
     # marked and turned into DPO pairs. Known drugs in training phrasing, unknown_train drugs.
     assess_questions: list[dict] = []
-    # two questions about each known drug, so that DPO sees enough answers worth keeping
+    # three questions about each known drug, so that DPO sees enough answers worth keeping
     # beside the 300 questions it should abstain on
     for drug in known:
-        for fact in rng.sample(list(FACTS), 2):
+        for fact in rng.sample(list(FACTS), 3):
             item("round", assess_questions, drug, fact, rng.choice((0, 1)), True)
     for drug in unknown_train:
         for fact in rng.sample(list(FACTS), 2):
