@@ -29,19 +29,23 @@ def _rate(r: dict) -> str:
     return f"{100 * r['rate']:.1f} % ({100 * r['ci95'][0]:.0f}-{100 * r['ci95'][1]:.0f})"
 
 
-def _abst(r: dict) -> str:
-    return f"{r['abstained']}/{r['judged']}"
+def _abst(s: dict, which: str) -> str:
+    """abstentions on unseen drugs (faithful there) / on answerable questions (where the reference states a fact)"""
+    acc = s[f"answerable_{which}"]
+    return f"{acc['unanswerable']['faithful']}/{acc['unanswerable']['items']} {acc['answerable']['abstained']}/" \
+           f"{acc['answerable']['items']}"
 
 
 def row(seed: int, s: dict) -> str:
     c = s["comparison"]
-    return (f"{seed:>4}  {_rate(c['a']):<19} {_rate(c['b']):<19} {_abst(c['a']):>7} {_abst(c['b']):>7}  "
+    return (f"{seed:>4}  {_rate(c['a']):<19} {_rate(c['b']):<19} {_abst(s, 'sft'):>11} {_abst(s, 'dpo'):>11}  "
             f"{s['mcnemar_p']:<9.2g} {s['answerable_accuracy_change_points']:>+7.1f}  "
             f"{s['wall_seconds'] / 60:>5.1f}  {s['judge']:<8} {'MET' if s['target_met'] else 'NOT MET'}")
 
 
-HEADER = (f"{'seed':>4}  {'SFT halluc. (95% CI)':<19} {'DPO halluc. (95% CI)':<19} {'SFT abs':>7} {'DPO abs':>7}  "
-          f"{'McNemar p':<9} {'ans.acc':>7}  {'min':>5}  {'judge':<8} target")
+HEADER = (f"{'seed':>4}  {'SFT halluc. (95% CI)':<19} {'DPO halluc. (95% CI)':<19} {'SFT abst.':>11} "
+          f"{'DPO abst.':>11}  {'McNemar p':<9} {'ans.acc':>7}  {'min':>5}  {'judge':<8} target\n"
+          f"{'':<46}(abstentions: on the 30 unseen drugs, then on the 40 answerable questions)")
 
 
 def main() -> None:

@@ -37,9 +37,12 @@ def truth(row: dict, facts: dict[str, dict]) -> str:
     """The demo world's ground truth for one answer (bench code: it may know the demo's world)."""
     from engine.text import normalise
 
+    from engine.demo_data.generate import ABSTAIN
+
     extra = row.get("extra") or {}
     answer = normalise(row.get("answer"))
-    abstains = answer.startswith("i have no reliable information")
+    # the demo's abstention, whole or cut short by the token limit; anything added to it is a claim
+    abstains = len(answer) >= 20 and normalise(ABSTAIN).startswith(answer)
     if not extra.get("answerable"):
         return "faithful" if abstains else "hallucinated"
     if abstains:

@@ -196,7 +196,7 @@ def test_conversational_dpo_is_valid(tmp_path):
 
 @pytest.mark.parametrize("name,kind,count", [
     ("sft_train.jsonl", "sft", 400), ("sft_val.jsonl", "sft", 20), ("test.jsonl", "test", 70),
-    ("assess_questions.jsonl", "test", 340), ("dpo_train.jsonl", "dpo", 306), ("dpo_val.jsonl", "dpo", 34),
+    ("assess_questions.jsonl", "test", 700), ("dpo_train.jsonl", "dpo", 630), ("dpo_val.jsonl", "dpo", 70),
 ])
 def test_bundled_demo_data_is_valid(name, kind, count):
     r = validate_file(DEMO / name, kind)

@@ -43,7 +43,7 @@ def test_quick_pipeline_runs_every_stage(tmp_path, cache):
     assert (sft / "model" / "model.safetensors").exists() or (sft / "merged" / "model.safetensors").exists()
     # the demo names its DPO plan (the README says why), and the planner still checks it fits
     assert read_session_json(dpo)["plan"]["name"].startswith("full")
-    for ev, n in (("demo-eval-sft", 70), ("demo-round", 420), ("demo-eval-dpo", 70)):
+    for ev, n in (("demo-eval-sft", 70), ("demo-round", 700), ("demo-eval-dpo", 70)):
         results = read_results(by_name[ev])
         assert len(results) == n
         marks, problems = read_marks(by_name[ev] / ASSESSMENTS)

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
@@ -16,7 +17,7 @@ from engine.report import report_markdown, session_report, write_report
 
 class ReportScreen(Screen[str | None]):
     DEFAULT_CSS = """
-    #report { height: auto; max-height: 70%; padding: 0 1; }
+    #report-scroll { height: auto; max-height: 70%; padding: 0 1; }
     #items { height: 1fr; border-top: solid $primary-darken-2; }
     """
     BINDINGS = [
@@ -30,7 +31,8 @@ class ReportScreen(Screen[str | None]):
         self.rep = session_report(self.session)
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(report_markdown(self.rep)), id="report")
+        with VerticalScroll(id="report-scroll"):  # the judges' agreement tables can run long
+            yield Static(Text(report_markdown(self.rep)), id="report")
         items = [Option(f"{i}  unsure", id=i) for i in self.rep["unsure"]]
         items += [Option(f"{i}  annotators disagree", id=i) for i in self.rep["disagreements"]
                   if i not in self.rep["unsure"]]
@@ -51,10 +53,10 @@ class ReportScreen(Screen[str | None]):
         path = self.session / "assessments.csv"
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["time", "annotator", "item", "label", "categories", "severity", "note", "undo"])
+            w.writerow(["time", "annotator", "item", "label", "categories", "severity", "note", "undo", "score"])
             for m in marks:
                 w.writerow([m.time, m.annotator, m.item, m.label, ";".join(m.categories), m.severity or "", m.note,
-                            m.undo])
+                            m.undo, "" if m.score is None else m.score])
         path.chmod(file_mode(self.session))
         self.notify(f"wrote report.md, report.json and assessments.csv in {self.session}")
 

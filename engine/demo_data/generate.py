@@ -161,11 +161,13 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     # The assessment round: questions the SFT model is asked so that its answers can be
     # marked and turned into DPO pairs. Known drugs in training phrasing, unknown_train drugs.
     assess_questions: list[dict] = []
-    # three questions about each known drug, so that DPO sees enough answers worth keeping
-    # beside the 300 questions it should abstain on
+    # every question the SFT data asked about the known drugs: the model's faithful answers to
+    # them become "keep answering" pairs, so that DPO learns to abstain on the 300 unknown-drug
+    # questions without unlearning what SFT taught (a replay of Stage A inside Stage B)
     for drug in known:
-        for fact in rng.sample(list(FACTS), 3):
-            item("round", assess_questions, drug, fact, rng.choice((0, 1)), True)
+        for fact in FACTS:
+            for template in (0, 1):
+                item("round", assess_questions, drug, fact, template, True)
     for drug in unknown_train:
         for fact in rng.sample(list(FACTS), 2):
             item("round", assess_questions, drug, fact, rng.choice((0, 1)), False)
