@@ -35,9 +35,8 @@ SETS = [("abstention_sentences.tsv", "dev (written with the patterns)"),
 
 def truth(row: dict, facts: dict[str, dict]) -> str:
     """The demo world's ground truth for one answer (bench code: it may know the demo's world)."""
-    from engine.text import normalise
-
     from engine.demo_data.generate import ABSTAIN
+    from engine.text import normalise
 
     extra = row.get("extra") or {}
     answer = normalise(row.get("answer"))

@@ -20,8 +20,8 @@ _INN_STEMS = ("mab", "nib", "vir", "pril", "sartan", "olol", "alol", "statin", "
               "caine", "coxib", "dronate", "fibrate", "gliptin", "gliflozin", "glitazone", "lukast", "mustine",
               "nidazole", "oxetine", "platin", "profen", "setron", "isone", "olone", "tadine", "terol", "tinib",
               "triptan", "vastatin", "zepam", "zosin", "tidine", "semide", "thiazide", "conazole", "afil", "plase",
-              "cept", "kinra", "parib", "rafenib", "ciclib", "relin", "asone", "dopa", "ergine",
-              "phylline", "pramine", "triptyline", "peridol", "apine", "azepine", "codone", "adol", "perazine", "promazine")
+              "cept", "kinra", "parib", "rafenib", "ciclib", "relin", "asone", "dopa", "ergine", "phylline",
+              "pramine", "triptyline", "peridol", "apine", "azepine", "codone", "adol", "perazine", "promazine")
 _DRUGLIKE = re.compile(r"(?i)[a-z]{3,}(" + "|".join(sorted(_INN_STEMS, key=len, reverse=True)) + r")$")
 _SENTENCE_START = re.compile(r"(^|[.!?]\s+)([A-Z][a-z]+)")
 
