@@ -6,9 +6,10 @@
    answered faithfully only by an abstention). Cohen's kappa on hallucinated / not, and the
    AUROC of the judge's score, with 95 % intervals.
 2. The `abstain` judge's precision and recall on sentence sets written for it by separate
-   authors, none of them in the demo's phrasing (tests/data/abstention_sentences*.tsv). Three
-   sets guided its patterns; `final` was written afterwards and measured once with the
-   patterns frozen: it is the honest figure.
+   authors, none of them in the demo's phrasing (tests/data/abstention_sentences*.tsv). The
+   sets were written one after another by authors who saw neither the judge nor the other
+   sets; each was measured once with the patterns frozen (that first figure is kept below),
+   and all but the last then guided the patterns. The last set's figure is the honest one.
 
 Targets: `consistency` AUROC >= 0.85 on the SFT answers; `abstain` precision and recall >= 0.95.
 
@@ -27,10 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SETS = [("abstention_sentences.tsv", "dev (written with the patterns)"),
-        ("abstention_sentences_heldout.tsv", "held-out 1 (measured, then tuned on)"),
-        ("abstention_sentences_fresh.tsv", "held-out 2 (measured, then tuned on)"),
-        ("abstention_sentences_final.tsv", "final (never tuned on)")]
+# (file, what, (precision, recall) when first measured with the patterns frozen, before any tuning on it)
+SETS = [("abstention_sentences.tsv", "dev (written with the patterns)", None),
+        ("abstention_sentences_heldout.tsv", "held-out 1 (then tuned on)", (0.977, 0.717)),
+        ("abstention_sentences_fresh.tsv", "held-out 2 (then tuned on)", (1.000, 0.760)),
+        ("abstention_sentences_final.tsv", "held-out 3 (then tuned on)", (1.000, 0.460)),
+        ("abstention_sentences_last.tsv", "held-out 4 (never tuned on)", None)]
 
 
 def truth(row: dict, facts: dict[str, dict]) -> str:
@@ -78,7 +81,7 @@ def sentence_sets() -> list[tuple[str, str, int, float, float]]:
     from engine.judges import is_abstention
 
     out = []
-    for name, what in SETS:
+    for name, what, _ in SETS:
         path = ROOT / "tests" / "data" / name
         rows = [line.split("\t", 1) for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and not line.startswith("#")]
@@ -121,14 +124,15 @@ def main() -> None:
     print()
     print("the `abstain` judge on sentence sets by separate authors")
     sets = sentence_sets()
-    for what, name, n, p, rcl in sets:
-        print(f"  {what:<38} {n:>4} sentences  precision {p:.3f}  recall {rcl:.3f}   ({name})")
+    for (what, name, n, p, rcl), (_, _, first) in zip(sets, SETS, strict=True):
+        was = f"   first measured: {first[0]:.3f} / {first[1]:.3f}" if first else ""
+        print(f"  {what:<30} {n:>4} sentences  precision {p:.3f}  recall {rcl:.3f}{was}   ({name})")
     cons = results[("eval_sft", "consistency")]["auroc"]
     final_p, final_r = sets[-1][3], sets[-1][4]
     print()
     print(f"consistency AUROC on the SFT answers: {cons:.3f} (target >= 0.85: {'MET' if cons >= 0.85 else 'NOT MET'})")
     ok = final_p >= 0.95 and final_r >= 0.95
-    print(f"abstain on the final set: precision {final_p:.3f}, recall {final_r:.3f} (target >= 0.95 each: "
+    print(f"abstain on the set never tuned on: precision {final_p:.3f}, recall {final_r:.3f} (target >= 0.95 each: "
           f"{'MET' if ok else 'NOT MET'})")
     if tmp:
         tmp.cleanup()

@@ -172,7 +172,7 @@ _ABSTAIN_CUES = [re.compile(p) for p in (
     rf"\b{_IM}\s+(?:not|un)\s*(?:\w+\s+)?(?:sure|certain|aware|familiar|famil\w*|able|in a position|qualified)\b",
     rf"\b{_IM}\s+(?:\w+\s+)?(?:uncertain|unsure|unaware|unfamiliar|clueless|stumped)\b",
     rf"\b{_I}\s*(?:have|had|'?ve)\s+(?:no|never|not)\b",
-    rf"\b{_I}\s*(?:really\s+|honestly\s+|truly\s+|just\s+|simply\s+)?{_CANNOT}\s+(?:\w+\s+){{0,2}}?"
+    rf"\b{_I}\s*(?:\w+ly\s+|just\s+)?{_CANNOT}\s+(?:\w+\s+){{0,2}}?"
     r"(?:answer|say|tell|provide|give|confirm|find|help|identify|comment|guess|determine|know|verify|speak|offer|"
     r"advise|recommend|diagnose|discuss|share|look|recall|remember)",
     r"^\W*(?:\w+,?\s+)?(?:sorry,?\s*)?(?:can'?t|cannot|unable to|couldn'?t) (?:help|say|answer|tell|comment|recall)\b",
@@ -190,6 +190,19 @@ _ABSTAIN_CUES = [re.compile(p) for p in (
     r"\bnever heard of\b",
     rf"\b{_I}\s+(?:wouldn'?t|would not) know\b",
     r"\b(?:this|the) (?:assistant|model|bot|system)\b[^.;]*\b(?:not|no|cannot|can'?t|unable)\b",
+    # subjectless and idiomatic refusals: "cannot answer", "unable to determine", "beats me"
+    r"(?:^|[.;:!?]\s*)(?:\w+\s+)?(?:cannot|can'?t|cant|unable to|could not|couldn'?t)\s+(?:\w+\s+)?"
+    r"(?:answer|help|respond|determine|comment|say|tell|evaluate|assess|be resolved)\b",
+    r"\b(?:no|zero) (?:info|idea|hits|output|guidance|answer|recommendation|results?)\b",
+    r"\bnothing (?:on file|on record|in my|i can)\b", r"\bnot in my (?:database|records?|notes|sources?)\b",
+    r"\binsufficient (?:information|evidence|data)\b", r"\b(?:doesn'?t|does not) hold\b",
+    r"\b(?:outside|beyond) (?:anything|the (?:\w+\s+){0,2}scope|my remit|my pay grade|my expertise)\b",
+    r"\babove my pay grade\b", r"\bdrawing a blank\b", r"\bcoming up (?:empty|blank)\b",
+    r"\bhaven'?t (?:the foggiest|a clue|got a clue)\b", r"\bring (?:any|a) bells?\b",
+    r"\bnot a recogni[sz]ed\b", r"\b(?:unknown|unrecogni[sz]ed) (?:drug|medicine|medication|substance|product|name)\b",
+    r"\bmaking it up\b", r"(?:\bnot|n't) something i'?m (?:permitted|allowed|able)\b", r"\bweighing in\b",
+    r"\bwrong person to ask\b", r"^\W*who knows\b", r"\bbeats me\b", r"\bleave (?:that|this|it)(?: one)? unanswered\b",
+    r"\bdeclines? to (?:answer|respond|comment)\b", r"\bnot famil\w*\b",
     # the whole answer is a short "don't know": "Unknown.", "Not sure.", "idk", "N/A - no data."
     r"^\W*(?:unknown|not sure|unsure|no idea|idk|dunno|n/?a|no data|cannot determine|can'?t determine|can'?t say|"
     r"don'?t know|do not know|not certain|no clue|"
