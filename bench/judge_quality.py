@@ -114,7 +114,7 @@ def main() -> None:
     results = {}
     for which in ("eval_sft", "eval_dpo"):
         session = run / summary["sessions"][which]
-        for judge in ("exact", "contains", "abstain"):
+        for judge in ("exact", "contains", "abstain", "consistency"):  # this code's verdicts, from the stored answers
             auto_assess(session, judge)
         for judge in ("exact", "contains", "abstain", "consistency"):
             r = agreement(session, facts, judge)

@@ -69,6 +69,13 @@ class RoundsApp(App):
         if not isinstance(state, dict) or state.get("pid") != self.follow_demo:
             return
         from console.screens.monitor import MonitorScreen
+        from engine.session import pid_alive
+
+        if state.get("error") or (not state.get("done") and not pid_alive(self.follow_demo)):
+            self.follow_demo = None
+            self.notify(f"the demo stopped: {state.get('error') or 'its process is gone'} "
+                        f"(see {self.root / 'demo.log'})", severity="error", timeout=60)
+            return
 
         on_ours = isinstance(self.screen, MonitorScreen) and self.screen.session == self._followed
         if state.get("done"):

@@ -16,14 +16,19 @@ FILTERS = ("all", "unassessed", "hallucinated", "unsure", "flagged", "disagreeme
 ORDERS = ("as listed", "most doubtful first")
 
 
+def judges_disagree(judgements: list[Mark]) -> bool:
+    """Some judge says hallucinated and another does not (faithful and abstained agree: neither
+    calls the answer a hallucination)."""
+    return len({m.label == "hallucinated" for m in judgements if m.label in JUDGED}) > 1
+
+
 def doubt(judgements: list[Mark]) -> float:
     """How doubtful the automatic judges leave an item, in [0, 1]: 1 when they disagree,
     else the closest any judge's score comes to 0.5 (1 at 0.5, 0 at 0 or 1); an 'unsure'
     verdict counts as 0.5, and no judgement at all as -1 (last)."""
     if not judgements:
         return -1.0
-    labels = {m.label for m in judgements if m.label in JUDGED}
-    if len(labels) > 1:
+    if judges_disagree(judgements):
         return 1.0
     out = 0.0
     for m in judgements:
@@ -211,7 +216,7 @@ class AssessModel:
                 out.append(i)
             elif self.filter.startswith("judge: ") and self.filter[len("judge: "):] in verdicts:
                 out.append(i)
-            elif self.filter == "judges disagree" and len(verdicts & set(JUDGED)) > 1:
+            elif self.filter == "judges disagree" and judges_disagree(judged.get(r["id"], [])):
                 out.append(i)
             elif self.filter == "flagged" and (r.get("flags") or {}).get("count", 0) > 0:
                 out.append(i)

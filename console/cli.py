@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", action="store_true", help="mark it a held-out test set: `rounds pairs` refuses it")
     p.add_argument("--samples", type=int, default=1, metavar="N",
                    help="N sampled answers per question (items ID~1..ID~N) instead of one greedy answer")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature (with --samples)")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T",
+                   help="sampling temperature (with --samples or --check-samples)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (with --samples / --check-samples)")
     p.add_argument("--check-samples", type=int, default=0, metavar="N",
                    help="also sample N answers per question and keep them beside the greedy answer, for the "
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", metavar="JUDGE", help="first mark both sessions with this automatic judge, then compare "
                    "its marks (annotator auto:JUDGE): " + ", ".join(_judge_names()))
     _judge_options(p)
+    p.add_argument("--rejudge", action="store_true", help="with --judge: judge again even where that judge has "
+                   "already marked every item")
     p.add_argument("--json", action="store_true")
     p.add_argument("--tui", action="store_true", help="open the Compare screen (changed items side by side)")
     p.set_defaults(func=cmd_compare)
@@ -321,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.8, metavar="T")
     g.add_argument("--judge", default="contains", metavar="JUDGE",
                    help="how each answer is judged (default contains; marks: the session's own marks; or "
-                        + ", ".join(n for n in _judge_names() if n != "consistency") + ")")
+                        + ", ".join(_judge_names(samples=False)) + ")")
     g.add_argument("--judge-model", metavar="PATH", help="with --judge model: the judging model's folder")
     g.add_argument("--batch-size", type=int, default=8, metavar="N", help="questions per generate() call")
     g.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
@@ -652,10 +655,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return run_console(root, session)
 
 
-def _judge_names() -> list[str]:
+def _judge_names(samples: bool = True) -> list[str]:
+    """The registered judges (without those that need sampled answers, with ``samples=False``)."""
     from engine import judges
 
-    return judges.names()
+    return [n for n in judges.names() if samples or not judges.get_class(n).needs_samples]
 
 
 def _judges_help() -> str:
@@ -669,6 +673,16 @@ def _judge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, metavar="T",
                    help="for scoring judges (consistency, model): the score from which an answer is hallucinated "
                         "(default 0.5)")
+
+
+def _judged_by(session: Path, annotator: str) -> bool:
+    """Every answer of the session already carries a mark by this annotator."""
+    from engine.assessment import ASSESSMENTS, labels_by_item, read_marks
+    from engine.evaluate import read_results
+
+    marked = labels_by_item(read_marks(session / ASSESSMENTS)[0], annotator)
+    results = read_results(session)
+    return bool(results) and all(r["id"] in marked for r in results)
 
 
 def _judge_kwargs(args: argparse.Namespace) -> dict:
@@ -783,9 +797,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if annotator:
             raise UserError("--judge and --annotator both choose whose marks to compare", field="--judge",
                             hint="give one of them")
-        for s in (a, b):
-            auto_assess(s, args.judge, _judge_kwargs(args))
         annotator = annotator_name(args.judge)
+        for s in (a, b):
+            if args.rejudge or not _judged_by(s, annotator):
+                auto_assess(s, args.judge, _judge_kwargs(args))
     c, md = write_compare(a, b, annotator)
     if args.tui:
         if not sys.stdout.isatty():

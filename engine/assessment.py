@@ -131,16 +131,19 @@ class AssessmentLog:
         self._lock = WriterLock(self.path, annotator).acquire() if lock else None
         self.marks, self.problems = read_marks(self.path)
 
-    def _append(self, mark: Mark) -> Mark:
-        mark.check()
-        line = (json.dumps(asdict(mark), ensure_ascii=False) + "\n").encode("utf-8")
+    def _write(self, marks: list[Mark]) -> None:
+        """Append checked marks in one write, fsynced: on disk before the screen moves on."""
+        data = b"".join((json.dumps(asdict(m.check()), ensure_ascii=False) + "\n").encode("utf-8") for m in marks)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode(self.session))
         try:
-            os.write(fd, line)
-            os.fsync(fd)  # on disk before the screen moves on
+            os.write(fd, data)
+            os.fsync(fd)
         finally:
             os.close(fd)
-        self.marks.append(mark)
+        self.marks.extend(marks)
+
+    def _append(self, mark: Mark) -> Mark:
+        self._write([mark])
         return mark
 
     def mark(self, item: str, label: str, categories: list[str] | None = None, severity: str | None = None,
@@ -152,17 +155,9 @@ class AssessmentLog:
         """Append (item, label, note, score) marks in one write and one fsync (automatic judges)."""
         if not marks:
             return 0
-        built = [Mark(self.annotator, str(i), label, [], None, note, score=score).check()
-                 for i, label, note, score in marks]
-        data = b"".join((json.dumps(asdict(m), ensure_ascii=False) + "\n").encode("utf-8") for m in built)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode(self.session))
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.marks.extend(built)
-        return len(built)
+        self._write([Mark(self.annotator, str(i), label, [], None, note, score=score)
+                     for i, label, note, score in marks])
+        return len(marks)
 
     def _undo_stack(self) -> list[Mark]:
         """This annotator's marks that are still in effect (each undo takes back the latest)."""

@@ -332,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(Path(args.root), cfg, echo=lambda m: print(m, flush=True))
     except UserError as e:
         print(f"rounds demo: error: {e}", file=sys.stderr, flush=True)
+        _write_state(Path(args.root), error=str(e))  # a console following the demo says so
         return 1
+    except BaseException as e:
+        _write_state(Path(args.root), error=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+        raise
     return 0
 
 

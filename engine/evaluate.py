@@ -323,9 +323,10 @@ def _generate(spec: EvalSpec, writer: SessionWriter, todo: list[dict], total: in
                  max_new_tokens=spec.max_new_tokens,
                  decoding=f"sampled x{spec.samples}, temperature {spec.temperature:g}" if sampled else "greedy")
     # longest prompts first: batches of similar length waste little on padding
-    by_length = sorted(all_rows if sampled and all_rows else todo, key=lambda r: len(prompt_text(r)), reverse=True)
+    whole = (sampled or spec.check_samples) and all_rows
+    by_length = sorted(all_rows if whole else todo, key=lambda r: len(prompt_text(r)), reverse=True)
     batches = [by_length[i:i + spec.batch_size] for i in range(0, len(by_length), spec.batch_size)]
-    if sampled:  # the batches of the whole set, so that a resumed run samples exactly what an unbroken one would
+    if whole:  # the batches of the whole set, so that a resumed run samples exactly what an unbroken one would
         wanted = {r["id"] for r in todo}
         batches = [b for b in batches if any(r["id"] in wanted for r in b)]
     t0 = time.monotonic()

@@ -62,7 +62,7 @@ class Judge:
     def __init__(self, **options) -> None:
         if options:
             raise UserError(f"the {self.name!r} judge takes no options ({', '.join(options)} given)",
-                            field="--judge")
+                            hint="--threshold is for consistency and model, --judge-model for model")
 
     def judge_one(self, item: dict) -> Verdict:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -94,7 +94,7 @@ def get(name: str, **options) -> Judge:
     """A judge by name; options (e.g. ``model=PATH`` for ``model``, ``threshold=0.5``) go to its class."""
     cls = _REGISTRY.get(name)
     if cls is None:
-        raise UserError(f"unknown judge {name!r}", field="--judge",
+        raise UserError(f"unknown judge {name!r}",
                         hint=f"judges: {', '.join(names())}")
     return cls(**{k: v for k, v in options.items() if v is not None})
 
@@ -110,9 +110,11 @@ def is_automatic(annotator: str) -> bool:
 
 # --------------------------------------------------------------------------- string rules
 
-def _empty(item: dict) -> Verdict | None:
+def _empty(item: dict, needs_reference: bool = True) -> Verdict | None:
     if not normalise(item.get("answer")):
         return Verdict("unsure", None, "empty answer")
+    if needs_reference and not normalise(item.get("reference")):
+        return Verdict("unsure", None, "no reference to compare with")
     return None
 
 
@@ -134,7 +136,9 @@ def contains_verdict(answer: str | None, reference: str | None) -> Verdict:
     a, r = normalise(answer), normalise(reference)
     if not a:
         return Verdict("unsure", None, "empty answer")
-    if r and r in a:
+    if not r:
+        return Verdict("unsure", None, "no reference to compare with")
+    if r in a:
         return Verdict("faithful", 0.0, "the answer says the whole reference")
     if a in r and len(a) >= 0.3 * len(r):
         return Verdict("faithful", 0.0, "the answer is a shortening of the reference")
@@ -175,7 +179,7 @@ _ABSTAIN_CUES = [re.compile(p) for p in (
     rf"\b{_I}\s*(?:\w+ly\s+|just\s+)?{_CANNOT}\s+(?:\w+\s+){{0,2}}?"
     r"(?:answer|say|tell|provide|give|confirm|find|help|identify|comment|guess|determine|know|verify|speak|offer|"
     r"advise|recommend|diagnose|discuss|share|look|recall|remember)",
-    r"^\W*(?:\w+,?\s+)?(?:sorry,?\s*)?(?:can'?t|cannot|unable to|couldn'?t) (?:help|say|answer|tell|comment|recall)\b",
+    r"^\W*(?:\w+,\s+)?(?:sorry,?\s*)?(?:can'?t|cannot|unable to|couldn'?t) (?:help|say|answer|tell|comment|recall)\b",
     r"\bnot something (?:i|we) (?:can|could|know|have)\b", r"\byour guess is as good as mine\b",
     rf"\b{_I}\s+lack\b", r"\black (?:the|any|enough) " + _KNOWLEDGE,
     r"\bno (?:idea|clue|comment)\b", r"\bnot a clue\b", r"\b(?:unknown|not known) to me\b",
@@ -191,18 +195,21 @@ _ABSTAIN_CUES = [re.compile(p) for p in (
     rf"\b{_I}\s+(?:wouldn'?t|would not) know\b",
     r"\b(?:this|the) (?:assistant|model|bot|system)\b[^.;]*\b(?:not|no|cannot|can'?t|unable)\b",
     # subjectless and idiomatic refusals: "cannot answer", "unable to determine", "beats me"
-    r"(?:^|[.;:!?]\s*)(?:\w+\s+)?(?:cannot|can'?t|cant|unable to|could not|couldn'?t)\s+(?:\w+\s+)?"
+    r"(?:^|[.;:!?]\s*)(?:(?:sorry|hmm+|ugh|well|honestly|afraid|nope|so)[,.!]?\s+)?"
+    r"(?:cannot|can'?t|cant|unable to|could not|couldn'?t)\s+(?:\w+\s+)?"
     r"(?:answer|help|respond|determine|comment|say|tell|evaluate|assess|be resolved)\b",
-    r"\b(?:no|zero) (?:info|idea|hits|output|guidance|answer|recommendation|results?)\b",
+    r"\b(?:no|zero) (?:info|idea|hits|output|guidance|answer)\b", r"\bno recommendation can\b",
     r"\bnothing (?:on file|on record|in my|i can)\b", r"\bnot in my (?:database|records?|notes|sources?)\b",
-    r"\binsufficient (?:information|evidence|data)\b", r"\b(?:doesn'?t|does not) hold\b",
-    r"\b(?:outside|beyond) (?:anything|the (?:\w+\s+){0,2}scope|my remit|my pay grade|my expertise)\b",
+    r"\binsufficient (?:information|evidence|data)\b", r"\b(?:doesn'?t|does not) hold (?:any |enough |sufficient )?"
+    r"(?:information|evidence|data|records?)\b",
+    r"\b(?:outside|beyond) (?:anything i|my remit|my pay grade|my expertise|what i can|"
+    r"the (?:\w+\s+){0,2}scope of (?:this|the|my) (?:system|tool|service|assistant))\b",
     r"\babove my pay grade\b", r"\bdrawing a blank\b", r"\bcoming up (?:empty|blank)\b",
     r"\bhaven'?t (?:the foggiest|a clue|got a clue)\b", r"\bring (?:any|a) bells?\b",
     r"\bnot a recogni[sz]ed\b", r"\b(?:unknown|unrecogni[sz]ed) (?:drug|medicine|medication|substance|product|name)\b",
     r"\bmaking it up\b", r"(?:\bnot|n't) something i'?m (?:permitted|allowed|able)\b", r"\bweighing in\b",
     r"\bwrong person to ask\b", r"^\W*who knows\b", r"\bbeats me\b", r"\bleave (?:that|this|it)(?: one)? unanswered\b",
-    r"\bdeclines? to (?:answer|respond|comment)\b", r"\bnot famil\w*\b",
+    r"\bdeclines? to (?:answer|respond|comment)\b", r"\bnot famil\w* with\b",
     # the whole answer is a short "don't know": "Unknown.", "Not sure.", "idk", "N/A - no data."
     r"^\W*(?:unknown|not sure|unsure|no idea|idk|dunno|n/?a|no data|cannot determine|can'?t determine|can'?t say|"
     r"don'?t know|do not know|not certain|no clue|"
@@ -251,6 +258,17 @@ class AbstainJudge(Judge):
         return Verdict(v.label, v.score, f"not an abstention; {v.reason}")
 
 
+def _threshold(value) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = math.nan
+    if not 0 < t < 1:
+        raise UserError(f"the threshold must be a number between 0 and 1 (got {value!r})", field="--threshold",
+                        hint="e.g. --threshold 0.5: a score at or above it is judged hallucinated")
+    return t
+
+
 # --------------------------------------------------------------------------- self-consistency
 
 _STOP = frozenset("""a about above after again against all also am an and any are aren't as at be because been before
@@ -259,9 +277,7 @@ few for from further had hadn't has hasn't have haven't having he her here hers 
 is isn't it it's its itself just let's me more most mustn't my myself no nor not now of off on once only or other ought
 our ours ourselves out over own same shan't she should shouldn't so some such than that that's the their theirs them
 themselves then there there's these they this those through to too under until up very was wasn't we were weren't what
-what's when where which while who whom why will with won't would wouldn't you your yours yourself yourselves usually
-often normally commonly generally typically usual common standard people patient patients adult adults take taken
-taking used use""".split())
+what's when where which while who whom why will with won't would wouldn't you your yours yourself yourselves""".split())
 _CONTENT = re.compile(r"[a-z][a-z'-]{2,}")
 
 
@@ -302,12 +318,10 @@ class ConsistencyJudge(Judge):
     needs_samples = True
 
     def __init__(self, threshold: float = 0.5) -> None:
-        self.threshold = float(threshold)
-        if not 0 < self.threshold < 1:
-            raise UserError("the consistency threshold must be between 0 and 1", field="--threshold")
+        self.threshold = _threshold(threshold)
 
     def judge_one(self, item: dict) -> Verdict:
-        empty = _empty(item)
+        empty = _empty(item, needs_reference=False)
         if empty:
             return empty
         samples = [s for s in (item.get("samples") or []) if isinstance(s, str) and s.strip()]
@@ -316,7 +330,9 @@ class ConsistencyJudge(Judge):
         answer = item.get("answer") or ""
         if is_abstention(answer):
             share = sum(is_abstention(s) for s in samples) / len(samples)
-            return Verdict("abstained", round(1 - share, 4),
+            # the score stays reference-free; the label says whether abstaining was the faithful answer
+            label = "faithful" if is_abstention(item.get("reference")) else "abstained"
+            return Verdict(label, round(1 - share, 4),
                            f"the answer abstains; {share:.0%} of {len(samples)} samples abstain too")
         mine = claims(answer, item.get("question"))
         others = [claims(s, item.get("question")) for s in samples]
@@ -360,8 +376,9 @@ class ModelJudge(Judge):
                             hint="pass --judge-model PATH (a local Hugging Face causal LM)")
         from engine.recipe import check_model_folder
 
-        check_model_folder(model)
-        self.model_path, self.threshold, self.batch_size, self.device = model, float(threshold), batch_size, device
+        check_model_folder(model, what="--judge-model")
+        self.threshold = _threshold(threshold)
+        self.model_path, self.batch_size, self.device = model, batch_size, device
         self._loaded = None
 
     def _load(self):
@@ -379,9 +396,11 @@ class ModelJudge(Judge):
 
     @staticmethod
     def _first_tokens(tok, words) -> set[int]:
+        """The first token of each spelling that carries the word (a lone "▁" or space token, as
+        SentencePiece tokenizers give before " yes", says nothing and is skipped)."""
         out = set()
         for w in words:
-            ids = tok.encode(w, add_special_tokens=False)
+            ids = [i for i in tok.encode(w, add_special_tokens=False) if tok.decode([i]).strip()]
             if ids:
                 out.add(ids[0])
         return out
@@ -409,10 +428,12 @@ class ModelJudge(Judge):
                 logits = model(**enc).logits[:, -1, :].float()  # left padding: the last position is the next token
             logp = torch.log_softmax(logits, dim=-1)
             for row, i in enumerate(batch):
-                lyes = torch.logsumexp(logp[row, yes], 0).item()
-                lno = torch.logsumexp(logp[row, no], 0).item()
-                p_no = 1 / (1 + math.exp(lyes - lno))
-                label = "hallucinated" if p_no > self.threshold else "faithful"
+                diff = torch.logsumexp(logp[row, no], 0) - torch.logsumexp(logp[row, yes], 0)
+                p_no = torch.sigmoid(diff).item()
+                if not math.isfinite(p_no):
+                    out[i] = Verdict("unsure", None, "the judge model gave no usable yes/no probability")
+                    continue
+                label = "hallucinated" if p_no >= self.threshold else "faithful"
                 out[i] = Verdict(label, round(p_no, 4),
                                  f"judge model: P(no) = {p_no:.2f} against P(yes) = {1 - p_no:.2f} (of yes/no)")
             if progress:
@@ -422,5 +443,5 @@ class ModelJudge(Judge):
 
 def get_class(name: str) -> type[Judge]:
     if name not in _REGISTRY:
-        raise UserError(f"unknown judge {name!r}", field="--judge", hint=f"judges: {', '.join(names())}")
+        raise UserError(f"unknown judge {name!r}", hint=f"judges: {', '.join(names())}")
     return _REGISTRY[name]

@@ -546,8 +546,10 @@ def samples_mode(session: Path, rule: str = "contains", annotator: str | None = 
         if judge.needs_samples:
             raise UserError(f"the {rule!r} judge needs each answer's own sampled alternatives, which a samples "
                             "session does not keep", field="--judge",
-                            hint="use abstain, contains, exact or model here; or judge the session's answers "
-                                 "first (rounds assess --auto ...) and pair with --judge marks")
+                            hint="use a judge that needs no samples here ("
+                                 + ", ".join(n for n in judges.names() if not judges.get_class(n).needs_samples)
+                                 + "); or judge the session's answers first (rounds assess --auto ...) and pair "
+                                   "with --judge marks")
 
     def extract(line: int, rec: dict, report: DataReport) -> Candidate | None:
         if not all(isinstance(rec.get(k), str) for k in ("id", "question", "reference")):

@@ -158,10 +158,12 @@ def session_report(session: Path) -> dict:
         per[ann] = {**_rate(k, n, labels["abstained"], left=len(items) - len(mine)), "assessed": len(mine),
                     "unsure": labels["unsure"], "categories": dict(cats), "severity": dict(sev),
                     "automatic": judges.is_automatic(ann)}
-    people_marked = any(not judges.is_automatic(a) for a in annotators)
-    # pooled: people's marks where people have judged (they are the truth), else the judges'
-    all_marks = [m for d in by_item.values() for m in d.values()
-                 if not (people_marked and judges.is_automatic(m.annotator))]
+    # pooled, item by item: the people's marks where any person judged the item (they are the
+    # truth), else the automatic judges' (the same rule as the consensus `compare` uses)
+    all_marks = []
+    for d in by_item.values():
+        people = [m for a, m in d.items() if not judges.is_automatic(a)]
+        all_marks += people or list(d.values())
     k = sum(m.label == "hallucinated" for m in all_marks)
     n = sum(m.label in JUDGED for m in all_marks)
     kappas = []
@@ -370,7 +372,8 @@ def write_compare(a: Path, b: Path, annotator: str | None = None) -> tuple[dict,
 def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annotator: str | None = None,
                allow_test_items: bool = False, seed: int = 0, refusal: str | None = None,
                exclude: list[str] | None = None) -> dict:
-    """DPO triplets from items judged hallucinated: chosen = the reference, rejected = the answer.
+    """DPO triplets from items judged hallucinated (or abstained where the reference states a fact):
+    chosen = the reference, rejected = the answer.
 
     With ``refusal`` (a text; ``{field}`` takes an item's extra fields, e.g. ``{drug}``), items
     judged faithful also give a pair, chosen = the faithful answer, rejected = the refusal, so
@@ -412,7 +415,7 @@ def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annot
                 used[s.name].append(item_id)
                 kept_faithful += 1
                 continue
-            if label != "hallucinated":
+            if label not in ("hallucinated", "abstained"):  # an over-refusal loses to the reference too
                 continue
             prompt, chosen, rejected = prompt_text(row), row["reference"], row.get("answer") or ""
             if not rejected.strip():
@@ -426,7 +429,8 @@ def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annot
                 continue
             seen.add((prompt, rejected))
             triplets.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                             "source": {"session": s.name, "item": item_id}})
+                             "source": {"session": s.name, "item": item_id,
+                                        **({"kind": "over-refusal"} if label == "abstained" else {})}})
             used[s.name].append(item_id)
     if not triplets:
         raise UserError("no pairs: no item is judged hallucinated (or all were dropped: "

@@ -161,8 +161,9 @@ def paired_exact_interval(b: int, c: int, n: int) -> tuple[float, float, float]:
     if n <= 0:
         return 0.0, -1.0, 1.0
     m = b + c
-    if m == 0:
-        return 0.0, 0.0, 0.0
+    if m == 0:  # nothing changed: the difference is 0, within the share of items that could have changed
+        bound = clopper_pearson(0, n)[1]
+        return 0.0, -bound, bound
     lo, hi = clopper_pearson(b, m)
     scale = m / n
     return (b - c) / n, scale * (2 * lo - 1), scale * (2 * hi - 1)
@@ -170,7 +171,8 @@ def paired_exact_interval(b: int, c: int, n: int) -> tuple[float, float, float]:
 
 def kappa_interval(first: Sequence[Hashable], second: Sequence[Hashable], z: float = Z95) -> tuple[float, float]:
     """Approximate 95 % interval of Cohen's kappa (Cohen 1960's large-sample standard error),
-    clipped to [-1, 1]; (nan, nan) where kappa is undefined."""
+    clipped to [-1, 1]; (nan, nan) where kappa is undefined. With perfect agreement that error
+    is 0, so the lower bound comes from the Wilson interval of the agreement instead."""
     k = cohen_kappa(first, second)
     n = len(first)
     if k != k or n == 0:
@@ -179,12 +181,17 @@ def kappa_interval(first: Sequence[Hashable], second: Sequence[Hashable], z: flo
     po = sum(x == y for x, y in zip(first, second, strict=True)) / n
     pe = sum((sum(x == lab for x in first) / n) * (sum(y == lab for y in second) / n) for lab in labels)
     se = math.sqrt(max(po * (1 - po), 0.0) / n) / (1 - pe)
+    if se == 0:
+        agree_lo = wilson_interval(round(po * n), n, z)[0]
+        return max(-1.0, (agree_lo - pe) / (1 - pe)), 1.0
     return max(-1.0, k - z * se), min(1.0, k + z * se)
 
 
 def auroc(scores: Sequence[float], positive: Sequence[bool], z: float = Z95) -> tuple[float, float, float]:
     """Area under the ROC curve of ``scores`` for telling positives from negatives (ties count
-    half), with DeLong's 95 % interval clipped to [0, 1]; nan when either class is empty."""
+    half), with DeLong's 95 % interval clipped to [0, 1]; nan when either class is empty. Where
+    DeLong's error is 0 (perfect separation), the bound on the far side is the Wilson bound of
+    a proportion over the smaller class, not a zero-width interval."""
     pos = [s for s, y in zip(scores, positive, strict=True) if y]
     neg = [s for s, y in zip(scores, positive, strict=True) if not y]
     m, n = len(pos), len(neg)
@@ -200,4 +207,8 @@ def auroc(scores: Sequence[float], positive: Sequence[bool], z: float = Z95) -> 
     s10 = sum((v - area) ** 2 for v in v10) / (m - 1) if m > 1 else 0.0
     s01 = sum((v - area) ** 2 for v in v01) / (n - 1) if n > 1 else 0.0
     se = math.sqrt(s10 / m + s01 / n)
+    if se == 0:
+        k = min(m, n)
+        lo, hi = wilson_interval(round(area * k), k, z)
+        return area, lo, hi
     return area, max(0.0, area - z * se), min(1.0, area + z * se)

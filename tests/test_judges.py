@@ -86,6 +86,12 @@ def test_abstentions_are_recognised_whatever_name_they_repeat_or_garble(text):
     "There is no known interaction between them.",
     "Doctors are not sure why it causes headaches, but headache is its most common side effect.",
     "People who do not know their kidney function should have it tested first.",
+    "The condition is not familial.",
+    "Trials found no results in children.",
+    "Doctors cannot say why it happens, but it is the commonest side effect.",
+    "Doctors cannot say why it happens.",
+    "It does not hold up in kidney failure.",
+    "Outside the scope of labeling, it is used for pain.",
     "",
 ])
 def test_answers_hedged_claims_and_negative_facts_are_not_abstentions(text):
@@ -104,6 +110,9 @@ def test_abstain_judge_verdicts_by_what_the_reference_says():
     assert j.judge_one(item("The usual adult dose is 80 mg three times daily.")).label == "faithful"
     assert j.judge_one(item("The usual adult dose is 40 mg once daily.")).label == "hallucinated"
     assert j.judge_one(item("")).label == "unsure"
+    for name in ("exact", "contains", "abstain"):  # no reference: nothing to compare with, not a hallucination
+        v = judges.get(name).judge_one(item("It treats gout.", reference=""))
+        assert (v.label, v.reason) == ("unsure", "no reference to compare with"), name
 
 
 def _sentences(name: str) -> list[tuple[bool, str]]:
@@ -156,6 +165,9 @@ def test_consistency_leaves_out_what_the_question_gives_and_handles_abstentions_
     assert j.judge_one(echo).label == "unsure"  # the answer only repeats the question: nothing to check
     v = j.judge_one(item("I don't know this drug.", samples=["I have no information about it."] * 2 + ["50 mg"]))
     assert v.label == "abstained" and v.score == pytest.approx(1 / 3, abs=1e-3)
+    # where abstaining is the faithful answer it says so, as `abstain` does: the two judges agree
+    v = j.judge_one(item("I don't know this drug.", reference=ABSTAIN_REF, samples=["I don't know it."] * 2))
+    assert (v.label, v.score) == ("faithful", 0.0)
     assert j.judge_one(item("80 mg.")).label == "unsure"
     assert "--check-samples" in j.judge_one(item("80 mg.")).reason
     with pytest.raises(UserError, match="threshold"):
@@ -258,6 +270,11 @@ def test_compare_with_a_judge_marks_both_sessions_first(tmp_path):
     assert c["paired"]["only_a"] == 2 and c["a"]["abstained"] == 1
     md = run_rounds("--sessions", str(tmp_path), "compare", a.name, b.name, "--annotator", "auto:abstain").stdout
     assert "abstentions: A 1/5" in md and "exact, paired" in md
+    lines = len((a / ASSESSMENTS).read_text().splitlines())
+    run_rounds("--sessions", str(tmp_path), "compare", a.name, b.name, "--judge", "abstain")
+    assert len((a / ASSESSMENTS).read_text().splitlines()) == lines  # already judged: not judged again
+    run_rounds("--sessions", str(tmp_path), "compare", a.name, b.name, "--judge", "abstain", "--rejudge")
+    assert len((a / ASSESSMENTS).read_text().splitlines()) == lines + 5
 
 
 def test_pairs_from_samples_judged_by_the_abstain_judge(tmp_path):
@@ -327,6 +344,10 @@ def test_kappa_interval_on_a_known_table():
     lo, hi = kappa_interval(a, b)
     se = math.sqrt(0.75 * 0.25 / 20) / 0.5
     assert lo == pytest.approx(0.5 - 1.959964 * se, abs=1e-4) and hi == pytest.approx(0.5 + 1.959964 * se, abs=1e-4)
+    lo, hi = kappa_interval(a[:4] + a[-4:], a[:4] + a[-4:])  # perfect agreement on 8 items: not "1.00 to 1.00"
+    assert hi == 1.0 and lo < 0.5
+    area, lo, hi = auroc([0.9, 0.8, 0.2, 0.1], [True, True, False, False])
+    assert area == 1.0 and lo < 0.5 and hi == 1.0
 
 
 def test_the_paired_interval_agrees_with_the_exact_mcnemar_test():
@@ -340,6 +361,8 @@ def test_the_paired_interval_agrees_with_the_exact_mcnemar_test():
             assert excludes == (mcnemar_exact(b, m - b) < 0.05), (b, m - b, lo, hi, mcnemar_exact(b, m - b))
     d, lo, hi = paired_exact_interval(0, 5, 70)
     assert lo < 0 < hi
+    d, lo, hi = paired_exact_interval(0, 0, 70)  # nothing changed: not a zero-width interval
+    assert d == 0 and lo < 0 < hi
 
 
 def test_compare_reports_the_consistent_interval(tmp_path):
@@ -385,3 +408,17 @@ def test_production_code_holds_no_vocabulary_of_the_demo_world():
         assert not (tokens & words), (path.name, sorted(tokens & words))
         quoted = set(re.findall(r"[\"'(|]([a-z]{3,6})[\"'|)]", text))
         assert not (quoted & endings), (path.name, sorted(quoted & endings))
+
+
+def test_pairs_from_marks_take_over_refusals_too(tmp_path):
+    from engine.report import make_pairs
+
+    s = _session(tmp_path, ROWS)
+    auto_assess(s, "abstain")
+    rep = make_pairs([s], tmp_path / "p.jsonl", val_fraction=0, annotator="auto:abstain")
+    pairs = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    # a2 and u2 hallucinated; a3 abstained where the reference states a fact: the reference wins over it
+    assert {(p["chosen"], p["rejected"]) for p in pairs} == {
+        ("20 mg once daily.", "500 mg weekly."), (ABSTAIN_REF, "40 mg twice daily."),
+        ("5 mg daily.", "Sorry, no idea.")}
+    assert rep["train_pairs"] == 3
