@@ -213,12 +213,25 @@ def agreement_markdown(g: dict) -> list[str]:
     return lines + [""]
 
 
+def agreement_section(rep: dict) -> list[str]:
+    lines = ["## How far the automatic judges can be trusted here", "",
+             "Each automatic judge against each person, on the items both judged: a person's marks are the "
+             "truth; the judge's verdict on the rest is only as good as this.", ""]
+    for g in rep["judges_vs_people"]:
+        lines += agreement_markdown(g)
+    return lines
+
+
 def report_markdown(rep: dict) -> str:
     lines = [f"# Hallucination report: {rep['session']}", "",
              f"{rep['items']} items, {rep['assessed_items']} with at least one mark.", ""]
     if not rep["annotators"]:
         lines.append("No marks yet: assess with `rounds assess` (or `rounds assess --auto abstain`).")
-    for ann, r in rep["annotators"].items():
+    # people first, then how far each judge agrees with them, then the judges' own rates
+    ordered = sorted(rep["annotators"].items(), key=lambda kv: bool(kv[1].get("automatic")))
+    for n_shown, (ann, r) in enumerate(ordered):
+        if r.get("automatic") and rep.get("judges_vs_people") and not ordered[n_shown - 1][1].get("automatic"):
+            lines += agreement_section(rep)
         lines += [f"## {ann}" + (" (automatic judge)" if r.get("automatic") else ""), "",
                   f"- hallucination rate: {r['text']}"]
         if r["abstained"]:
@@ -228,7 +241,7 @@ def report_markdown(rep: dict) -> str:
                   f"- {_more_text(r)}"]
         if r["categories"]:
             lines.append("- categories: " + ", ".join(f"{k} {v}" for k, v in sorted(r["categories"].items())))
-        if r["severity"]:
+        if any(k != "unset" for k in r["severity"]):
             lines.append("- severity: " + ", ".join(f"{k} {v}" for k, v in sorted(r["severity"].items())))
         lines.append("")
     if len(rep["annotators"]) > 1:
@@ -242,12 +255,6 @@ def report_markdown(rep: dict) -> str:
         lines.append(f"- marked unsure: {', '.join(rep['unsure'][:20])}")
     for n in rep["notes"]:
         lines.append(f"- note: {n}")
-    if rep.get("judges_vs_people"):
-        lines += ["", "## How far the automatic judges can be trusted here", "",
-                  "Each automatic judge against each person, on the items both judged: a person's marks are the "
-                  "truth; the judge's verdict on the rest is only as good as this.", ""]
-        for g in rep["judges_vs_people"]:
-            lines += agreement_markdown(g)
     lines.append("")
     lines.append("Rates count items judged hallucinated, faithful or abstained; 95 % intervals are Wilson score "
                  "intervals; kappa's interval is Cohen's large-sample one.")
