@@ -48,7 +48,9 @@ class DemoConfig:
     dpo_plan: str = "full"
     dpo_precompute_ref: bool = True
     judge: str = "abstain"  # marks the round (pairs) and both test evaluations (the comparison)
-    check_samples: int = 4  # sampled answers kept beside each test answer, for the consistency judge
+    # sampled answers kept beside each test answer, for the consistency judge; chosen on the
+    # assessment round (not the test set): AUROC 0.84 with 4 samples, 0.86 with 8; T 0.7 / 1.3 worse
+    check_samples: int = 8
     check_temperature: float = 1.0
 
     @classmethod
