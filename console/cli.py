@@ -64,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
               "run on the bundled fictional-drug data followed by an evaluation of the trained model on a\n"
               "held-out test set; opens the console on the run's Monitor (esc: all sessions, where the\n"
               "evaluation appears when it is ready to assess; q leaves the console, the run goes on).\n"
-              "--pipeline runs the whole loop: SFT, evaluation, automatic marks on an assessment round,\n"
-              "DPO pairs, DPO (--plan auto), evaluation of the DPO model, comparison.")
+              "--pipeline runs the whole loop: SFT, evaluation, the `abstain` judge on an assessment round,\n"
+              "DPO pairs, DPO (full parameters, reference precomputed: see the README for why), evaluation\n"
+              "of the DPO model, comparison; the console follows each run and ends on the comparison\n"
+              "(--no-tui prints each stage's progress instead).")
     p.add_argument("--pipeline", action="store_true", help="run the whole SFT → DPO → compare loop")
     p.add_argument("--no-tui", action="store_true", help="print progress instead of opening the console")
     p.add_argument("--quick", action="store_true", help="a tiny model and one epoch: checks the plumbing in ~1 min")
