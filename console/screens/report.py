@@ -39,6 +39,12 @@ class ReportScreen(Screen[str | None]):
         yield OptionList(*items, id="items") if items else Static("no unsure or disputed items", id="items")
         yield Footer()
 
+    def on_mount(self) -> None:
+        # the list of items to jump to has the keys; the report above scrolls with the mouse or after tab
+        items = self.query_one("#items")
+        if isinstance(items, OptionList):
+            items.focus()
+
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)
 
