@@ -228,7 +228,7 @@ def test_explicit_plan_that_cannot_fit_is_refused_before_loading(tmp_path, tiny_
     assert not root.exists() or not any(root.iterdir())  # no session, nothing loaded
     r = run_rounds("--sessions", str(root), "train", "dpo", "--model", str(tiny_model), "--data",
                    str(ROOT / "engine" / "demo_data" / "dpo_train.jsonl"), "--plan", "auto", "--batch", "4",
-                   "--mem-budget", "60MiB", "--max-steps", "1")
+                   "--mem-budget", "60MiB", "--max-steps", "1", timeout=900)  # the reference pre-pass reads every pair
     assert r.returncode == 0, r.stdout + r.stderr
     meta = read_session_json(next(Path(root).iterdir()))
     assert meta["plan"]["predicted_peak_bytes"] <= 60 * 2**20 * 0.9

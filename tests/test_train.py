@@ -276,7 +276,8 @@ def test_detached_run_survives_the_hangup_of_its_shell(tmp_path, tiny_model):
     shell = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        s = wait_for(lambda: root.is_dir() and next(root.iterdir(), None), what="the session folder")
+        s = wait_for(lambda: root.is_dir() and next((p for p in root.iterdir() if (p / "session.json").exists()), None),
+                     what="the session folder and its session.json")
         pid = _pid_of(s)
         os.killpg(shell.pid, signal.SIGHUP)  # the terminal goes away
         shell.wait(timeout=10)
