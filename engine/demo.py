@@ -2,12 +2,13 @@
 
 The bundled fictional-drug data makes hallucination measurable automatically: the test set
 asks about drugs the SFT data taught (answerable) and about drug names that appear in no
-training file, whose faithful answer is an abstention. Automatic marks (``contains``) judge
-each answer against its reference; DPO pairs built from the marks of a separate
-assessment round teach the model to answer what it knows and abstain on what it doesn't.
+training file, whose faithful answer is an abstention. The ``abstain`` judge marks each
+answer against its reference; DPO pairs built from the marks of a separate assessment round
+(every SFT question about the known drugs, and questions about other unseen drugs) teach the
+model to abstain on what it doesn't know and keep answering what it does.
 
-``python -m engine.demo ROOT [--pipeline] [--size small|tiny] [--quick]`` runs it; the
-``rounds demo`` verb starts it (detached) and opens the console.
+``python -m engine.demo ROOT [--first-stage] [--quick]`` runs it; the ``rounds demo`` verb
+starts it (detached) and opens the console, which follows it (``demo-state.json``).
 """
 
 from __future__ import annotations
