@@ -422,3 +422,21 @@ def test_pairs_from_marks_take_over_refusals_too(tmp_path):
         ("20 mg once daily.", "500 mg weekly."), (ABSTAIN_REF, "40 mg twice daily."),
         ("5 mg daily.", "Sorry, no idea.")}
     assert rep["train_pairs"] == 3
+
+
+def test_a_mark_after_a_half_written_line_is_not_lost(tmp_path):
+    """A crash (or a full disk) mid-write leaves a line without its end: the next mark, by a
+    person or a judge, starts on a line of its own instead of being glued onto it."""
+    s = _session(tmp_path, ROWS)
+    with AssessmentLog(s, "alice") as log:
+        log.mark("a1", "faithful")
+    with open(s / ASSESSMENTS, "ab") as f:
+        f.write(b'{"annotator": "alice", "item": "a2", "lab')
+    with AssessmentLog(s, "alice") as log:
+        log.mark("a2", "hallucinated")
+    auto_assess(s, "abstain")
+    marks, problems = read_marks(s / ASSESSMENTS)
+    state = current(marks)
+    assert state[("alice", "a2")].label == "hallucinated" and state[("alice", "a1")].label == "faithful"
+    assert len([m for m in marks if m.annotator == "auto:abstain"]) == 5
+    assert [p.line for p in problems] == [2] and "not valid JSON" in problems[0].message
