@@ -41,7 +41,7 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
 
 
 def _verb(sub, name: str, summary: str, example: str, description: str = "") -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=summary, description=(description or summary),
+    p = sub.add_parser(name, help=summary, description=(description or summary.replace("%%", "%")),
                        epilog="example:\n  " + example, formatter_class=_Formatter)
     _common(p, top=False)
     return p
@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{fld}", dest=f"col_{fld}", metavar="COL", help=f"with a FILE: column holding the {fld}")
     p.set_defaults(func=cmd_assess)
 
-    p = _verb(sub, "report", "rates with 95%% intervals, categories, agreement: report.md and report.json",
+    p = _verb(sub, "report", "rates with 95 %% intervals, abstention rates, judges against people: report.md and "
+                             "report.json",
               "rounds report SESSION")
     p.add_argument("session", metavar="SESSION")
     p.add_argument("--json", action="store_true")

@@ -314,7 +314,8 @@ def _supported(claim: str, kind: str, other: dict[str, set[str]]) -> bool:
 class ConsistencyJudge(Judge):
     name = "consistency"
     help = ("self-consistency (SelfCheckGPT): how far the answer's claims are supported by other answers the "
-            "model sampled for the same question (evaluate with --check-samples N); no reference needed")
+            "model sampled for the same question (evaluate with --check-samples N); the score needs no reference "
+            "(only an abstaining answer's label looks at it)")
     needs_samples = True
 
     def __init__(self, threshold: float = 0.5) -> None:
