@@ -92,11 +92,7 @@ def names() -> list[str]:
 
 def get(name: str, **options) -> Judge:
     """A judge by name; options (e.g. ``model=PATH`` for ``model``, ``threshold=0.5``) go to its class."""
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise UserError(f"unknown judge {name!r}",
-                        hint=f"judges: {', '.join(names())}")
-    return cls(**{k: v for k, v in options.items() if v is not None})
+    return get_class(name)(**{k: v for k, v in options.items() if v is not None})
 
 
 def annotator_name(judge_name: str) -> str:

@@ -108,6 +108,13 @@ def consensus(by_annotator: dict[str, Mark]) -> str | None:
     return None if rest and rest[0][1] == n else top
 
 
+def truth_marks(by_annotator: dict[str, Mark]) -> dict[str, Mark]:
+    """An item's marks that count: the people's where any person judged it (people stay the
+    truth), else the automatic judges'. Pooled rates and the default consensus both use it."""
+    people = {a: m for a, m in by_annotator.items() if not judges.is_automatic(a)}
+    return people or by_annotator
+
+
 def _binary(label: str) -> str:
     return "hallucinated" if label == "hallucinated" else "not hallucinated"
 
@@ -158,12 +165,7 @@ def session_report(session: Path) -> dict:
         per[ann] = {**_rate(k, n, labels["abstained"], left=len(items) - len(mine)), "assessed": len(mine),
                     "unsure": labels["unsure"], "categories": dict(cats), "severity": dict(sev),
                     "automatic": judges.is_automatic(ann)}
-    # pooled, item by item: the people's marks where any person judged the item (they are the
-    # truth), else the automatic judges' (the same rule as the consensus `compare` uses)
-    all_marks = []
-    for d in by_item.values():
-        people = [m for a, m in d.items() if not judges.is_automatic(a)]
-        all_marks += people or list(d.values())
+    all_marks = [m for d in by_item.values() for m in truth_marks(d).values()]
     k = sum(m.label == "hallucinated" for m in all_marks)
     n = sum(m.label in JUDGED for m in all_marks)
     kappas = []
@@ -284,12 +286,8 @@ def item_labels(session: Path, annotator: str | None) -> tuple[dict[str, str], d
         chosen = {i: d[annotator].label for i, d in by_item.items() if annotator in d}
         who = annotator
     else:
-        # people's consensus where any person judged the item (people stay the truth), else the judges'
         people = [a for a in annotators if not judges.is_automatic(a)]
-        chosen = {}
-        for i, d in by_item.items():
-            mine = {a: m for a, m in d.items() if not judges.is_automatic(a)}
-            chosen[i] = consensus(mine or d)
+        chosen = {i: consensus(truth_marks(d)) for i, d in by_item.items()}
         voters = people or annotators
         who = voters[0] if len(voters) == 1 else "consensus of " + ", ".join(voters)
         if people and len(people) < len(annotators):

@@ -208,7 +208,7 @@ async def test_checkpoint_key_writes_a_request_and_stop_asks_then_signals(tmp_pa
             assert not flag.exists() and not (path / "requests" / "stop").exists()
             await pilot.press("s")
             await pilot.press("y")
-            dummy.wait(timeout=10)
+            dummy.wait(timeout=120)
             assert flag.exists() and (path / "requests" / "stop").exists()
     finally:
         if dummy.poll() is None:
