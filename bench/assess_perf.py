@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def make(root: Path, n: int) -> Path:
-    from engine.evaluate import _append_results, write_csv
     from engine.prescreen import flags
     from engine.session import SessionWriter
+    from engine.session.records import append_results as _append_results
+    from engine.session.records import write_csv
 
     w = SessionWriter.create(root, "eval", name="big", stage="eval", config={})
     records = []

@@ -55,7 +55,7 @@ def truth(row: dict, facts: dict[str, dict]) -> str:
 
 def agreement(session: Path, facts: dict, judge: str) -> dict:
     from engine.assessment import ASSESSMENTS, labels_by_item, read_marks
-    from engine.evaluate import read_results
+    from engine.session.records import read_results
     from engine.stats import auroc, cohen_kappa, kappa_interval
 
     rows = {r["id"]: r for r in read_results(session)}

@@ -40,9 +40,9 @@ def run_one(variant: str, model: str, steps: int, workdir: str) -> dict:
 
     from engine.probe import SystemSampler
     from engine.recipe import TrainSpec, build_trainer, resolve_runtime
+    from engine.run.worker import RunControl, _control_callback
     from engine.session import SessionWriter
     from engine.telemetry import TelemetryCallback
-    from engine.train import RunControl, _control_callback
 
     hf_logging.set_verbosity_error()
     step_times: list[float] = []

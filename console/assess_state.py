@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.assessment import CATEGORIES, JUDGED, AssessmentLog, Mark, current, read_marks
+from engine.assessment import ASSESSMENTS, CATEGORIES, JUDGED, AssessmentLog, Mark, current, read_marks
 from engine.errors import SessionLockedError
-from engine.evaluate import read_results
 from engine.judges import is_automatic
+from engine.session.records import read_results
 from engine.stats import items_for_half_width, wilson_interval
 
 FILTERS = ("all", "unassessed", "hallucinated", "unsure", "flagged", "disagreements", "abstained",
@@ -68,7 +68,7 @@ class AssessModel:
         except SessionLockedError as e:
             self.log = None
             self.readonly_reason = f"read-only: {e.message}"
-            self.marks, self.problems = read_marks(self.session / "assessments.jsonl")
+            self.marks, self.problems = read_marks(self.session / ASSESSMENTS)
         self.filter = "all"
         self.order = ORDERS[0]
         self.drafts: dict[str, Draft] = {}

@@ -11,24 +11,56 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from engine.session import layout as L
 from engine.units import human_bytes
 
-SERIES = {
+SERIES = {  # every run's metrics; a stage adds its own (engine.stages: `series`, recorded in session.json)
     "loss": "loss",
     "eval_loss": "eval loss",
-    "rewards/margins": "reward margin",
-    "rewards/accuracies": "reward accuracy",
     "tokens_per_second": "tokens/s",
     "learning_rate": "learning rate",
     "grad_norm": "grad norm",
     "items_per_second": "items/s",
 }
-CHART_SETS = [
-    ("loss", ["loss", "eval_loss"]),
-    ("DPO rewards", ["rewards/margins", "rewards/accuracies"]),
-    ("throughput", ["tokens_per_second", "items_per_second"]),
-    ("optimizer", ["learning_rate", "grad_norm"]),
-]
+LOSS_CHARTS = [("loss", ["loss", "eval_loss"])]
+COMMON_CHARTS = [("throughput", ["tokens_per_second", "items_per_second"]),
+                 ("optimizer", ["learning_rate", "grad_norm"])]
+NOT_SERIES = {"step", "max_steps", "eta_seconds", "seconds_per_step", "time", "epoch"}  # bookkeeping, not charted
+
+
+def stage_info(meta: dict) -> dict:
+    """What the session says about its stage (charts, series labels); sessions written before
+    stages described themselves get it from the stage registry (no import of training code)."""
+    info = meta.get("stage_info")
+    if isinstance(info, dict):
+        return info
+    if meta.get("kind") == "train" and meta.get("stage"):
+        from engine import stages
+
+        try:
+            return stages.get(meta["stage"]).describe()
+        except Exception:  # a stage this installation does not know: the common charts only
+            return {}
+    return {}
+
+
+def chart_sets(meta: dict) -> list[tuple[str, list[str]]]:
+    """The Monitor's chart sets for a session: loss, the stage's own, throughput, optimizer."""
+    own = [(str(t), [str(k) for k in keys]) for t, keys in (stage_info(meta).get("charts") or [])
+           if isinstance(keys, list) and keys]
+    return LOSS_CHARTS + own + COMMON_CHARTS
+
+
+def series_label(meta: dict, key: str) -> str:
+    return SERIES.get(key) or (stage_info(meta).get("series") or {}).get(key) or key
+
+
+class SeriesTable(dict):
+    """Metric name -> Series; a name not seen yet reads as an empty series."""
+
+    def __missing__(self, key: str) -> Series:
+        series = self[key] = Series()
+        return series
 
 
 class Series:
@@ -74,7 +106,7 @@ class MonitorState:
     unit: str = "step"  # what a step counts: an eval's items, a pairs run's MiB
     eta_seconds: float | None = None
     seconds_per_step: float | None = None
-    series: dict[str, Series] = field(default_factory=lambda: {k: Series() for k in SERIES})
+    series: SeriesTable = field(default_factory=SeriesTable)
     system: dict | None = None
     ranks: dict[int, dict] = field(default_factory=dict)  # latest system record of each rank (multi-process)
     gpu_mem: dict[int, deque] = field(default_factory=dict)
@@ -96,18 +128,18 @@ class MonitorState:
             t = rec.get("time")
             if isinstance(t, (int, float)):
                 self.last_event_time = t
-            if kind in ("metrics", "progress"):
+            if kind in (L.METRICS, L.PROGRESS):
                 self._metrics(rec)
-            elif kind == "eval":
+            elif kind == L.EVAL:
                 if isinstance(rec.get("eval_loss"), (int, float)):
                     self.series["eval_loss"].add(rec.get("step", 0), rec["eval_loss"])
                 self._line(rec, f"eval at step {rec.get('step')}: loss {_num(rec.get('eval_loss'))}")
-            elif kind == "system":
+            elif kind == L.SYSTEM:
                 self._system(rec)
-            elif kind == "status":
+            elif kind == L.STATUS:
                 self.status = rec.get("status", self.status)
                 self._line(rec, f"status: {self.status}")
-            elif kind == "event":
+            elif kind == L.EVENT:
                 self._event(rec)
             elif kind == "corrupt":
                 self.corrupt_lines += 1
@@ -125,9 +157,10 @@ class MonitorState:
             self.eta_seconds = rec["eta_seconds"]
         if rec.get("seconds_per_step"):
             self.seconds_per_step = rec["seconds_per_step"]
-        for key in SERIES:
-            value = rec.get(key)
-            if isinstance(value, (int, float)) and isinstance(step, int):
+        if not isinstance(step, int):
+            return
+        for key, value in rec.items():  # every metric the run logs, the stage's own included
+            if key not in NOT_SERIES and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.series[key].add(step, float(value))
 
     def _system(self, rec: dict) -> None:
@@ -151,37 +184,14 @@ class MonitorState:
 
     def _event(self, rec: dict) -> None:
         k = rec.get("kind")
-        if k == "checkpoint":
-            text = f"checkpoint at step {rec.get('step')} saved in {_num(rec.get('seconds'))} s ({rec.get('reason')})"
-        elif k == "oom_recovered":
-            mb, ga = rec.get("micro_batch", ["?", "?"]), rec.get("grad_accum", ["?", "?"])
-            text = (f"out of memory at step {rec.get('step')}: micro-batch {mb[0]}→{mb[1]}, "
-                    f"gradient accumulation {ga[0]}→{ga[1]}; resumed")
-        elif k == "resumed":
-            text = f"resumed from {str(rec.get('checkpoint') or '').rsplit('/', 1)[-1] or 'the start'}"
-        elif k == "plan":
-            peak = rec.get("predicted_peak_bytes")
-            text = (f"plan {rec.get('plan', '')} on {rec.get('device', '?')}"
-                    + (f", predicted peak {human_bytes(peak)}" if peak else ""))
-        elif k == "data":
-            text = f"data: {rec.get('train_rows')} training rows, {rec.get('val_rows')} validation"
-        elif k == "error":
+        if k == L.ERROR:
             self.error = rec.get("message")
-            text = f"error: {rec.get('message')}"
-        elif k == "finished":
-            if "train_pairs" in rec:
-                text = f"finished: {rec['train_pairs']:,} training and {rec.get('val_pairs', 0):,} validation pairs"
-            elif "items" in rec:
-                text = f"finished: {rec['items']:,} answers"
-            else:
-                text = f"finished at step {rec.get('step', '')}"
-        elif k == "stopped":
-            text = f"stopped ({rec.get('reason')}) at step {rec.get('step', '?')}"
-        else:
+        describe = EVENT_TEXT.get(k)
+        if describe is not None:
+            text = describe(rec)
+        else:  # a kind this console does not know (a newer engine): its message, or its name
             text = rec.get("message") or k or "event"
-            if k and k not in ("warning", "loading") and not rec.get("message"):
-                text = k
-        self._line(rec, text, "error" if k == "error" else "warning" if k in ("warning", "oom_recovered") else "")
+        self._line(rec, text, "error" if k == L.ERROR else "warning" if k in (L.WARNING, L.OOM_RECOVERED) else "")
 
     def _line(self, rec: dict, text: str, level: str = "") -> None:
         t = rec.get("time")
@@ -193,6 +203,44 @@ class MonitorState:
         if self.step is None or not self.max_steps:
             return None
         return min(1.0, self.step / self.max_steps)
+
+
+def _finished(rec: dict) -> str:
+    if "train_pairs" in rec:
+        return f"finished: {rec['train_pairs']:,} training and {rec.get('val_pairs', 0):,} validation pairs"
+    if "items" in rec:
+        return f"finished: {rec['items']:,} answers"
+    return f"finished at step {rec.get('step', '')}"
+
+
+def _oom(rec: dict) -> str:
+    mb, ga = rec.get("micro_batch", ["?", "?"]), rec.get("grad_accum", ["?", "?"])
+    return (f"out of memory at step {rec.get('step')}: micro-batch {mb[0]}→{mb[1]}, "
+            f"gradient accumulation {ga[0]}→{ga[1]}; resumed")
+
+
+def _plan(rec: dict) -> str:
+    peak = rec.get("predicted_peak_bytes")
+    return f"plan {rec.get('plan', '')} on {rec.get('device', '?')}" + (
+        f", predicted peak {human_bytes(peak)}" if peak else "")
+
+
+# one line for the event log per event kind (engine.session.layout lists them with their fields)
+EVENT_TEXT = {
+    L.CHECKPOINT: lambda r: f"checkpoint at step {r.get('step')} saved in {_num(r.get('seconds'))} s "
+                            f"({r.get('reason')})",
+    L.OOM_RECOVERED: _oom,
+    L.RESUMED: lambda r: f"resumed from {str(r.get('checkpoint') or '').rsplit('/', 1)[-1] or 'the start'}",
+    L.PLAN: _plan,
+    L.DATA: lambda r: f"data: {r.get('train_rows')} training rows, {r.get('val_rows')} validation",
+    L.ERROR: lambda r: f"error: {r.get('message')}",
+    L.FINISHED: _finished,
+    L.STOPPED: lambda r: f"stopped ({r.get('reason')}) at step {r.get('step', '?')}",
+    L.WARNING: lambda r: r.get("message") or L.WARNING,
+    L.LOADING: lambda r: r.get("message") or L.LOADING,
+    L.RESUME_REQUESTED: lambda r: r.get("message") or L.RESUME_REQUESTED,
+    L.IMPORTED: lambda r: r.get("message") or L.IMPORTED,
+}
 
 
 def _num(v) -> str:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.session import WriterLock, file_mode
+from engine.session.layout import ASSESSMENTS
 
-ASSESSMENTS = "assessments.jsonl"
 LABELS = ("hallucinated", "faithful", "abstained", "unsure", "clear")
 JUDGED = ("hallucinated", "faithful", "abstained")  # the labels a rate counts
 CATEGORIES = {

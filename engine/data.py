@@ -1,11 +1,14 @@
 """Data files: reading, column mapping and validation that names every problem.
 
-Three kinds of file (CSV, TSV, JSONL or a JSON array):
+Kinds of file (CSV, TSV, JSONL or a JSON array), one ``Kind`` each in ``KINDS``:
 
 - ``sft``:  ``question``, ``answer``; optional ``context``, ``id``
 - ``test``: ``question``, ``reference``; optional ``context``, ``id``, ``answer``
 - ``dpo``:  TRL's preference format, ``prompt``/``chosen``/``rejected`` as strings, or
   conversational (lists of ``{"role", "content"}`` messages); optional ``id``
+
+A training stage with data of its own registers its kind with ``register_kind`` from its
+module (``engine/stages/kto.py`` does: unpaired ``prompt``/``completion``/``label``).
 
 Real files name their columns differently, so each canonical field can be mapped to a
 column of the file (``columns={"question": "Question", "answer": "Response"}``).
@@ -21,18 +24,45 @@ import io
 import json
 import os
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
 
-KINDS = {
-    "sft": (("question", "answer"), ("context", "id")),
-    "test": (("question", "reference"), ("context", "id", "answer")),
-    "dpo": (("prompt", "chosen", "rejected"), ("id",)),
-}
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of data file: its fields, how a row is checked beyond them, and how a row renders
+    as chat messages (prompt, answers) for token counts."""
+
+    name: str
+    label: str  # how `rounds validate` names it ("SFT data")
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    # (row, line, column mapping, report) -> keep the row? None: every field named in text_fields must be text
+    check: Callable[[dict, int, dict, DataReport], bool] | None
+    # row -> (prompt messages, [answer messages, ...]): one rendered sequence per answer
+    messages: Callable[[dict], tuple[list[dict], list[list[dict]]]]
+    text_fields: tuple[str, ...] = ()
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register_kind(kind: Kind) -> Kind:
+    KINDS[kind.name] = kind
+    return kind
+
+
+def kinds() -> dict[str, Kind]:
+    """Every kind, those the training stages register included (imported on first need)."""
+    import engine.stages  # noqa: F401 - registers the stages' own kinds
+
+    return KINDS
+
+
 ROLES = ("system", "user", "assistant", "tool")
 MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_JSON_ARRAY_BYTES = 256 * 1024 * 1024
@@ -70,7 +100,7 @@ class DataReport:
     problems: list[Problem] = field(default_factory=list)
     problems_dropped: int = 0
     bytes_read: int = 0  # how far the reader is into the file (progress bars)
-    conversational: bool | None = None  # dpo only
+    conversational: bool | None = None  # kinds with message-list fields (dpo, kto)
     token_stats: dict | None = None
 
     @property
@@ -137,7 +167,7 @@ def _lines(path: Path, report: DataReport) -> Iterator[tuple[int, str]]:
             yield n, text
 
 
-def _detect_format(path: Path) -> str:
+def detect_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
@@ -154,7 +184,7 @@ def _detect_format(path: Path) -> str:
     return "csv"
 
 
-def _records(path: Path, fmt: str, report: DataReport) -> Iterator[tuple[int, Any]]:
+def read_records(path: Path, fmt: str, report: DataReport) -> Iterator[tuple[int, Any]]:
     """(line number, parsed record) pairs; parse problems go to the report."""
     if fmt == "jsonl":
         for n, text in _lines(path, report):
@@ -233,11 +263,11 @@ def _flag(canonical: str) -> str:
 
 def validate_file(path: str | os.PathLike, kind: str, columns: dict[str, str] | None = None) -> DataReport:
     """Read ``path`` as data of ``kind`` and report every problem found."""
-    if kind not in KINDS:
+    if kind not in kinds():
         raise UserError(f"unknown data kind {kind!r}", field="--kind", hint=f"use one of: {', '.join(KINDS)}")
     path = Path(path)
     report = DataReport(file=str(path), kind=kind)
-    required, optional = KINDS[kind]
+    required, optional = KINDS[kind].required, KINDS[kind].optional
     mapping = {c: c for c in required + optional}
     for canonical, source in (columns or {}).items():
         if canonical not in mapping:
@@ -253,14 +283,14 @@ def validate_file(path: str | os.PathLike, kind: str, columns: dict[str, str] | 
         report.add("the file is empty", hint=f"it needs one record per line with the fields {', '.join(required)}")
         return report
 
-    fmt = _detect_format(path)
+    fmt = detect_format(path)
     report.format = fmt
     seen_ids: dict[str, int] = {}
     seen_rows: dict[tuple, int] = {}
     header_missing: list[str] = []
     got_header = False
 
-    for line, rec in _records(path, fmt, report):
+    for line, rec in read_records(path, fmt, report):
         if isinstance(rec, dict) and "__header__" in rec:
             got_header = True
             header = rec["__header__"]
@@ -306,10 +336,10 @@ def validate_file(path: str | os.PathLike, kind: str, columns: dict[str, str] | 
 
 
 def _check_record(rec: dict, line: int, kind: str, mapping: dict[str, str], report: DataReport) -> dict | None:
-    required, optional = KINDS[kind]
+    k = KINDS[kind]
     row: dict[str, Any] = {}
     ok = True
-    for canonical in required:
+    for canonical in k.required:
         col = mapping[canonical]
         if col not in rec:
             present = ", ".join(k for k in rec) or "(none)"
@@ -318,7 +348,7 @@ def _check_record(rec: dict, line: int, kind: str, mapping: dict[str, str], repo
             ok = False
             continue
         row[canonical] = rec[col]
-    for canonical in optional:
+    for canonical in k.optional:
         col = mapping[canonical]
         if col in rec and rec[col] is not None:
             row[canonical] = rec[col]
@@ -328,10 +358,10 @@ def _check_record(rec: dict, line: int, kind: str, mapping: dict[str, str], repo
     if extra:  # kept, not checked: an eval carries them into its results (e.g. the demo's `answerable`)
         row["extra"] = extra
 
-    if kind == "dpo":
-        return row if _check_dpo(row, line, mapping, report) else None
+    if k.check is not None:
+        return row if k.check(row, line, mapping, report) else None
 
-    for canonical in dict.fromkeys(required + ("context", "answer")):
+    for canonical in k.text_fields:
         if canonical not in row:
             continue
         col = mapping[canonical]
@@ -339,7 +369,7 @@ def _check_record(rec: dict, line: int, kind: str, mapping: dict[str, str], repo
         if not isinstance(value, str):
             report.add(f"must be text, got {type(value).__name__}", line=line, field=col)
             ok = False
-        elif canonical in required and not value.strip():
+        elif canonical in k.required and not value.strip():
             report.add("is empty", line=line, field=col, hint="fill it in or remove the row")
             ok = False
     if "id" in row and not isinstance(row["id"], (str, int)):
@@ -366,20 +396,23 @@ def _check_messages(value: Any, line: int, col: str, report: DataReport) -> bool
     return True
 
 
-def _check_dpo(row: dict, line: int, mapping: dict[str, str], report: DataReport) -> bool:
-    conversational = isinstance(row["prompt"], list)
+def check_conversation(row: dict, line: int, mapping: dict[str, str], report: DataReport,
+                       fields: tuple[str, ...], answer_hint: str) -> bool:
+    """``fields`` all plain strings or all message lists, in one format for the whole file (TRL
+    needs one). Shared by the preference kinds (DPO pairs, KTO examples)."""
+    conversational = isinstance(row[fields[0]], list)
     if report.conversational is None:
         report.conversational = conversational
     elif report.conversational != conversational:
         first = "conversational (message lists)" if report.conversational else "plain strings"
-        report.add(f"mixes formats: earlier lines are {first}", line=line, field=mapping["prompt"],
+        report.add(f"mixes formats: earlier lines are {first}", line=line, field=mapping[fields[0]],
                    hint="TRL needs one format per file; convert the odd lines")
         return False
-    for canonical in ("prompt", "chosen", "rejected"):
+    for canonical in fields:
         col, value = mapping[canonical], row[canonical]
         if conversational:
             if not isinstance(value, list):
-                report.add(f"must be a list of messages like the prompt, got {type(value).__name__}",
+                report.add(f"must be a list of messages like the {fields[0]}, got {type(value).__name__}",
                            line=line, field=col)
                 return False
             if not _check_messages(value, line, col, report):
@@ -389,8 +422,16 @@ def _check_dpo(row: dict, line: int, mapping: dict[str, str], report: DataReport
                 report.add(f"must be text, got {type(value).__name__}", line=line, field=col)
                 return False
             if not value.strip():
-                report.add("is empty", line=line, field=col, hint="a pair needs a prompt and two different answers")
+                report.add("is empty", line=line, field=col, hint=answer_hint)
                 return False
+    return True
+
+
+def _check_dpo(row: dict, line: int, mapping: dict[str, str], report: DataReport) -> bool:
+    if not check_conversation(row, line, mapping, report, ("prompt", "chosen", "rejected"),
+                              "a pair needs a prompt and two different answers"):
+        return False
+
     def normal(v: Any) -> Any:
         return v.strip() if isinstance(v, str) else [(m["role"], m["content"].strip()) for m in v]
 
@@ -399,6 +440,26 @@ def _check_dpo(row: dict, line: int, mapping: dict[str, str], report: DataReport
                    field=mapping["rejected"], hint="drop the row or fix the rejected answer")
         return False
     return True
+
+
+def as_messages(value: Any, role: str) -> list[dict]:
+    """A plain-text field as one message; message lists as they are."""
+    return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def _question_messages(row: dict) -> tuple[list[dict], list[list[dict]]]:
+    answer = row.get("answer") or row.get("reference")
+    return [{"role": "user", "content": prompt_text(row)}], \
+        ([[{"role": "assistant", "content": answer}]] if answer else [])
+
+
+register_kind(Kind("sft", "SFT data", ("question", "answer"), ("context", "id"), None, _question_messages,
+                   text_fields=("question", "answer", "context")))
+register_kind(Kind("test", "test set", ("question", "reference"), ("context", "id", "answer"), None,
+                   _question_messages, text_fields=("question", "reference", "context", "answer")))
+register_kind(Kind("dpo", "DPO pairs", ("prompt", "chosen", "rejected"), ("id",), _check_dpo,
+                   lambda r: (as_messages(r["prompt"], "user"),
+                              [as_messages(r["chosen"], "assistant"), as_messages(r["rejected"], "assistant")])))
 
 
 # --------------------------------------------------------------------------- loading for use
@@ -451,12 +512,9 @@ def _summary(values: list[int], max_length: int | None) -> dict:
     return out
 
 
-def _as_messages(value: Any, role: str) -> list[dict]:
-    return value if isinstance(value, list) else [{"role": role, "content": value}]
-
-
 def _rendered_lengths(rows: list[dict], kind: str, tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
-    """Token counts of prompts, answers and whole examples (one per DPO side) as the chat template renders them."""
+    """Token counts of prompts, answers and whole examples (one per answer: a DPO pair gives two)
+    as the chat template renders them."""
     def render(messages: list[dict], generation_prompt: bool) -> int:
         if getattr(tokenizer, "chat_template", None):
             ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
@@ -465,15 +523,10 @@ def _rendered_lengths(rows: list[dict], kind: str, tokenizer: Any) -> tuple[list
             return len(ids)
         return len(tokenizer("\n".join(m["content"] for m in messages))["input_ids"])
 
+    to_messages = kinds()[kind].messages
     prompts, answers, totals = [], [], []
     for row in rows:
-        if kind == "dpo":
-            prompt = _as_messages(row["prompt"], "user")
-            answer_sets = [_as_messages(row["chosen"], "assistant"), _as_messages(row["rejected"], "assistant")]
-        else:
-            prompt = [{"role": "user", "content": prompt_text(row)}]
-            answer = row.get("answer") or row.get("reference")
-            answer_sets = [[{"role": "assistant", "content": answer}]] if answer else []
+        prompt, answer_sets = to_messages(row)
         p = render(prompt, True)
         prompts.append(p)
         for ans in answer_sets:
@@ -518,10 +571,10 @@ def example_lengths(model: str, rows: list[dict], kind: str, sample: int = SAMPL
 def format_report(report: DataReport, max_problems: int = 50) -> str:
     """The text ``rounds validate`` prints."""
     out = io.StringIO()
-    kind_text = {"sft": "SFT data", "test": "test set", "dpo": "DPO pairs"}[report.kind]
+    kind_text = KINDS[report.kind].label if report.kind in KINDS else report.kind
     fmt = report.format.upper()
     extra = ""
-    if report.kind == "dpo" and report.conversational is not None:
+    if report.conversational is not None:
         extra = ", conversational" if report.conversational else ", plain strings"
     out.write(f"{report.file}: {kind_text} ({fmt}{extra}): {report.records_seen} records, "
               f"{len(report.rows)} valid\n")

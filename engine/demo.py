@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.session.layout import METRICS
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 
@@ -114,7 +115,7 @@ def _follow(session: Path, name: str, proc, echo, every: float = 15.0) -> int:
                 rec = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 continue
-            if isinstance(rec, dict) and rec.get("type") == "metrics" and "loss" in rec:
+            if isinstance(rec, dict) and rec.get("type") == METRICS and "loss" in rec:
                 last = rec
         if code is not None:
             return code
@@ -128,8 +129,8 @@ def _follow(session: Path, name: str, proc, echo, every: float = 15.0) -> int:
 
 
 def _train(root: Path, spec, name: str, echo) -> Path:
+    from engine.run.launch import start
     from engine.session import read_session_json
-    from engine.train import start
 
     writer, proc = start(spec, root, name=name, detach=False, command=["rounds", "demo", f"({name})"])
     _write_state(root, stage=name, session=writer.id)
@@ -181,7 +182,7 @@ def answerable_accuracy(session: Path, annotator: str = "auto:abstain") -> dict:
     """Faithful share among answerable and among unanswerable test items (the demo's data marks which),
     and the abstention share among answerable ones."""
     from engine.assessment import ASSESSMENTS, labels_by_item, read_marks
-    from engine.evaluate import read_results
+    from engine.session.records import read_results
     from engine.stats import wilson_interval
 
     marks, _ = read_marks(session / ASSESSMENTS)
@@ -214,8 +215,9 @@ def run_pipeline(root: Path, cfg: DemoConfig, echo=print) -> dict:
     """SFT -> evaluation (test) -> an assessment round judged by the `abstain` judge -> pairs ->
     DPO -> evaluation (test) -> comparison, each a session of its own; returns the summary."""
     from engine.demo_data.generate import ABSTAIN
+    from engine.pairs import make_pairs
     from engine.recipe import TrainSpec
-    from engine.report import make_pairs, write_compare
+    from engine.report import write_compare
 
     t0 = time.monotonic()
     root = Path(root)
@@ -246,8 +248,9 @@ def run_pipeline(root: Path, cfg: DemoConfig, echo=print) -> dict:
     dpo = _train(root, TrainSpec(stage="dpo", model=str(sft_model), data=pairs["train"],
                                  val=pairs["val"] if pairs["val_pairs"] else None, plan=cfg.dpo_plan,
                                  precompute_ref=cfg.dpo_precompute_ref, seed=cfg.seed,
-                                 epochs=cfg.dpo_epochs, lr=cfg.dpo_lr, beta=cfg.dpo_beta, batch=cfg.dpo_batch,
-                                 sft_weight=cfg.dpo_sft_weight, gradient_checkpointing=False,
+                                 epochs=cfg.dpo_epochs, lr=cfg.dpo_lr, batch=cfg.dpo_batch,
+                                 options={"beta": cfg.dpo_beta, "sft_weight": cfg.dpo_sft_weight},
+                                 gradient_checkpointing=False,
                                  max_length=cfg.max_length, merge=True, save_steps=500, logging_steps=2,
                                  eval_steps=50), "demo-dpo", echo)
     dpo_model = dpo / ("merged" if (dpo / "merged").is_dir() else "model")
@@ -303,42 +306,46 @@ def run_first_stage(root: Path, cfg: DemoConfig, echo=print) -> None:
         _judge(ev, "consistency", echo)
 
 
+DEMO_REQUEST = "demo-request.json"  # in the sessions root: what the background demo is asked to run
+
+
 def start_pipeline_background(root: Path, quick: bool = False, full: bool = False) -> subprocess.Popen:
     """Start the demo (its first stage, or with ``full`` the whole loop) in its own process
-    session, so that it survives the console and the terminal."""
+    session, so that it survives the console and the terminal. What to run is written to
+    ``ROOT/demo-request.json``; the process (``python -m engine.demo ROOT``) takes the root alone."""
+    from engine.run.launch import spawn
+    from engine.session import write_json_atomic
+
     root.mkdir(parents=True, exist_ok=True)
-    log = open(root / "demo.log", "ab", buffering=0)  # noqa: SIM115 - handed to the child
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    pkg_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    args = [sys.executable, "-m", "engine.demo", str(root)] + ([] if full else ["--first-stage"]) \
-        + (["--quick"] if quick else [])
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
-    log.close()
-    return proc
+    write_json_atomic(root / DEMO_REQUEST, {"quick": quick, "full": full})
+    return spawn("engine.demo", root, root / "demo.log", detach=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    """``python -m engine.demo ROOT``: the run ``ROOT/demo-request.json`` asks for."""
+    import json
 
-    ap = argparse.ArgumentParser(prog="python -m engine.demo")
-    ap.add_argument("root")
-    ap.add_argument("--first-stage", action="store_true")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m engine.demo SESSIONS_ROOT", file=sys.stderr)
+        return 2
+    root = Path(argv[0])
     try:
-        if args.first_stage:
-            run_first_stage(Path(args.root), cfg, echo=lambda m: print(m, flush=True))
+        request = json.loads((root / DEMO_REQUEST).read_text())
+    except (OSError, ValueError):
+        request = {}
+    cfg = DemoConfig.quick() if request.get("quick") else DemoConfig()
+    try:
+        if request.get("full"):
+            run_pipeline(root, cfg, echo=lambda m: print(m, flush=True))
         else:
-            run_pipeline(Path(args.root), cfg, echo=lambda m: print(m, flush=True))
+            run_first_stage(root, cfg, echo=lambda m: print(m, flush=True))
     except UserError as e:
         print(f"rounds demo: error: {e}", file=sys.stderr, flush=True)
-        _write_state(Path(args.root), error=str(e))  # a console following the demo says so
+        _write_state(root, error=str(e))  # a console following the demo says so
         return 1
     except BaseException as e:
-        _write_state(Path(args.root), error=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+        _write_state(root, error=f"{type(e).__name__}: {e}".splitlines()[0][:300])
         raise
     return 0
 

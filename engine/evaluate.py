@@ -8,9 +8,6 @@ template; ``progress`` events carry items done, items/s, tokens/s and an ETA.
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import signal
 import sys
 import time
@@ -20,12 +17,10 @@ from pathlib import Path
 from engine.data import load, prompt_text
 from engine.errors import UserError
 from engine.prescreen import flags
-from engine.session import SessionWriter, file_mode, read_session_json
-
-RESULTS = "results.jsonl"
-RESULTS_CSV = "results.csv"
-CSV_FIELDS = ["id", "question", "context", "reference", "answer", "model", "truncated", "new_tokens",
-              "flag_count", "numbers_absent", "terms_absent"]
+from engine.session import SessionWriter, read_session_json
+from engine.session.layout import EVENT, FINISHED, IMPORTED, PLAN, PROGRESS, RESULTS, RESULTS_CSV, RESUMED, WARNING
+from engine.session.records import append_results as _append_results
+from engine.session.records import read_results, repair_results, write_csv
 
 
 @dataclass
@@ -69,13 +64,13 @@ def item_rows(spec: EvalSpec) -> list[dict]:
 
 def _reference_column(path: str) -> dict[str, str]:
     """An SFT file (question, answer) serves as a sampling set: its answer is the reference."""
-    from engine.data import DataReport, _detect_format, _records
+    from engine.data import DataReport, detect_format, read_records
 
     p = Path(path)
     if not p.is_file():
         return {}
     report = DataReport(file=str(p), kind="test")
-    for _, rec in _records(p, _detect_format(p), report):
+    for _, rec in read_records(p, detect_format(p), report):
         keys = rec.get("__header__", rec) if isinstance(rec, dict) else {}
         if "reference" not in keys and "answer" in keys:
             return {"reference": "answer"}
@@ -84,79 +79,8 @@ def _reference_column(path: str) -> dict[str, str]:
     return {}
 
 
-def read_results(session: Path) -> list[dict]:
-    path = Path(session) / RESULTS
-    out = []
-    if not path.exists():
-        return out
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break  # a line cut off by a crash: that item is simply done again
-            try:
-                out.append(json.loads(raw))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
-def _append_results(session: Path, records: list[dict]) -> None:
-    data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records)
-    fd = os.open(session / RESULTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode(session))
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_csv(session: Path) -> Path:
-    rows = read_results(session)
-    path = session / RESULTS_CSV
-    tmp = session / f".{RESULTS_CSV}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode(session))
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_FIELDS)
-        for r in rows:
-            fl = r.get("flags") or {}
-            w.writerow([r.get("id"), r.get("question"), r.get("context") or "", r.get("reference"), r.get("answer"),
-                        r.get("model"), r.get("truncated"), r.get("new_tokens"), fl.get("count", 0),
-                        "; ".join(fl.get("numbers_absent", [])), "; ".join(fl.get("terms_absent", []))])
-    os.replace(tmp, path)
-    return path
-
-
 def _extra(row: dict) -> dict:
     return dict(row.get("extra") or {})
-
-
-def repair_results(session: Path) -> int:
-    """Cut a half-written last line (a crash mid-append) so new lines start clean; returns bytes cut."""
-    path = Path(session) / RESULTS
-    if not path.exists():
-        return 0
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        f.seek(max(0, size - 1))
-        if f.read(1) == b"\n":
-            return 0
-        pos = size
-        while pos > 0:  # find the last newline, reading backwards in blocks
-            start = max(0, pos - 65536)
-            f.seek(start)
-            block = f.read(pos - start)
-            nl = block.rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                break
-            pos = start
-        else:
-            keep = 0
-        f.truncate(keep)
-        return size - keep
 
 
 def start(spec: EvalSpec, root: Path, *, name: str | None = None, shared: bool = False,
@@ -197,13 +121,13 @@ def run(session: Path, echo=print) -> int:
         rows = item_rows(spec)
         cut = repair_results(session)
         if cut:
-            writer.event("event", kind="warning", message=f"dropped a half-written last line of {RESULTS} "
+            writer.event(EVENT, kind=WARNING, message=f"dropped a half-written last line of {RESULTS} "
                                                           f"({cut} bytes); that item is generated again")
         done = {r["id"] for r in read_results(session)}
         todo = [r for r in rows if not all(i in done for i in sample_ids(r["id"], spec.samples))]
         writer.set_status("running")
         if done:
-            writer.event("event", kind="resumed", done=len(done), remaining=len(todo))
+            writer.event(EVENT, kind=RESUMED, done=len(done), remaining=len(todo))
         if todo:
             _generate(spec, writer, todo, len(rows), len(rows) - len(todo), stop, echo, done, rows)
         write_csv(session)
@@ -211,21 +135,18 @@ def run(session: Path, echo=print) -> int:
             writer.set_status("stopped", reason=stop["reason"])
             echo(f"rounds: stopped ({stop['reason']}); continue with `rounds eval --resume {session.name}`")
             return 0
-        writer.event("event", kind="finished", items=len(rows) * spec.samples)
+        writer.event(EVENT, kind=FINISHED, items=len(rows) * spec.samples)
         writer.set_status("finished")
         echo(f"rounds: {len(rows) * spec.samples} answers in {session / RESULTS} and {session / RESULTS_CSV}")
         return 0
     except UserError as e:
-        writer.event("event", kind="error", message=str(e))
-        writer.set_status("failed", error=e.message)
-        raise
+        writer.fail(e.message, detail=str(e))
+        raise  # the command line says it, with its hint
     except Exception as e:
         import traceback
 
         traceback.print_exc()
-        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-        writer.event("event", kind="error", message=reason)
-        writer.set_status("failed", error=reason)
+        writer.fail(f"{type(e).__name__}: {e}".splitlines()[0][:500])
         return 1
     finally:
         for s, h in previous.items():
@@ -319,7 +240,7 @@ def _generate(spec: EvalSpec, writer: SessionWriter, todo: list[dict], total: in
               echo, done_ids: set[str] | None = None, all_rows: list[dict] | None = None) -> None:
     tok, model, device = load_for_generation(spec.model, spec.adapter, spec.device)
     sampled = spec.samples > 1
-    writer.event("event", kind="plan", device=device, batch_size=spec.batch_size,
+    writer.event(EVENT, kind=PLAN, device=device, batch_size=spec.batch_size,
                  max_new_tokens=spec.max_new_tokens,
                  decoding=f"sampled x{spec.samples}, temperature {spec.temperature:g}" if sampled else "greedy")
     # longest prompts first: batches of similar length waste little on padding
@@ -372,7 +293,7 @@ def _generate(spec: EvalSpec, writer: SessionWriter, todo: list[dict], total: in
         elapsed = time.monotonic() - t0
         ips = processed / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / ips if ips else None
-        writer.event("progress", step=done, max_steps=total, unit="questions" if sampled else "items",
+        writer.event(PROGRESS, step=done, max_steps=total, unit="questions" if sampled else "items",
                      items_per_second=round(ips, 3),
                      tokens_per_second=round(tokens / elapsed, 1) if elapsed else None,
                      eta_seconds=round(eta, 1) if eta is not None else None)
@@ -418,7 +339,7 @@ def import_results(file: str, columns: dict[str, str], root: Path, *, name: str 
     _append_results(writer.path, records)
     write_csv(writer.path)
     writer.update(items=len(records), held_out=held_out)
-    writer.event("event", kind="imported", file=str(file), items=len(records))
+    writer.event(EVENT, kind=IMPORTED, file=str(file), items=len(records))
     writer.set_status("finished")
     writer.close()
     return writer

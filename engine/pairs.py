@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -36,17 +37,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.data import DataReport, _detect_format, _records, prompt_text
+from engine.data import DataReport, detect_format, prompt_text, read_records
 from engine.errors import UserError
-from engine.report import USED_FOR_PAIRS, fingerprint
 from engine.session import SessionWriter, file_mode, read_session_json, write_json_atomic
+from engine.session.layout import (
+    ERROR,
+    EVENT,
+    FINISHED,
+    PAIRS_REPORT_JSON,
+    PAIRS_REPORT_MD,
+    PROGRESS,
+    SESSION_JSON,
+    USED_FOR_PAIRS,
+)
+from engine.text import fingerprint
 from engine.text import normalise as _norm
 
 TRAIN_FILE = "train_dpo.jsonl"
 VAL_FILE = "val_dpo.jsonl"
 SOURCES_FILE = "pairs_sources.jsonl"
-REPORT_JSON = "pairs_report.json"
-REPORT_MD = "pairs_report.md"
+REPORT_JSON, REPORT_MD = PAIRS_REPORT_JSON, PAIRS_REPORT_MD
 BUCKET_BYTES = 16 * 2**20  # a source under this is paired in memory; a bigger one in buckets of about this
 FACTUAL = {"1", "true", "t", "yes", "y", "factual", "faithful", "correct", "supported", "fact", "real", "valid"}
 NOT_FACTUAL = {"0", "false", "f", "no", "n", "not factual", "non-factual", "nonfactual", "non factual",
@@ -93,8 +103,9 @@ def read_held_out(paths: list[str]) -> HeldOut:
     for p in paths:
         path = Path(p)
         before = (len(held.ids), len(held.texts))
-        if path.is_dir() and (path / "session.json").exists():
-            from engine.evaluate import EvalSpec, item_rows, read_results
+        if path.is_dir() and (path / SESSION_JSON).exists():
+            from engine.evaluate import EvalSpec, item_rows
+            from engine.session.records import read_results
 
             meta = read_session_json(path)
             if meta.get("kind") != "eval":
@@ -115,7 +126,7 @@ def read_held_out(paths: list[str]) -> HeldOut:
                     held.texts.add(_h64(_norm(r["question"])))
         elif path.is_file():
             report = DataReport(file=str(path), kind="exclude")
-            for _, rec in _records(path, _detect_format(path), report):
+            for _, rec in read_records(path, detect_format(path), report):
                 if not isinstance(rec, dict) or "__header__" in rec:
                     continue
                 if rec.get("id") not in (None, ""):
@@ -162,7 +173,7 @@ class Progress:
             self.last_event = now
             scale = 2**20 if self.unit == "MiB" else 1
             steps = max(1, math.ceil(self.total / scale))
-            self.writer.event("progress", step=steps if done >= self.total else int(done / scale), max_steps=steps,
+            self.writer.event(PROGRESS, step=steps if done >= self.total else int(done / scale), max_steps=steps,
                               unit=self.unit, phase=self.label, items_per_second=round(rows / elapsed, 1),
                               eta_seconds=round(eta, 1) if eta is not None else None, rows=rows)
 
@@ -525,7 +536,8 @@ def samples_mode(session: Path, rule: str = "contains", annotator: str | None = 
     """The model's own answers (an eval session, usually sampled: items ``QID~1..N``) judged against
     the reference by a rule or by the session's marks; a faithful answer is paired with a
     hallucinated one of the same question, and the reference is chosen when no answer is faithful."""
-    from engine.evaluate import RESULTS, eval_session
+    from engine.evaluate import eval_session
+    from engine.session.layout import RESULTS
 
     meta = eval_session(session)
     if not (session / RESULTS).exists():
@@ -606,6 +618,185 @@ def samples_mode(session: Path, rule: str = "contains", annotator: str | None = 
                                                     "max_pairs_per_group": max_per_group}, extract, pairs)
 
 
+# --------------------------------------------------------------------------- from marked sessions
+
+def _marked_items(sessions: list[Path], annotator: str | None, allow_test_items: bool, held: HeldOut,
+                  dropped: Counter) -> Iterator[tuple[Path, str, dict, str]]:
+    """(session, item id, result row, label) for every judged answer of the sessions, by one
+    annotator or by the consensus (people first, judges where no person judged). A held-out test
+    session is refused; an item whose question is excluded (``--exclude``) is counted in
+    ``dropped`` and skipped. Shared by DPO pairs and KTO examples from marks."""
+    from engine.evaluate import eval_session
+    from engine.report import item_labels
+
+    for s in sessions:
+        meta = eval_session(s)
+        if meta.get("held_out") and not allow_test_items:
+            raise UserError(f"{s.name} is a held-out test set: pairs from it would leak the test into training",
+                            hint="use a separate assessment set, or pass --allow-test-items if you mean it")
+        labels, items, _ = item_labels(s, annotator)
+        for item_id, label in sorted(labels.items()):
+            row = items[item_id]
+            why = held.reason(None, _norm(row["question"]))  # ids of another set mean nothing here
+            if why:
+                dropped[why] += 1
+                continue
+            yield s, item_id, row, label
+
+
+def _split_by_prompt(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Validation takes whole prompts, never one prompt on both sides."""
+    prompts = sorted({t["prompt"] for t in rows})
+    random.Random(seed).shuffle(prompts)
+    val_prompts = set(prompts[:int(round(len(prompts) * val_fraction))])
+    return [t for t in rows if t["prompt"] not in val_prompts], [t for t in rows if t["prompt"] in val_prompts]
+
+
+def _write_marked(out: Path, train: list[dict], val: list[dict], fields: tuple[str, ...], sessions: list[Path],
+                  items_of: dict[str, dict], used: dict[str, list[str]], report: dict) -> dict:
+    """FILE.jsonl and FILE.val.jsonl, FILE.report.json, and each session's used_for_pairs.json
+    (so that `compare` warns when these questions are later used as a test)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    val_path = out.with_name(out.stem + ".val" + out.suffix)
+    for path, rows in ((out, train), (val_path, val)):
+        path.write_text("".join(json.dumps({k: t[k] for k in fields}, ensure_ascii=False) + "\n" for t in rows),
+                        encoding="utf-8")
+    report = {"train": str(out), "val": str(val_path), **report}
+    write_json_atomic(out.with_name(out.stem + ".report.json"), report)
+    for s in sessions:
+        items = items_of.get(s.name, {})
+        write_json_atomic(s / USED_FOR_PAIRS, {"pairs": str(out), "items": used[s.name],
+                                               "questions": [fingerprint(items[i]["question"]) for i in used[s.name]]},
+                          file_mode(s))
+    return report
+
+
+def _check_fraction(val_fraction: float) -> None:
+    if not 0 <= val_fraction < 1:
+        raise UserError("--val-fraction must be at least 0 and below 1", field="--val-fraction")
+
+
+def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annotator: str | None = None,
+               allow_test_items: bool = False, seed: int = 0, refusal: str | None = None,
+               exclude: list[str] | None = None) -> dict:
+    """DPO triplets from items judged hallucinated (or abstained where the reference states a fact):
+    chosen = the reference, rejected = the answer.
+
+    With ``refusal`` (a text; ``{field}`` takes an item's extra fields, e.g. ``{drug}``), items
+    judged faithful also give a pair, chosen = the faithful answer, rejected = the refusal, so
+    that DPO learns to keep answering what the model knows rather than to refuse everything.
+    ``exclude``: eval sessions or test files whose questions (by id or normalised text) give no pair."""
+    _check_fraction(val_fraction)
+    held = read_held_out(exclude or [])
+    triplets, dropped = [], Counter()
+    used: dict[str, list[str]] = {s.name: [] for s in sessions}
+    items_of: dict[str, dict] = {}
+    kept_faithful = 0
+    seen: set[tuple[str, str]] = set()
+    for s, item_id, row, label in _marked_items(sessions, annotator, allow_test_items, held, dropped):
+        items_of.setdefault(s.name, {})[item_id] = row
+        if label == "faithful" and refusal:
+            try:
+                text = refusal.format_map(row.get("extra") or {})
+            except (KeyError, IndexError, ValueError):
+                text = refusal
+            prompt, chosen, rejected = prompt_text(row), row.get("answer") or "", text
+            if not chosen.strip() or _norm(chosen) == _norm(rejected) or (prompt, rejected) in seen:
+                continue
+            seen.add((prompt, rejected))
+            triplets.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+            used[s.name].append(item_id)
+            kept_faithful += 1
+            continue
+        if label not in ("hallucinated", "abstained"):  # an over-refusal loses to the reference too
+            continue
+        prompt, chosen, rejected = prompt_text(row), row["reference"], row.get("answer") or ""
+        if not rejected.strip():
+            dropped["empty answer"] += 1
+            continue
+        if _norm(chosen) == _norm(rejected):
+            dropped["chosen equals rejected"] += 1
+            continue
+        if (prompt, rejected) in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add((prompt, rejected))
+        triplets.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        used[s.name].append(item_id)
+    if not triplets:
+        raise UserError("no pairs: no item is judged hallucinated (or all were dropped: "
+                        + ", ".join(f"{k} {v}" for k, v in dropped.items()) + ")" if dropped else
+                        "no pairs: no item is judged hallucinated", hint="assess the sessions first")
+    train, val = _split_by_prompt(triplets, val_fraction, seed)
+    ratio = [len(t["chosen"].split()) / max(1, len(t["rejected"].split())) for t in triplets]
+    report = {"train_pairs": len(train), "val_pairs": len(val), "faithful_pairs": kept_faithful,
+              "excluded_from": held.sources, "dropped": dict(dropped), "items_used": used,
+              "chosen_rejected_length_ratio": {"mean": round(sum(ratio) / len(ratio), 3),
+                                               "min": round(min(ratio), 3), "max": round(max(ratio), 3)}}
+    if abs(report["chosen_rejected_length_ratio"]["mean"] - 1) > 0.3:
+        report["warning"] = ("chosen and rejected answers differ in length on average: DPO learns length "
+                             "preferences as readily as factual ones")
+    return _write_marked(out, train, val, ("prompt", "chosen", "rejected"), sessions, items_of, used, report)
+
+
+def make_kto(sessions: list[Path], out: Path, val_fraction: float = 0.1, annotator: str | None = None,
+             allow_test_items: bool = False, seed: int = 0, exclude: list[str] | None = None,
+             with_reference: bool = True) -> dict:
+    """KTO examples (``prompt``, ``completion``, ``label``) from marks, no pairing needed: an answer
+    judged faithful is desirable, one judged hallucinated undesirable (an abstention where the
+    reference states a fact too: an over-refusal). With ``with_reference``, the reference of an
+    item judged hallucinated or abstained is a desirable example beside it. Split by prompt."""
+    _check_fraction(val_fraction)
+    held = read_held_out(exclude or [])
+    examples, dropped, counts = [], Counter(), Counter()
+    used: dict[str, list[str]] = {s.name: [] for s in sessions}
+    items_of: dict[str, dict] = {}
+    seen: set[tuple[str, str]] = set()
+
+    def add(prompt: str, completion: str, label: bool, why: str) -> bool:
+        if not completion.strip():
+            dropped["empty answer"] += 1
+            return False
+        if (prompt, _norm(completion)) in seen:
+            dropped["duplicate"] += 1
+            return False
+        seen.add((prompt, _norm(completion)))
+        examples.append({"prompt": prompt, "completion": completion, "label": label})
+        counts[why] += 1
+        return True
+
+    for s, item_id, row, label in _marked_items(sessions, annotator, allow_test_items, held, dropped):
+        items_of.setdefault(s.name, {})[item_id] = row
+        prompt, answer = prompt_text(row), row.get("answer") or ""
+        if label == "faithful":
+            wrote = add(prompt, answer, True, "desirable: answers judged faithful")
+        elif label in ("hallucinated", "abstained"):
+            wrote = add(prompt, answer, False, f"undesirable: answers judged {label}")
+            if with_reference and (row.get("reference") or "").strip() and _norm(row["reference"]) != _norm(answer):
+                wrote |= add(prompt, row["reference"], True, "desirable: references of those answers")
+        else:
+            continue
+        if wrote:
+            used[s.name].append(item_id)
+    if not examples:
+        raise UserError("no examples: no item is judged faithful or hallucinated"
+                        + (" (dropped: " + ", ".join(f"{k} {v}" for k, v in dropped.items()) + ")" if dropped else ""),
+                        hint="assess the sessions first (rounds assess SESSION, or --auto JUDGE)")
+    train, val = _split_by_prompt(examples, val_fraction, seed)
+    desirable = sum(e["label"] for e in examples)
+    report = {"train_examples": len(train), "val_examples": len(val), "desirable": desirable,
+              "undesirable": len(examples) - desirable, "sources": dict(counts), "excluded_from": held.sources,
+              "dropped": dict(dropped), "items_used": used}
+    if desirable == 0 or desirable == len(examples):
+        report["warning"] = "every example has the same label: KTO needs desirable and undesirable answers"
+    elif not 0.5 <= desirable / (len(examples) - desirable) <= 2:
+        report["warning"] = (f"{desirable} desirable vs {len(examples) - desirable} undesirable examples: weigh the "
+                             "smaller side up with --desirable-weight / --undesirable-weight (KTO's paper: keep "
+                             "desirable weight x count / (undesirable weight x count) within 1 to 4/3)")
+    return _write_marked(out, train, val, ("prompt", "completion", "label"), sessions, items_of, used, report)
+
+
 # --------------------------------------------------------------------------- the run
 
 def _val_threshold(keys: array, fraction: float) -> int:
@@ -632,9 +823,9 @@ def _check_out(out: str) -> Path:
 
 def _rows(path: Path, report: DataReport, required: tuple[str, ...], counter: list[int]) -> Iterator[tuple[int, dict]]:
     """Source records as dicts; a CSV header is checked for the named columns first."""
-    fmt = _detect_format(path)
+    fmt = detect_format(path)
     report.format = fmt
-    for line, rec in _records(path, fmt, report):
+    for line, rec in read_records(path, fmt, report):
         if isinstance(rec, dict) and "__header__" in rec:
             header = rec["__header__"]
             missing = [c for c in required if c not in header]
@@ -722,8 +913,11 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
         if writer:
             reason = "interrupted" if isinstance(e, KeyboardInterrupt) else (
                 e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
-            writer.event("event", kind="error", message=reason)
-            writer.set_status("stopped" if isinstance(e, KeyboardInterrupt) else "failed", error=reason)
+            if isinstance(e, KeyboardInterrupt):  # stopped, not failed: the previous output is kept
+                writer.event(EVENT, kind=ERROR, message=reason)
+                writer.set_status("stopped", error=reason)
+            else:
+                writer.fail(reason)
             writer.close()
         raise
     buckets.cleanup()
@@ -735,7 +929,7 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
     if writer:
         _write_used(writer.path, out / TRAIN_FILE, sink.fingerprints)
         write_json_atomic(writer.path / REPORT_JSON, rep, file_mode(writer.path))
-        writer.event("event", kind="finished", train_pairs=rep["train_pairs"], val_pairs=rep["val_pairs"],
+        writer.event(EVENT, kind=FINISHED, train_pairs=rep["train_pairs"], val_pairs=rep["val_pairs"],
                      dropped=rep["dropped"])
         writer.set_status("finished")
         writer.close()
@@ -825,3 +1019,46 @@ def _write_report(out: Path, rep: dict) -> None:
     tmp = out / f".{REPORT_MD}.tmp"
     tmp.write_text(report_markdown(rep), encoding="utf-8")
     os.replace(tmp, out / REPORT_MD)
+
+
+def summary(rep: dict) -> str:
+    """What `rounds pairs` prints about what it wrote, for any of its sources (a report of `build`,
+    `make_pairs` or `make_kto`)."""
+    lines = []
+    dropped = ", ".join(f"{k} {v:,}" for k, v in (rep.get("dropped") or {}).items())
+    if "train_examples" in rep:  # KTO examples from marks
+        lines.append(f"rounds: {rep['train_examples']:,} training examples in {rep['train']}, {rep['val_examples']:,} "
+                     f"in {rep['val']}: {rep['desirable']:,} desirable, {rep['undesirable']:,} undesirable"
+                     + (f"; dropped: {dropped}" if dropped else ""))
+        lines += [f"  {k}: {v:,}" for k, v in rep["sources"].items()]
+        if rep.get("warning"):
+            lines.append(f"  warning: {rep['warning']}")
+        lines.append(f"  train on them: rounds train kto --model MODEL --data {rep['train']}"
+                     + (f" --val {rep['val']}" if rep["val_examples"] else ""))
+        return "\n".join(lines)
+    if "mode" not in rep:  # DPO pairs from marks
+        ratio = rep["chosen_rejected_length_ratio"]
+        lines.append(f"rounds: {rep['train_pairs']} training pairs in {rep['train']}, {rep['val_pairs']} in "
+                     f"{rep['val']}" + (f"; dropped: {dropped}" if dropped else ""))
+        lines.append(f"  chosen/rejected length ratio: mean {ratio['mean']}, min {ratio['min']}, max {ratio['max']}")
+        if rep.get("warning"):
+            lines.append(f"  warning: {rep['warning']}")
+        return "\n".join(lines)
+    lines.append(f"rounds: {rep['train_pairs']:,} training pairs in {rep['train']}, {rep['val_pairs']:,} in "
+                 f"{rep['val']} ({rep['train_groups']:,} / {rep['val_groups']:,} "
+                 f"{'groups' if rep['mode'] == 'labels' else 'questions'})")
+    lines.append(f"  source rows: {rep['source_rows']['read']:,} read, {rep['source_rows']['used']:,} used")
+    if dropped:
+        lines.append("  dropped: " + dropped)
+    lines += [f"  {k}: {v:,}" for k, v in (rep.get("chosen_from") or {}).items()]
+    r = rep["chosen_rejected_length_ratio"]
+    if r:
+        lines.append(f"  chosen/rejected length ratio: median {r['median']}, p5 {r['p5']}, p95 {r['p95']}")
+    if rep.get("warning"):
+        lines.append(f"  warning: {rep['warning']}")
+    if rep["problems_total"]:
+        lines.append(f"  {rep['problems_total']:,} source row(s) could not be read and were skipped; the first:")
+        lines += ["    " + line.replace("\n", "\n    ") for line in rep["problems"][:5]]
+    lines.append(f"  report: {Path(rep['out']) / REPORT_MD}" + (f"   session: {rep['session']}" if rep["session"]
+                                                                else ""))
+    return "\n".join(lines)

@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine import methods, stages
 from engine.errors import UserError
 from engine.shapes import ModelShape
 from engine.units import format_seconds, human_bytes
@@ -81,10 +82,10 @@ class Strategy:
 
 @dataclass
 class Workload:
-    stage: str  # sft | dpo
+    stage: str  # a registered stage (engine.stages): what a step does comes from its `factors`
     max_length: int = 1024
     batch: int = 1  # effective batch (micro-batch x gradient accumulation)
-    examples: int | None = None  # pairs for DPO
+    examples: int | None = None  # in the stage's unit (DPO: pairs)
     epochs: float = 1.0
     lora_rank: int = 16
     gpus: int = 1  # data-parallel devices; memory is per device
@@ -97,6 +98,10 @@ class Workload:
         if self.lengths:
             self.lengths = sorted(self.lengths)
 
+    @property
+    def factors(self) -> stages.PlanFactors:
+        return stages.get(self.stage).factors
+
     def peak_length(self) -> int:
         """The longest sequence a batch can have: it sets the memory peak."""
         return min(self.max_length, self.lengths[-1]) if self.lengths else self.max_length
@@ -106,7 +111,7 @@ class Workload:
         chosen and rejected together): the expected maximum of that many lengths drawn from the data."""
         if not self.lengths:
             return float(self.max_length)
-        k, n = micro_batch * (2 if self.stage == "dpo" else 1), len(self.lengths)
+        k, n = micro_batch * self.factors.sequences, len(self.lengths)
         return sum(min(v, self.max_length) * ((i / n) ** k - ((i - 1) / n) ** k)
                    for i, v in enumerate(self.lengths, start=1))
 
@@ -131,6 +136,14 @@ class Device:
     @property
     def width(self) -> int:
         return 2 if self.dtype == "bf16" else 4
+
+
+def plan_flags(plan: str, precompute_ref: bool, gradient_checkpointing: bool, micro_batch: int,
+               grad_accum: int | None = None) -> str:
+    """The `rounds train` flags that choose a strategy (the recommendation, a refused plan's nearest)."""
+    return (f"--plan {plan}" + (" --precompute-ref" if precompute_ref else "")
+            + ("" if gradient_checkpointing else " --no-gradient-checkpointing") + f" --batch {micro_batch}"
+            + (f" --grad-accum {grad_accum}" if grad_accum is not None else ""))
 
 
 # --------------------------------------------------------------------------- sizes and devices
@@ -236,12 +249,12 @@ def cuda_device(budget_bytes: int, name: str = "GPU", bf16: bool = True, flops: 
 
 # --------------------------------------------------------------------------- memory
 
-def _tokens(stage: str, micro_batch: int, seq: float) -> float:
-    return micro_batch * seq * (2 if stage == "dpo" else 1)
+def _tokens(w: Workload, micro_batch: int, seq: float) -> float:
+    return micro_batch * seq * w.factors.sequences
 
 
 def _policy_weight_bytes(shape: ModelShape, s: Strategy, wb: int) -> int:
-    if s.plan == "qlora":  # NF4 linear weights with double-quantized block scales; the rest unquantized
+    if methods.get(s.plan).quantize:  # NF4 linear weights with double-quantized block scales; the rest unquantized
         quantized = shape.params_linear
         return int(quantized * (0.5 + 1 / 64 + 4 / (64 * 256)) + (shape.params_total - quantized) * wb)
     return shape.params_total * wb
@@ -249,26 +262,28 @@ def _policy_weight_bytes(shape: ModelShape, s: Strategy, wb: int) -> int:
 
 def _trainable(shape: ModelShape, s: Strategy, w: Workload, wb: int) -> tuple[int, int]:
     """(trainable parameters, bytes each)."""
-    if s.plan == "full":
+    m = methods.get(s.plan)
+    if not m.adapters:
         return shape.params_total, wb
-    # TRL casts QLoRA adapters to bf16; PEFT keeps LoRA in fp32
-    return shape.lora_params(w.lora_rank), 2 if s.plan == "qlora" else 4
+    return shape.lora_params(w.lora_rank), m.adapter_bytes
 
 
 def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> dict:
     wb = d.width
     P = shape.params_total
-    N = _tokens(w.stage, s.micro_batch, w.peak_length())
+    f, m = w.factors, methods.get(s.plan)
+    full = not m.adapters
+    N = _tokens(w, s.micro_batch, w.peak_length())
     h, L = shape.hidden, shape.layers
     comp: dict[str, int] = {}
 
     # weights
     comp["policy_weights"] = _policy_weight_bytes(shape, s, wb)
-    comp["reference_weights"] = P * wb if (w.stage == "dpo" and s.plan == "full" and not s.precompute_ref) else 0
+    comp["reference_weights"] = P * wb if (f.reference and full and not s.precompute_ref) else 0
 
     # trainable parameters, gradients, optimizer state
     trainable, tw = _trainable(shape, s, w, wb)
-    comp["trainable_parameters"] = 0 if s.plan == "full" else trainable * tw  # full: they are the policy weights
+    comp["trainable_parameters"] = 0 if full else trainable * tw  # full: they are the policy weights
     grads = trainable * tw
     if d.kind == "cuda":
         opt = trainable * 2 + trainable * 4 // 2048  # paged 8-bit AdamW: two 1-byte moments + block scales
@@ -280,7 +295,7 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     # backward, after the LM head's tiles are freed. SFT keeps the adapters' dropout too: each
     # adapted linear saves its dropped-out input and the mask (TRL's DPO turns dropout off).
     coef = ACT[s.plan]
-    dropout = N * sum(i for i, _ in shape.linear_dims()) * (wb + 1) if (w.stage == "sft" and s.plan != "full") else 0
+    dropout = N * sum(i for i, _ in shape.linear_dims()) * (wb + 1) if (f.adapter_dropout and not full) else 0
     if s.gradient_checkpointing:
         act = N * coef["inputs"] * L * h * wb
         act_layer = N * coef["layer"] * h * wb + dropout
@@ -289,10 +304,10 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
         act_layer = 0
     width = min(MAX_TILE_WIDTH, -(-shape.vocab // 64) * 64)
     # on CUDA, TRL's Triton path keeps one tile; its torch fallback on CPU keeps several temporaries
-    copies = 1.0 if d.kind == "cuda" else coef["tiles_sft" if w.stage == "sft" else "tiles_dpo"]
+    copies = 1.0 if d.kind == "cuda" else coef["tiles_dpo" if f.sequences > 1 else "tiles_sft"]
     tile = min(N, TOKEN_TILE) * width * wb * copies
-    head_grad = shape.vocab * h * tw if (s.plan == "full" and not shape.tied) else 0
-    quant = shape.intermediate * shape.hidden * wb if s.plan == "qlora" else 0  # one weight dequantized
+    head_grad = shape.vocab * h * tw if (full and not shape.tied) else 0
+    quant = shape.intermediate * shape.hidden * wb if m.quantize else 0  # one weight dequantized
 
     optimizer_step = grads * (1 + OPTIMIZER_STEP_TEMPS)
     at = {  # what is alive at each moment besides the weights and the optimizer state (ties: the first)
@@ -383,10 +398,12 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = 
     """What one micro-step does, counted in the units of TIME (FLOPs for the matmul terms);
     ``forward_only``: a single no-grad forward (the precomputed reference log-probs)."""
     seq = w.padded_length(s.micro_batch)
-    N = _tokens(w.stage, s.micro_batch, seq)
-    ref = 1 if (w.stage == "dpo" and not s.precompute_ref) else 0
+    N = _tokens(w, s.micro_batch, seq)
+    f, m = w.factors, methods.get(s.plan)
+    # no-grad forwards, in units of the trained tokens: the reference (unless precomputed) and the stage's own
+    ref = (0 if s.precompute_ref else f.reference_passes) + f.extra_forwards
     gc = 1 if s.gradient_checkpointing else 0
-    full = s.plan == "full"
+    full = not m.adapters
     # forward, the recomputation of checkpointing, backward (weight gradients only for full), reference forward
     body_passes = 1 + gc + (2 if full else 1) + ref
     head_passes = 1 + (2 if full else 1) + ref
@@ -399,20 +416,20 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = 
     logits = N * shape.vocab * logit_passes
     adapters = not full and not forward_only  # the reference forward runs with the adapters off
     return {
-        "dense": head + (0 if s.plan == "qlora" else body),
-        "q4": body if s.plan == "qlora" else 0,
+        "dense": head + (0 if m.quantize else body),
+        "q4": body if m.quantize else 0,
         "attention": 2 * N * shape.layers * seq * shape.q_out * (body_passes + 1),
         "weight_read": shape.params_linear * (body_passes + (1 if adapters else 0)),
-        "dequant": _quantized_weights(shape, large=False) * layer_passes if s.plan == "qlora" else 0,
-        "dequant_large": _quantized_weights(shape, large=True) * layer_passes if s.plan == "qlora" else 0,
+        "dequant": _quantized_weights(shape, large=False) * layer_passes if m.quantize else 0,
+        "dequant_large": _quantized_weights(shape, large=True) * layer_passes if m.quantize else 0,
         "elementwise": N * (shape.hidden + shape.intermediate) * shape.layers * layer_passes,
         "lora_elementwise": N * sum(o for _, o in shape.linear_dims()) * shape.layers * layer_passes
         if adapters else 0,
         "dropout": N * sum(i for i, _ in shape.linear_dims()) * shape.layers * (1 + gc)
-        if (adapters and w.stage == "sft" and not forward_only) else 0,
+        if (adapters and f.adapter_dropout and not forward_only) else 0,
         "layer_pass": layer_passes * shape.layers,
         "lora_layer_pass": layer_passes * shape.layers if adapters else 0,
-        "q4_layer_pass": layer_passes * shape.layers if s.plan == "qlora" else 0,
+        "q4_layer_pass": layer_passes * shape.layers if m.quantize else 0,
         "per_logit": logits,
         "per_logit_tile": logits * min(N, TOKEN_TILE) / TOKEN_TILE,
         "per_trainable": 0 if forward_only else _trainable(shape, s, w, 4)[0],
@@ -500,6 +517,63 @@ class PlanResult:
                 "note": self.note,
                 "time_uncertainty": time_uncertainty(self.device)}
 
+    def table(self, model: str, show_all: bool = False) -> str:
+        """The text `rounds plan` prints: every plan's best strategy (``show_all``: every strategy),
+        peak and time, why it does or does not fit, and the recommended flags."""
+        result, w, d, shape = self, self.workload, self.device, self.shape
+        lines = []
+        size = f"{w.examples:,} {stages.get(w.stage).unit} x {w.epochs:g} epoch" if w.examples else \
+            "no data size given (--pairs N or --data FILE for a total)"
+        lines.append(f"{model}: {shape.describe()}")
+        lines.append(f"{w.stage.upper()} on {d.name or d.kind}: {human_bytes(d.budget_bytes)}, "
+                     f"{human_bytes(result.usable_bytes)} usable ({d.margin:.0%} kept free); "
+                     f"max length {w.max_length}, batch {w.batch}, {size}")
+        if w.lengths:
+            seen = w.summary()["lengths"]
+            lines.append(f"lengths from the data ({seen['examples_sampled']:,} examples' tokens): longest "
+                         f"{seen['longest']}, median {seen['median']}; memory for the longest, time for "
+                         f"the typical padded batch")
+        else:
+            lines.append(f"every example taken as {w.max_length} tokens (give --data FILE with a model folder "
+                         "for the data's own lengths)")
+        if w.gpus > 1:
+            lines.append(f"x{w.gpus} GPUs, {SHARDING[w.shard]}; memory is per GPU, time includes "
+                         f"{INTERCONNECT_BYTES_PER_SECOND / 1e9:.0f} GB/s communication (assumed)")
+        if show_all:
+            rows = result.strategies
+        else:  # per plan and reference choice: the fastest that fits, else the smallest
+            groups: dict = {}
+            for r in result.strategies:
+                groups.setdefault((r.strategy.plan, r.strategy.precompute_ref), []).append(r)
+            rows = []
+            for group in groups.values():
+                fit = [r for r in group if r.fits]
+                rows.append(min(fit, key=lambda r: r.seconds_per_step) if fit
+                            else min(group, key=lambda r: r.peak_bytes))
+        lines.append(f"  {'strategy':<20}{'peak':>10}  {'fits':<5}{'s/step':>9}{'total':>9}  why")
+        for r in rows:
+            mark = "*" if r is result.recommended else " "
+            lines.append(f"{mark} {r.strategy.name:<20}{human_bytes(r.peak_bytes):>10}  "
+                         f"{'yes' if r.fits else 'no':<5}{format_seconds(r.seconds_per_step):>9}"
+                         f"{format_seconds(r.total_seconds):>9}  {r.why}")
+        if result.recommended:
+            rec = result.recommended
+            c = rec.components
+            parts = ", ".join(f"{k.replace('_', ' ')} {human_bytes(v)}" for k, v in c.items() if v)
+            lines.append(f"recommended: {rec.strategy.name} (gradient checkpointing "
+                         f"{'on' if rec.strategy.gradient_checkpointing else 'off'}): {parts}")
+            accum = max(1, -(-w.batch // (rec.strategy.micro_batch * w.gpus)))
+            s = rec.strategy
+            flags = plan_flags(s.plan, s.precompute_ref, s.gradient_checkpointing, s.micro_batch, accum)
+            lines.append(f"  train it with: rounds train {w.stage} {flags}"
+                         + (f"   (per GPU, {w.gpus} processes)" if w.gpus > 1 else "   (or --plan auto)"))
+            if result.note:
+                lines.append(f"  note: {result.note}")
+        else:
+            lines.append("nothing fits this budget: shorten --max-length, or use a bigger device")
+        lines.append(f"times: {time_uncertainty(d)}")
+        return "\n".join(lines)
+
 
 def time_uncertainty(d: Device) -> str:
     if d.kind == "cpu" and d.calibrated:
@@ -529,7 +603,7 @@ def explain(shape: ModelShape, r: StrategyResult, w: Workload, usable: int) -> s
                 f"{human_params(shape.params_total)} parameters "
                 f"(policy + frozen reference) = {human_bytes(c['policy_weights'] + c['reference_weights'])}")
     state = c["policy_weights"] + c["gradients"] + c["optimizer_state"]
-    if s.plan == "full" and state > 0.5 * r.peak_bytes:
+    if not methods.get(s.plan).adapters and state > 0.5 * r.peak_bytes:
         return (f"needs {human_bytes(r.peak_bytes)}: full training keeps weights, gradients and optimizer state "
                 f"for {human_params(shape.params_total)} parameters "
                 f"({human_bytes(state)})")
@@ -537,10 +611,11 @@ def explain(shape: ModelShape, r: StrategyResult, w: Workload, usable: int) -> s
              "optimizer_state": "optimizer state", "gradients": "gradients"}
     return (f"needs {human_bytes(r.peak_bytes)}, over the {human_bytes(usable)} usable; largest part: "
             f"{names.get(biggest[0], biggest[0])} {human_bytes(biggest[1])} (micro-batch {s.micro_batch}, "
-            f"{w.peak_length()} tokens{', x2 for chosen+rejected' if w.stage == 'dpo' else ''})")
+            f"{w.peak_length()} tokens" + (f", x{w.factors.sequences} sequences an example)" if w.factors.sequences > 1
+                                            else ")"))
 
 
-def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlora"),
+def plan(shape: ModelShape, w: Workload, d: Device, plans=tuple(methods.METHODS),
          max_micro_batch: int | None = None) -> PlanResult:
     result = PlanResult(shape, w, d)
     if w.gpus < 1:
@@ -549,10 +624,11 @@ def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlor
         raise UserError(f"unknown sharding {w.shard!r}", field="--shard", hint=f"use one of: {', '.join(SHARDING)}")
     if w.gpus > 1 and d.kind != "cuda":
         raise UserError("--gpus is for GPUs: plan a CPU run with --device cpu alone", field="--gpus")
-    top = max_micro_batch or max(1, math.ceil(w.batch / w.gpus))
-    micro = [m for m in (1, 2, 4, 8, 16, 32, 64) if m <= top]
+    least = stages.get(w.stage).min_micro_batch  # KTO: two examples, for its KL estimate
+    top = max(least, max_micro_batch or max(1, math.ceil(w.batch / w.gpus)))
+    micro = [m for m in (1, 2, 4, 8, 16, 32, 64) if least <= m <= top]
     for p in plans:
-        for pre in ((False, True) if w.stage == "dpo" else (False,)):
+        for pre in ((False, True) if w.factors.reference else (False,)):
             for gc in (True, False):
                 for m in micro:
                     r = strategy_result(shape, Strategy(p, pre, gc, m), w, d)
@@ -566,9 +642,9 @@ def plan(shape: ModelShape, w: Workload, d: Device, plans=("full", "lora", "qlor
             return (r.total_seconds or r.seconds_per_step, r.peak_bytes)
 
         fastest = min(fitting, key=cost)
-        exact = [r for r in fitting if r.strategy.plan != "qlora"]
+        exact = [r for r in fitting if not methods.get(r.strategy.plan).quantize]
         result.recommended = fastest
-        if fastest.strategy.plan == "qlora" and exact:
+        if methods.get(fastest.strategy.plan).quantize and exact:
             # 4-bit weights change the model being trained, not only its speed: QLoRA is taken when
             # nothing else fits, or when it is clearly faster (beyond the time estimate's error)
             best_exact = min(exact, key=cost)

@@ -16,6 +16,8 @@ from typing import Any
 
 import psutil
 
+from engine.session.layout import SYSTEM
+
 NA = None  # what a field that could not be read holds (JSON null)
 
 
@@ -143,7 +145,7 @@ class SystemSampler:
         while not self._stop.is_set():
             t = time.perf_counter()
             try:
-                self.writer.event("system", **self.extra, **self.probe.sample())
+                self.writer.event(SYSTEM, **self.extra, **self.probe.sample())
                 self.samples += 1
             except Exception:  # telemetry must never kill a run
                 pass

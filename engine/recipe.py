@@ -1,7 +1,9 @@
 """The one place that turns a ``TrainSpec`` into TRL/PEFT/bitsandbytes objects.
 
 Read top to bottom: resolve the device, check the model folder, load the tokenizer and
-model for the plan, build the datasets, make the trainer config, make the trainer.
+model for the method (``engine.methods``), build the datasets, make the trainer config,
+make the trainer. What differs between SFT, DPO, KTO ... is the stage's (``engine.stages``):
+its dataset rows, its TRL config and its trainer; everything else here is shared.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.data import load, prompt_text
+from engine import methods, stages
+from engine.data import load
 from engine.errors import UserError
+from engine.session.layout import ADAPTER, MERGED, MODEL
 
-PLANS = ("full", "lora", "qlora")
-DEFAULT_LR = {("sft", "full"): 2e-5, ("sft", "lora"): 2e-4, ("sft", "qlora"): 2e-4,
-              ("dpo", "full"): 5e-7, ("dpo", "lora"): 5e-6, ("dpo", "qlora"): 5e-6}
+LEGACY_OPTIONS = ("beta", "sft_weight")  # stage options that were TrainSpec fields before stages had options
 
 
 @dataclass
@@ -24,12 +26,12 @@ class TrainSpec:
     """Everything a training run needs; stored as ``config`` in session.json (so resume
     and a detached worker rebuild the same run from it)."""
 
-    stage: str  # "sft" or "dpo"
+    stage: str  # a registered stage: engine.stages.names()
     model: str
     data: str
     val: str | None = None
     adapter: str | None = None
-    plan: str = "lora"
+    plan: str = "auto"  # auto (the planner chooses, engine.run.launch.resolve_plan) or a method: full, lora, qlora
     epochs: float = 1.0
     max_steps: int = -1
     lr: float | None = None
@@ -37,9 +39,9 @@ class TrainSpec:
     grad_accum: int = 1
     max_length: int = 512
     device: str = "auto"
-    precompute_ref: bool = False
-    beta: float = 0.1
-    sft_weight: float = 0.0  # DPO: add this much NLL on the chosen answers (RPO), against likelihood displacement
+    precompute_ref: bool = False  # stages with a reference: its log-probs computed once, before training
+    options: dict[str, Any] = field(default_factory=dict)  # the stage's own settings (its `options`)
+    stage_origin: dict[str, str] = field(default_factory=dict)  # module/file of a stage outside engine.stages
     gradient_checkpointing: bool = True
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -59,8 +61,18 @@ class TrainSpec:
     accelerate_config: str | None = None
 
     @property
+    def stage_impl(self) -> stages.Stage:
+        return stages.get(self.stage, self.stage_origin)
+
+    @property
+    def method(self) -> methods.Method:
+        if self.plan == "auto":
+            raise ValueError("the plan is still 'auto': resolve it first (engine.run.launch.resolve_plan)")
+        return methods.get(self.plan)
+
+    @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[(self.stage, self.plan)]
+        return self.lr if self.lr is not None else self.stage_impl.default_lr[self.method.name]
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -68,7 +80,12 @@ class TrainSpec:
     @classmethod
     def from_json(cls, data: dict) -> TrainSpec:
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        data = dict(data)
+        legacy = {k: data.pop(k) for k in LEGACY_OPTIONS if k in data}  # a session written before stage options
+        spec = cls(**{k: v for k, v in data.items() if k in known})
+        for k, v in legacy.items():
+            spec.options.setdefault(k, v)
+        return spec
 
 
 # --------------------------------------------------------------------------- checks (no torch)
@@ -116,7 +133,7 @@ def check_adapter_folder(path: str) -> dict:
 
 def load_rows(spec: TrainSpec, which: str = "data") -> list[dict]:
     path = getattr(spec, which)
-    return load(path, spec.stage, spec.columns)
+    return load(path, spec.stage_impl.data_kind, spec.columns)
 
 
 # --------------------------------------------------------------------------- torch side
@@ -212,16 +229,17 @@ def keep_4bit_trainable(model) -> int:
 
 
 def load_policy(spec: TrainSpec, rt: Runtime):
-    """The model to train (and, for full DPO from an adapter, its own reference copy)."""
+    """The model to train (and, for a full plan from an adapter in a stage with a reference, its own
+    reference copy)."""
     from peft import PeftModel
 
-    quantize = spec.plan == "qlora"
+    quantize = spec.method.quantize
     model = _load_base(spec, rt, quantize)
     ref_model = None
     if spec.adapter:
-        if spec.plan == "full":
+        if not spec.method.adapters:
             model = PeftModel.from_pretrained(model, spec.adapter).merge_and_unload()
-            if spec.stage == "dpo" and not spec.precompute_ref:
+            if spec.stage_impl.factors.reference and not spec.precompute_ref:
                 ref_model = PeftModel.from_pretrained(_load_base(spec, rt, False), spec.adapter).merge_and_unload()
         else:
             if quantize:
@@ -234,7 +252,7 @@ def load_policy(spec: TrainSpec, rt: Runtime):
 
 
 def lora_config(spec: TrainSpec):
-    if spec.plan == "full" or spec.adapter:
+    if not spec.method.adapters or spec.adapter:
         return None  # full training, or continuing an adapter the model already carries
     from peft import LoraConfig
 
@@ -242,23 +260,14 @@ def lora_config(spec: TrainSpec):
                       target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def _messages(value: Any, role: str) -> list[dict]:
-    return value if isinstance(value, list) else [{"role": role, "content": value}]
-
-
 def build_dataset(spec: TrainSpec, rows: list[dict]):
     from datasets import Dataset
 
-    if spec.stage == "sft":
-        items = [{"prompt": [{"role": "user", "content": prompt_text(r)}],
-                  "completion": [{"role": "assistant", "content": r["answer"]}]} for r in rows]
-    else:
-        items = [{"prompt": _messages(r["prompt"], "user"), "chosen": _messages(r["chosen"], "assistant"),
-                  "rejected": _messages(r["rejected"], "assistant")} for r in rows]
-    return Dataset.from_list(items)
+    return Dataset.from_list(spec.stage_impl.dataset_rows(rows))
 
 
 def trainer_config(spec: TrainSpec, rt: Runtime, output_dir: Path, has_eval: bool):
+    """The settings every stage shares; the stage turns them into its TRL config."""
     common = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=spec.batch,
@@ -285,14 +294,7 @@ def trainer_config(spec: TrainSpec, rt: Runtime, output_dir: Path, has_eval: boo
         data_seed=spec.seed,
         dataloader_num_workers=0,
     )
-    if spec.stage == "sft":
-        from trl import SFTConfig
-
-        return SFTConfig(**common, completion_only_loss=True)
-    from trl import DPOConfig
-
-    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, spec.sft_weight]} if spec.sft_weight else {}
-    return DPOConfig(**common, beta=spec.beta, precompute_ref_log_probs=spec.precompute_ref, **losses)
+    return spec.stage_impl.trainer_config(spec, common)
 
 
 def right_size_logprob_tiles(vocab_size: int) -> int | None:
@@ -321,14 +323,7 @@ def build_trainer(spec: TrainSpec, rt: Runtime, output_dir: Path, callbacks: lis
     args = trainer_config(spec, rt, output_dir, has_eval=val is not None)
     kwargs = dict(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
                   callbacks=callbacks, peft_config=lora_config(spec))
-    if spec.stage == "sft":
-        from trl import SFTTrainer
-
-        trainer = SFTTrainer(**kwargs)
-    else:
-        from trl import DPOTrainer
-
-        trainer = DPOTrainer(ref_model=ref_model, **kwargs)
+    trainer = spec.stage_impl.make_trainer(spec, kwargs, ref_model)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our telemetry prints its own line per step
@@ -347,24 +342,24 @@ def save_outputs(trainer, spec: TrainSpec, rt: Runtime, session: Path, tokenizer
     if isinstance(model, PeftModel):
         if "ref" in model.peft_config:  # TRL's frozen copy of the starting adapter: not an output
             model.delete_adapter("ref")
-        out = session / "adapter"
+        out = session / ADAPTER
         trainer.save_model(str(out))
-        outputs["adapter"] = str(out)
+        outputs[ADAPTER] = str(out)
         if lead:
             tokenizer.save_pretrained(out)
         if spec.merge and lead:
             base = _load_base(spec, rt, quantize=False)
             merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
-            mout = session / "merged"
+            mout = session / MERGED
             merged.save_pretrained(mout)
             tokenizer.save_pretrained(mout)
-            outputs["merged"] = str(mout)
+            outputs[MERGED] = str(mout)
     else:
-        out = session / "model"
+        out = session / MODEL
         trainer.save_model(str(out))
         if lead:
             tokenizer.save_pretrained(out)
-        outputs["model"] = str(out)
+        outputs[MODEL] = str(out)
         if spec.merge:
-            outputs["merged"] = str(out)  # a full run's model is already whole
+            outputs[MERGED] = str(out)  # a full run's model is already whole
     return outputs

@@ -1,19 +1,18 @@
-"""From marks to numbers and pairs: automatic marks, reports, comparisons, DPO triplets."""
+"""From marks to numbers: automatic marks, reports, comparisons (pairs from marks: engine.pairs)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 from collections import Counter
 from pathlib import Path
 
 from engine import judges
 from engine.assessment import ASSESSMENTS, JUDGED, AssessmentLog, Mark, labels_by_item, read_marks
-from engine.data import prompt_text
 from engine.errors import UserError
-from engine.evaluate import eval_session, read_results
+from engine.evaluate import eval_session
 from engine.session import file_mode, write_json_atomic
+from engine.session.layout import REPORT_JSON, REPORT_MD, USED_FOR_PAIRS
+from engine.session.records import read_results
 from engine.stats import (
     auroc,
     cohen_kappa,
@@ -25,14 +24,8 @@ from engine.stats import (
     unpaired_difference_interval,
     wilson_interval,
 )
+from engine.text import fingerprint
 from engine.text import normalise as _norm
-
-USED_FOR_PAIRS = "used_for_pairs.json"
-
-
-def fingerprint(question: str) -> str:
-    return hashlib.sha256(_norm(question).encode()).hexdigest()[:16]
-
 
 # --------------------------------------------------------------------------- automatic marks
 
@@ -266,9 +259,9 @@ def report_markdown(rep: dict) -> str:
 def write_report(session: Path) -> tuple[dict, str]:
     rep = session_report(session)
     md = report_markdown(rep)
-    write_json_atomic(session / "report.json", rep, file_mode(session))
-    (session / "report.md").write_text(md, encoding="utf-8")
-    (session / "report.md").chmod(file_mode(session))
+    write_json_atomic(session / REPORT_JSON, rep, file_mode(session))
+    (session / REPORT_MD).write_text(md, encoding="utf-8")
+    (session / REPORT_MD).chmod(file_mode(session))
     return rep, md
 
 
@@ -370,102 +363,3 @@ def write_compare(a: Path, b: Path, annotator: str | None = None) -> tuple[dict,
         (s / f"compare-{other.name}.md").write_text(md, encoding="utf-8")
         (s / f"compare-{other.name}.md").chmod(file_mode(s))
     return c, md
-
-
-# --------------------------------------------------------------------------- pairs
-
-def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annotator: str | None = None,
-               allow_test_items: bool = False, seed: int = 0, refusal: str | None = None,
-               exclude: list[str] | None = None) -> dict:
-    """DPO triplets from items judged hallucinated (or abstained where the reference states a fact):
-    chosen = the reference, rejected = the answer.
-
-    With ``refusal`` (a text; ``{field}`` takes an item's extra fields, e.g. ``{drug}``), items
-    judged faithful also give a pair, chosen = the faithful answer, rejected = the refusal, so
-    that DPO learns to keep answering what the model knows rather than to refuse everything.
-    ``exclude``: eval sessions or test files whose questions (by id or normalised text) give no pair."""
-    from engine.pairs import read_held_out
-
-    held = read_held_out(exclude or [])
-    if not 0 <= val_fraction < 1:
-        raise UserError("--val-fraction must be at least 0 and below 1", field="--val-fraction")
-    triplets, used, dropped, items_of = [], {}, Counter(), {}
-    kept_faithful = 0
-    seen: set[tuple[str, str]] = set()
-    for s in sessions:
-        meta = eval_session(s)
-        if meta.get("held_out") and not allow_test_items:
-            raise UserError(f"{s.name} is a held-out test set: pairs from it would leak the test into training",
-                            hint="use a separate assessment set, or pass --allow-test-items if you mean it")
-        labels, items, _ = item_labels(s, annotator)
-        items_of[s.name] = items
-        used[s.name] = []
-        for item_id, label in sorted(labels.items()):
-            row = items[item_id]
-            why = held.reason(None, _norm(row["question"]))  # ids of another set mean nothing here
-            if why:
-                dropped[why] += 1
-                continue
-            if label == "faithful" and refusal:
-                try:
-                    text = refusal.format_map(row.get("extra") or {})
-                except (KeyError, IndexError, ValueError):
-                    text = refusal
-                prompt, chosen, rejected = prompt_text(row), row.get("answer") or "", text
-                if not chosen.strip() or _norm(chosen) == _norm(rejected) or (prompt, rejected) in seen:
-                    continue
-                seen.add((prompt, rejected))
-                triplets.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                                 "source": {"session": s.name, "item": item_id, "kind": "keep answering"}})
-                used[s.name].append(item_id)
-                kept_faithful += 1
-                continue
-            if label not in ("hallucinated", "abstained"):  # an over-refusal loses to the reference too
-                continue
-            prompt, chosen, rejected = prompt_text(row), row["reference"], row.get("answer") or ""
-            if not rejected.strip():
-                dropped["empty answer"] += 1
-                continue
-            if _norm(chosen) == _norm(rejected):
-                dropped["chosen equals rejected"] += 1
-                continue
-            if (prompt, rejected) in seen:
-                dropped["duplicate"] += 1
-                continue
-            seen.add((prompt, rejected))
-            triplets.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                             "source": {"session": s.name, "item": item_id,
-                                        **({"kind": "over-refusal"} if label == "abstained" else {})}})
-            used[s.name].append(item_id)
-    if not triplets:
-        raise UserError("no pairs: no item is judged hallucinated (or all were dropped: "
-                        + ", ".join(f"{k} {v}" for k, v in dropped.items()) + ")" if dropped else
-                        "no pairs: no item is judged hallucinated", hint="assess the sessions first")
-    prompts = sorted({t["prompt"] for t in triplets})
-    random.Random(seed).shuffle(prompts)
-    n_val = int(round(len(prompts) * val_fraction))
-    val_prompts = set(prompts[:n_val])
-    train = [t for t in triplets if t["prompt"] not in val_prompts]
-    val = [t for t in triplets if t["prompt"] in val_prompts]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    val_path = out.with_name(out.stem + ".val" + out.suffix)
-    for path, rows in ((out, train), (val_path, val)):
-        path.write_text("".join(json.dumps({k: t[k] for k in ("prompt", "chosen", "rejected")}, ensure_ascii=False)
-                                + "\n" for t in rows), encoding="utf-8")
-    ratio = [len(t["chosen"].split()) / max(1, len(t["rejected"].split())) for t in triplets]
-    report = {"train": str(out), "val": str(val_path), "train_pairs": len(train), "val_pairs": len(val),
-              "faithful_pairs": kept_faithful, "excluded_from": held.sources,
-              "dropped": dict(dropped), "items_used": used,
-              "chosen_rejected_length_ratio": {"mean": round(sum(ratio) / len(ratio), 3), "min": round(min(ratio), 3),
-                                               "max": round(max(ratio), 3)}}
-    if abs(report["chosen_rejected_length_ratio"]["mean"] - 1) > 0.3:
-        report["warning"] = ("chosen and rejected answers differ in length on average: DPO learns length "
-                             "preferences as readily as factual ones")
-    write_json_atomic(out.with_name(out.stem + ".report.json"), report)
-    for s in sessions:  # so that `compare` can warn when these questions are later used as a test
-        items = items_of[s.name]
-        write_json_atomic(s / USED_FOR_PAIRS, {"pairs": str(out), "items": used[s.name],
-                                               "questions": [fingerprint(items[i]["question"]) for i in used[s.name]]},
-                          file_mode(s))
-    return report

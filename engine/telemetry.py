@@ -15,6 +15,8 @@ from collections import deque
 
 from transformers import TrainerCallback
 
+from engine.session.layout import EVAL, METRICS
+
 
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
@@ -63,7 +65,7 @@ class TelemetryCallback(TrainerCallback):
         logs = {k: _clean(v) for k, v in (logs or {}).items()}
         now = time.monotonic()
         if any(k.startswith("eval_") for k in logs):
-            self.writer.event("eval", step=state.global_step, max_steps=state.max_steps, **logs)
+            self.writer.event(EVAL, step=state.global_step, max_steps=state.max_steps, **logs)
             return
         if "train_runtime" in logs:  # the trainer's end-of-run summary
             self.final = logs
@@ -79,6 +81,6 @@ class TelemetryCallback(TrainerCallback):
                 record["tokens_per_second"] = round(
                     (logs["num_tokens"] - self._last_tokens[0]) / (now - self._last_tokens[1]), 1)
             self._last_tokens = (logs["num_tokens"], now)
-        self.writer.event("metrics", **record)
+        self.writer.event(METRICS, **record)
         if self.echo:
             self.echo(record)

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import ROOT, run_rounds
 from engine.assessment import ASSESSMENTS, read_marks
-from engine.evaluate import read_results
 from engine.session import list_sessions, read_session_json
+from engine.session.records import read_results
 
 
 @pytest.fixture()

@@ -127,12 +127,12 @@ def test_a_session_prepared_for_a_launch_the_user_runs(tmp_path, tiny_model):
     r = run_rounds("--sessions", str(root), "train", "dpo", "--model", str(tiny_model), "--data",
                    str(DEMO / "dpo_train.jsonl"), "--plan", "lora", "--batch", "2", "--max-steps", "2",
                    "--system-interval", "0.3", "--prepare-only")
-    assert r.returncode == 0 and "--rank-worker" in r.stdout, r.stderr
+    assert r.returncode == 0 and "-m engine.run.rank" in r.stdout, r.stderr
     s = only_session(root)
     assert read_session_json(s)["status"] == "planned"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "engine.train", "--rank-worker", str(s)]
+           "-m", "engine.run.rank", str(s)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     meta = read_session_json(s)
@@ -143,11 +143,11 @@ def test_a_session_prepared_for_a_launch_the_user_runs(tmp_path, tiny_model):
 
 def test_auto_plan_on_cpu_gives_each_rank_its_share_of_the_ram(tiny_model):
     from engine.recipe import TrainSpec
-    from engine.train import choose_plan
+    from engine.run.launch import resolve_plan
 
     def usable(**kw) -> int:
         spec = TrainSpec(stage="dpo", model=str(tiny_model), data=str(DEMO / "dpo_train.jsonl"), plan="auto",
                          device="cpu", **kw)
-        return choose_plan(spec, 100, budget_bytes=8 * 2**30)["usable_bytes"]
+        return resolve_plan(spec, 100, budget_bytes=8 * 2**30)[1]["usable_bytes"]
 
     assert usable(launcher="accelerate", num_processes=2) == usable() // 2

@@ -11,10 +11,12 @@ import pytest
 from conftest import ROOT, run_rounds
 from engine.assessment import ASSESSMENTS, AssessmentLog, current, read_marks
 from engine.errors import SessionLockedError, UserError
-from engine.evaluate import RESULTS, read_results
+from engine.pairs import make_pairs
 from engine.prescreen import flags
-from engine.report import compare, make_pairs, session_report
+from engine.report import compare, session_report
 from engine.session import EventTail, read_session_json
+from engine.session.layout import RESULTS
+from engine.session.records import read_results
 
 DEMO = ROOT / "engine" / "demo_data"
 

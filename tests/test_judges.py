@@ -411,7 +411,7 @@ def test_production_code_holds_no_vocabulary_of_the_demo_world():
 
 
 def test_pairs_from_marks_take_over_refusals_too(tmp_path):
-    from engine.report import make_pairs
+    from engine.pairs import make_pairs
 
     s = _session(tmp_path, ROWS)
     auto_assess(s, "abstain")

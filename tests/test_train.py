@@ -391,7 +391,7 @@ def test_corrupt_weights_fail_the_session_with_a_clear_error(tmp_path, tiny_mode
 def test_sft_weight_adds_an_nll_term_to_dpo():
     from engine.recipe import TrainSpec, resolve_runtime, trainer_config
 
-    spec = TrainSpec(stage="dpo", model="m", data="d", plan="lora", sft_weight=0.5, device="cpu")
+    spec = TrainSpec(stage="dpo", model="m", data="d", plan="lora", options={"sft_weight": 0.5}, device="cpu")
     cfg = trainer_config(spec, resolve_runtime(spec), Path("/tmp/x"), has_eval=False)
     assert cfg.loss_type == ["sigmoid", "sft"] and cfg.loss_weights == [1.0, 0.5]
     plain = trainer_config(TrainSpec(stage="dpo", model="m", data="d", plan="lora", device="cpu"),

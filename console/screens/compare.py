@@ -12,8 +12,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.evaluate import read_results
 from engine.report import compare, compare_markdown, item_labels
+from engine.session.records import read_results
 
 STYLE = {"hallucinated": "bold red", "faithful": "bold green", "abstained": "bold cyan"}
 

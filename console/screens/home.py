@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from console.screens.dialogs import KeyHelp
 from engine.session import SessionInfo, list_sessions, liveness
+from engine.session.layout import ASSESSMENTS
 from engine.units import format_duration, human_bytes, parse_time
 
 COLOURS = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stalled": "yellow",
@@ -73,7 +74,7 @@ class HomeScreen(Screen):
         self.app.call_from_thread(self._show, infos, rates, host)
 
     def _rate(self, info: SessionInfo) -> str:
-        marks = info.path / "assessments.jsonl"
+        marks = info.path / ASSESSMENTS
         try:
             mtime = marks.stat().st_mtime
         except OSError:

@@ -17,12 +17,14 @@ from textual.widgets import Footer, Static
 
 from console.charts import bar
 from console.screens.dialogs import Confirm, KeyHelp
-from console.state import CHART_SETS, SERIES, MonitorState
+from console.state import MonitorState, chart_sets, series_label
 from console.widgets.chart import MetricChart
 from console.widgets.eventlog import EventLog
 from console.widgets.memory import MemoryPanel
 from console.widgets.system import SystemPanel
-from engine.session import EVENTS, EventTail, liveness, read_session_json
+from engine.session import EVENTS, SESSION_JSON, EventTail, liveness, read_session_json
+from engine.session.layout import RUN_LOG
+from engine.session.requests import request_checkpoint, request_stop
 from engine.units import format_duration, parse_time
 
 READ_BUDGET_SECONDS = 0.25  # per poll, so a huge history streams in without freezing the screen
@@ -40,9 +42,10 @@ class MonitorScreen(Screen):
         Binding("s", "stop", "stop run", id="monitor.stop"),
         Binding("tab", "next_charts", "charts", id="monitor.charts"),
         Binding("1", "charts(0)", "loss", show=False, id="monitor.charts1"),
-        Binding("2", "charts(1)", "rewards", show=False, id="monitor.charts2"),
-        Binding("3", "charts(2)", "throughput", show=False, id="monitor.charts3"),
-        Binding("4", "charts(3)", "optimizer", show=False, id="monitor.charts4"),
+        Binding("2", "charts(1)", "charts 2 (a stage's own: rewards, KL)", show=False, id="monitor.charts2"),
+        Binding("3", "charts(2)", "charts 3", show=False, id="monitor.charts3"),
+        Binding("4", "charts(3)", "charts 4", show=False, id="monitor.charts4"),
+        Binding("5", "charts(4)", "charts 5", show=False, id="monitor.charts5"),
         Binding("escape", "back", "sessions", id="monitor.back"),
         Binding("question_mark", "help", "keys", id="monitor.help"),
         Binding("q", "app.quit", "quit (the run goes on)", id="monitor.quit"),
@@ -101,7 +104,7 @@ class MonitorScreen(Screen):
 
     def _meta_if_changed(self) -> dict | None:
         """session.json only when its mtime moved: polled twice a second, it rarely changes."""
-        mtime = (self.session / "session.json").stat().st_mtime_ns
+        mtime = (self.session / SESSION_JSON).stat().st_mtime_ns
         if mtime == getattr(self, "_meta_mtime", None):
             return None
         meta = read_session_json(self.session)
@@ -167,9 +170,13 @@ class MonitorScreen(Screen):
         self.query_one("#progress", Static).update(prog)
         self.query_one(MemoryPanel).show(st, plan.get("predicted_peak_bytes"))
         self.query_one(SystemPanel).show(st)
-        name, keys = CHART_SETS[self.chart_set]
-        for i, key in enumerate(keys[:2]):
-            self.query_one(f"#chart{i}", MetricChart).show(f"{self.chart_set + 1}·{SERIES[key]}", st.series[key])
+        sets = chart_sets(meta)
+        name, keys = sets[self.chart_set % len(sets)]
+        for i in range(2):
+            key = keys[i] if i < len(keys) else None
+            self.query_one(f"#chart{i}", MetricChart).show(
+                f"{self.chart_set % len(sets) + 1}·{series_label(meta, key)}" if key else "",
+                st.series[key] if key else None)
         tail = []
         if status == "failed":
             tail = [f"FAILED: {meta.get('error') or st.error or 'see run.log'}"] + _log_tail(self.session, 3)
@@ -178,20 +185,18 @@ class MonitorScreen(Screen):
     # ----------------------------------------------------------------- keys
 
     def action_next_charts(self) -> None:
-        self.chart_set = (self.chart_set + 1) % len(CHART_SETS)
+        self.chart_set = (self.chart_set + 1) % len(chart_sets(self.state.meta))
         self.refresh_view()
 
     def action_charts(self, index: int) -> None:
-        self.chart_set = index % len(CHART_SETS)
+        self.chart_set = index % len(chart_sets(self.state.meta))
         self.refresh_view()
 
     def action_checkpoint(self) -> None:
         if self.state.meta.get("kind") != "train" or self.state.meta.get("status") != "running":
             self.notify("checkpoints are for running training runs", severity="warning")
             return
-        req = self.session / "requests"
-        req.mkdir(exist_ok=True)
-        (req / "checkpoint").write_text(f"requested from the console at {time.ctime()}\n")
+        request_checkpoint(self.session)
         self.notify("checkpoint requested: it is saved at the next step boundary")
 
     def action_stop(self) -> None:
@@ -207,9 +212,7 @@ class MonitorScreen(Screen):
         if not yes:
             return
         meta = self.state.meta
-        req = self.session / "requests"
-        req.mkdir(exist_ok=True)
-        (req / "stop").write_text(f"requested from the console at {time.ctime()}\n")
+        request_stop(self.session)
         pid = meta.get("pid")
         if pid and meta.get("host") == socket.gethostname():
             try:
@@ -229,7 +232,7 @@ class MonitorScreen(Screen):
 
 def _log_tail(session: Path, n: int) -> list[str]:
     try:
-        with open(session / "run.log", "rb") as f:
+        with open(session / RUN_LOG, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - 8192))
             lines = f.read().decode("utf-8", "replace").splitlines()

@@ -49,21 +49,10 @@ class ReportScreen(Screen[str | None]):
         self.dismiss(event.option.id)
 
     def action_export(self) -> None:
-        import csv
-
-        from engine.assessment import ASSESSMENTS, read_marks
-        from engine.session import file_mode
+        from engine.session.records import export_marks_csv
 
         write_report(self.session)
-        marks, _ = read_marks(self.session / ASSESSMENTS)
-        path = self.session / "assessments.csv"
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["time", "annotator", "item", "label", "categories", "severity", "note", "undo", "score"])
-            for m in marks:
-                w.writerow([m.time, m.annotator, m.item, m.label, ";".join(m.categories), m.severity or "", m.note,
-                            m.undo, "" if m.score is None else m.score])
-        path.chmod(file_mode(self.session))
+        export_marks_csv(self.session)
         self.notify(f"wrote report.md, report.json and assessments.csv in {self.session}")
 
     def action_back(self) -> None:

@@ -3,7 +3,9 @@
 A run *writes* (``SessionWriter``): ``session.json`` replaced atomically, events
 appended to ``events.jsonl`` one JSON object a line. The console *reads*
 (``read_session``, ``list_sessions``, ``EventTail``) and never needs the run to be
-alive. The files and their fields: README.md, "Session folders".
+alive. The package's modules: ``layout`` (every file and event kind, by name),
+``requests`` (stop / checkpoint requests to a running run); docs/ARCHITECTURE.md
+describes the folder for people.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FormatVersionError, SessionLockedError, UserError
+from engine.session import layout
+from engine.session.layout import EVENTS, SESSION_JSON
 
 FORMAT = 1
 KINDS = ("train", "eval", "assess", "pairs")
 STATUSES = ("planned", "running", "finished", "failed", "stopped")
-SESSION_JSON = "session.json"
-EVENTS = "events.jsonl"
 
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 SHARED_DIR, SHARED_FILE = 0o750, 0o640
@@ -205,6 +207,15 @@ class SessionWriter:
             extra["ended"] = now
         self.event("status", status=status, sync=True, **fields)
         self.update(**extra, **{k: v for k, v in fields.items() if k in ("error", "reason")})
+
+    def fail(self, message: str, *, detail: str | None = None, **fields: Any) -> None:
+        """Mark the session failed, the one way: an ``error`` event (``detail``: a longer text for it,
+        e.g. with the hint) and status ``failed`` with the message; ``fields`` such as
+        ``failed_rank`` go to both, and to session.json."""
+        self.event(layout.EVENT, kind=layout.ERROR, message=detail or message, **fields)
+        self.set_status("failed", error=message, **fields)
+        if fields:
+            self.update(**fields)
 
     def close(self) -> None:
         with self._lock:

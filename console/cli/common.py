@@ -1,0 +1,58 @@
+"""What every verb module shares: the help formatter, the common options, session lookup."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.session.layout import SESSION_JSON
+
+PROG = "rounds"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=min(100, _terminal_width()))
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 100
+
+
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Options every verb accepts, before or after the verb."""
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--sessions", metavar="DIR", default=default,
+                        help="sessions root (default: $ROUNDS_SESSIONS or ./sessions)")
+    parser.add_argument("--shared-sessions", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="make new session folders group-readable (default: owner only, 0700/0600)")
+
+
+def _verb(sub, name: str, summary: str, example: str, description: str = "") -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=summary, description=(description or summary.replace("%%", "%")),
+                       epilog="example:\n  " + example, formatter_class=_Formatter)
+    _common(p, top=False)
+    return p
+
+
+def _session_path(args: argparse.Namespace, ref: str) -> Path:
+    """A session given by id (under the sessions root) or by path."""
+    from engine.session import sessions_root
+
+    p = Path(ref)
+    if (p / SESSION_JSON).is_file():
+        return p
+    candidate = sessions_root(args.sessions) / ref
+    if (candidate / SESSION_JSON).is_file():
+        return candidate
+    raise UserError(f"no session {ref!r} (looked in {sessions_root(args.sessions)})",
+                    hint="give a session id from `ls sessions/` or a session folder path")
+
+
+def _cols(args: argparse.Namespace, fields: tuple[str, ...]) -> dict[str, str]:
+    return {f: getattr(args, f"col_{f}") for f in fields if getattr(args, f"col_{f}", None)}

@@ -1,0 +1,103 @@
+"""The records of a session folder: evaluation results (``results.jsonl``, one answer a line) and
+their CSV; the marks' CSV export. Readers and writers of the files, for the engine and the
+console alike (marks themselves: ``engine.assessment``, append-only with a writer lock)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from engine.session import file_mode
+from engine.session.layout import ASSESSMENTS, ASSESSMENTS_CSV, RESULTS, RESULTS_CSV
+
+CSV_FIELDS = ["id", "question", "context", "reference", "answer", "model", "truncated", "new_tokens",
+              "flag_count", "numbers_absent", "terms_absent"]
+
+
+def read_results(session: Path) -> list[dict]:
+    path = Path(session) / RESULTS
+    out = []
+    if not path.exists():
+        return out
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break  # a line cut off by a crash: that item is simply done again
+            try:
+                out.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def append_results(session: Path, records: list[dict]) -> None:
+    data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records)
+    fd = os.open(session / RESULTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode(session))
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_csv(session: Path) -> Path:
+    rows = read_results(session)
+    path = session / RESULTS_CSV
+    tmp = session / f".{RESULTS_CSV}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode(session))
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_FIELDS)
+        for r in rows:
+            fl = r.get("flags") or {}
+            w.writerow([r.get("id"), r.get("question"), r.get("context") or "", r.get("reference"), r.get("answer"),
+                        r.get("model"), r.get("truncated"), r.get("new_tokens"), fl.get("count", 0),
+                        "; ".join(fl.get("numbers_absent", [])), "; ".join(fl.get("terms_absent", []))])
+    os.replace(tmp, path)
+    return path
+
+
+def repair_results(session: Path) -> int:
+    """Cut a half-written last line (a crash mid-append) so new lines start clean; returns bytes cut."""
+    path = Path(session) / RESULTS
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return 0
+        pos = size
+        while pos > 0:  # find the last newline, reading backwards in blocks
+            start = max(0, pos - 65536)
+            f.seek(start)
+            block = f.read(pos - start)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        return size - keep
+
+
+def export_marks_csv(session: Path) -> Path:
+    """``assessments.csv``: every mark, undos included, for a spreadsheet."""
+    from engine.assessment import read_marks
+
+    marks, _ = read_marks(Path(session) / ASSESSMENTS)
+    path = Path(session) / ASSESSMENTS_CSV
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["time", "annotator", "item", "label", "categories", "severity", "note", "undo", "score"])
+        for m in marks:
+            w.writerow([m.time, m.annotator, m.item, m.label, ";".join(m.categories), m.severity or "", m.note,
+                        m.undo, "" if m.score is None else m.score])
+    path.chmod(file_mode(session))
+    return path
