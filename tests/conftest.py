@@ -24,3 +24,16 @@ def run_rounds(*args: str, cwd: Path | None = None, env: dict | None = None, tim
     full_env.pop("ROUNDS_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "console.cli", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "condition"):
+    """The predicate's first true value, polled; fails after a generous ``timeout`` (never a short one)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -64,16 +64,6 @@ def test_the_planner_reads_the_stages_factors(echo_stage):
         == {False}
 
 
-def wait_for(predicate, timeout: float = 300, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_fourth_stage_is_planned_trained_and_monitored(echo_stage, tiny_model, tmp_path):
     from engine.recipe import TrainSpec
     from engine.run.launch import start

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_rounds
+from conftest import ROOT, run_rounds, wait_for
 from engine.session import EventTail, read_session_json
 
 DEMO = ROOT / "engine" / "demo_data"
@@ -43,16 +42,6 @@ def train(tmp_path: Path, stage: str, *args: str, env: dict | None = None, model
     r = run_rounds("--sessions", str(root), "train", stage, "--model", str(model), "--data", str(data),
                    "--system-interval", "0.5", *plan, *args, env=env, timeout=300)
     return r, root
-
-
-def wait_for(predicate, timeout: float = 120, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,12 @@ def add_verbs(sub) -> None:
 
     p = _verb(sub, "validate", "check a data file and name every problem by line and field",
               "rounds validate data/train.csv --kind sft --question Question --answer Response",
-              "Checks an SFT file (question, answer), a test set (question, reference) or DPO pairs\n"
-              "(prompt, chosen, rejected; strings or message lists) in CSV, TSV, JSONL or a JSON array.\n"
-              "Exit code 0 when there are no errors, 1 when there are.")
+              "Checks a data file of one kind, in CSV, TSV, JSONL or a JSON array:\n"
+              + "\n".join(f"  {n:<5} {k.label}: {', '.join(k.required)}" + (f" (+ {', '.join(k.optional)})"
+                                                                             if k.optional else "")
+                          for n, k in _data_kinds().items())
+              + "\nDPO and KTO fields are strings or TRL's message lists. Exit code 0 when there are no\n"
+                "errors, 1 when there are.")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--kind", choices=list(_data_kinds()), required=True, help="what the file should hold: "
                    + "; ".join(f"{n} ({', '.join(k.required)})" for n, k in _data_kinds().items()))
