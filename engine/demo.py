@@ -239,11 +239,12 @@ def run_pipeline(root: Path, cfg: DemoConfig, echo=print) -> dict:
     # so DPO learns both halves: abstain on what it doesn't know, answer what it does.
     # The test set's questions never become training pairs, even where a round question words one alike.
     echo("[demo] 4/7 DPO pairs from the judged round")
-    pairs = make_pairs([rnd], root / "demo-pairs" / "pairs.jsonl", val_fraction=0.1,
+    pairs = make_pairs([rnd], root / "demo-pairs", val_fraction=0.1, name="demo-pairs",
                        annotator=f"auto:{cfg.judge}", refusal=ABSTAIN, exclude=[str(DEMO_DATA / "test.jsonl")],
                        seed=cfg.seed)
     echo(f"[demo] pairs: {pairs['train_pairs']} for training, {pairs['val_pairs']} for validation "
-         f"({pairs['faithful_pairs']} keep a faithful answer over an abstention)")
+         f"({(pairs.get('chosen_from') or {}).get('keep answering', 0)} keep a faithful answer over an "
+         "abstention)")
     echo(f"[demo] 5/7 Stage B: DPO (plan {cfg.dpo_plan}{' + precomputed reference' if cfg.dpo_precompute_ref else ''})")
     dpo = _train(root, TrainSpec(stage="dpo", model=str(sft_model), data=pairs["train"],
                                  val=pairs["val"] if pairs["val_pairs"] else None, plan=cfg.dpo_plan,
@@ -269,7 +270,8 @@ def run_pipeline(root: Path, cfg: DemoConfig, echo=print) -> dict:
     wall = round(time.monotonic() - t0, 1)
     target = drop >= 0.30 and p["mcnemar_p"] < 0.01 and acc_change >= -0.10 and wall <= 15 * 60
     summary = {"config": asdict(cfg), "sessions": {"sft": sft.name, "eval_sft": ev_sft.name, "round": rnd.name,
-                                                   "dpo": dpo.name, "eval_dpo": ev_dpo.name},
+                                                   "pairs": pairs["session"], "dpo": dpo.name,
+                                                   "eval_dpo": ev_dpo.name},
                "pairs": pairs, "comparison": comparison, "answerable_sft": acc_sft, "answerable_dpo": acc_dpo,
                "hallucination_drop_points": round(100 * drop, 1), "mcnemar_p": p["mcnemar_p"],
                "answerable_accuracy_change_points": round(100 * acc_change, 1), "target_met": target,

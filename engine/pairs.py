@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -55,6 +54,8 @@ from engine.text import normalise as _norm
 
 TRAIN_FILE = "train_dpo.jsonl"
 VAL_FILE = "val_dpo.jsonl"
+KTO_TRAIN_FILE = "train_kto.jsonl"  # --kto: unpaired examples (prompt, completion, label) instead of pairs
+KTO_VAL_FILE = "val_kto.jsonl"
 SOURCES_FILE = "pairs_sources.jsonl"
 REPORT_JSON, REPORT_MD = PAIRS_REPORT_JSON, PAIRS_REPORT_MD
 BUCKET_BYTES = 16 * 2**20  # a source under this is paired in memory; a bigger one in buckets of about this
@@ -63,10 +64,13 @@ NOT_FACTUAL = {"0", "false", "f", "no", "n", "not factual", "non-factual", "nonf
                "hallucinated", "hallucination", "incorrect", "unsupported", "fake", "invalid", "not_factual"}
 
 
+DEFAULT_VAL_FRACTION = 0.1  # every source: that share of the questions (groups) is held back for validation
+
+
 @dataclass
 class PairOptions:
     out: str
-    val_fraction: float = 0.18
+    val_fraction: float = DEFAULT_VAL_FRACTION
     seed: int = 0
     exclude: list[str] = field(default_factory=list)
     max_length: int | None = None
@@ -300,12 +304,13 @@ def _percentiles(values: array) -> dict:
 class PairSink:
     """Writes checked pairs to the train/val files and counts everything for the report."""
 
-    def __init__(self, out: Path, val_below: int, seed: int, lengths: LengthCheck):
+    def __init__(self, out: Path, val_below: int, seed: int, lengths: LengthCheck, kto: bool = False):
         self.out = out
-        self.val_below, self.seed, self.lengths = val_below, seed, lengths
+        self.val_below, self.seed, self.lengths, self.kto = val_below, seed, lengths, kto
         # written under temporary names and renamed at the end: a run stopped half-way leaves the
         # previous files in --out as they were
-        self.names = {"train": TRAIN_FILE, "val": VAL_FILE, "sources": SOURCES_FILE}
+        self.names = {"train": KTO_TRAIN_FILE if kto else TRAIN_FILE, "val": KTO_VAL_FILE if kto else VAL_FILE,
+                      "sources": SOURCES_FILE}
         self.files = {split: open(out / f".{name}.partial", "w", encoding="utf-8")
                       for split, name in self.names.items()}
         self.sources = self.files.pop("sources")
@@ -356,22 +361,44 @@ class PairSink:
             self.dropped[f"too long for --max-length {self.lengths.max_length}"] += 1
             return False
         self._seen.add(sig)
+        self._write(key, question, {"prompt": prompt, "chosen": chosen, "rejected": rejected}, lines, ids, kind)
+        self.ratios.append(len(chosen.split()) / max(1, len(rejected.split())))
+        return True
+
+    def add_example(self, key: str, question: str, prompt: str, completion: str, label: bool, lines: list[int],
+                    ids: list[str | None], kind: str | None = None) -> bool:
+        """One unpaired KTO example: an answer, desirable (``label``) or not."""
+        if not (completion or "").strip():
+            self.dropped["empty answer"] += 1
+            return False
+        sig = _h64("\0".join((key, _norm(prompt), _norm(completion))))
+        if sig in self._seen:
+            self.dropped["duplicate example"] += 1
+            return False
+        if self.lengths.too_long(prompt, completion, ""):
+            self.dropped[f"too long for --max-length {self.lengths.max_length}"] += 1
+            return False
+        self._seen.add(sig)
+        self._write(key, question, {"prompt": prompt, "completion": completion, "label": bool(label)}, lines, ids,
+                    kind)
+        self.counts["desirable" if label else "undesirable"] += 1
+        return True
+
+    def _write(self, key: str, question: str, row: dict, lines: list[int], ids: list[str | None],
+               kind: str | None) -> None:
         split = self.split_of(key)
-        self.files[split].write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected},
-                                           ensure_ascii=False) + "\n")
+        self.files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
         self.sources.write(json.dumps({"split": split, "pair": self.counts[split] + 1, "lines": lines,
                                        "ids": [i for i in ids if i not in (None, "")],
                                        **({"kind": kind} if kind else {})}, ensure_ascii=False) + "\n")
         self.counts[split] += 1
         if kind:
             self.counts[kind] += 1
-        self.ratios.append(len(chosen.split()) / max(1, len(rejected.split())))
         for n in lines:
             self._use_line(n)
         if key not in self._bucket_fps:  # one fingerprint a question
             self._bucket_fps.add(key)
             self.fingerprints.write(fingerprint(question) + "\n")
-        return True
 
     def end_group(self, key: str, wrote: bool) -> None:
         if wrote:
@@ -403,6 +430,9 @@ class Mode:
     extract: Callable[[int, dict, DataReport], Candidate | None]
     pairs: Callable[[list[dict], PairSink, Counter], bool]
     required: tuple[str, ...] = ()
+    kto: bool = False  # writes unpaired KTO examples (PairSink.add_example) instead of DPO pairs
+    temporary_source: bool = False  # made by the mode (marks): removed when the run ends
+    describe: str | None = None  # the source for people, when it is not simply the file
 
 
 def _text(rec: dict, col: str, line: int, report: DataReport, required: bool = True) -> str | None:
@@ -618,183 +648,119 @@ def samples_mode(session: Path, rule: str = "contains", annotator: str | None = 
                                                     "max_pairs_per_group": max_per_group}, extract, pairs)
 
 
-# --------------------------------------------------------------------------- from marked sessions
+def _fill(template: str, fields: dict) -> str:
+    try:
+        return template.format_map(fields or {})
+    except (KeyError, IndexError, ValueError):
+        return template
 
-def _marked_items(sessions: list[Path], annotator: str | None, allow_test_items: bool, held: HeldOut,
-                  dropped: Counter) -> Iterator[tuple[Path, str, dict, str]]:
-    """(session, item id, result row, label) for every judged answer of the sessions, by one
-    annotator or by the consensus (people first, judges where no person judged). A held-out test
-    session is refused; an item whose question is excluded (``--exclude``) is counted in
-    ``dropped`` and skipped. Shared by DPO pairs and KTO examples from marks."""
+
+def marks_mode(sessions: list[Path], annotator: str | None = None, allow_test_items: bool = False,
+               refusal: str | None = None, kto: bool = False, with_reference: bool = True) -> Mode:
+    """Answers judged by hand or by `assess --auto`, in one or more eval sessions, by one annotator
+    or by the consensus (people first, judges where no person judged). A held-out test session is
+    refused. The judged items are written to a temporary JSONL that the run streams like any
+    source, one line an item (pairs_sources.jsonl names each pair's items as SESSION/ITEM).
+
+    DPO pairs: an answer judged hallucinated, or abstaining where the reference states a fact, loses
+    to the reference ("reference as chosen", "over-refusal"); with ``refusal`` (``{field}`` takes
+    the item's extra fields) an answer judged faithful wins over that refusal ("keep answering"),
+    so that DPO keeps answering what the model knows.
+
+    KTO examples (``kto``): an answer judged faithful is desirable, one judged hallucinated or
+    over-refusing undesirable, and (``with_reference``) the reference of such an answer a desirable
+    example beside it. No pairing: the two sides need not share a question."""
     from engine.evaluate import eval_session
     from engine.report import item_labels
 
-    for s in sessions:
-        meta = eval_session(s)
-        if meta.get("held_out") and not allow_test_items:
-            raise UserError(f"{s.name} is a held-out test set: pairs from it would leak the test into training",
-                            hint="use a separate assessment set, or pass --allow-test-items if you mean it")
-        labels, items, _ = item_labels(s, annotator)
-        for item_id, label in sorted(labels.items()):
-            row = items[item_id]
-            why = held.reason(None, _norm(row["question"]))  # ids of another set mean nothing here
-            if why:
-                dropped[why] += 1
-                continue
-            yield s, item_id, row, label
+    if not sessions:
+        raise UserError("no sessions given", hint="rounds pairs SESSION [SESSION ...] --out DIR")
+    fd, tmp = tempfile.mkstemp(prefix=".rounds-marks-", suffix=".jsonl")
+    whose, judged = [], 0
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for session in sessions:
+            meta = eval_session(session)
+            if meta.get("held_out") and not allow_test_items:
+                os.unlink(tmp)
+                raise UserError(f"{session.name} is a held-out test set: pairs from it would leak the test into "
+                                "training", hint="use a separate assessment set, or pass --allow-test-items if you "
+                                                 "mean it")
+            labels, items, who = item_labels(session, annotator)
+            whose.append(f"{session.name}: {who}")
+            judged += len(labels)
+            for item_id, label in sorted(labels.items()):
+                r = items[item_id]
+                f.write(json.dumps({"id": f"{session.name}/{item_id}", "question": r["question"],
+                                    "context": r.get("context"), "reference": r.get("reference") or "",
+                                    "answer": r.get("answer") or "", "label": label, "extra": r.get("extra") or {}},
+                                   ensure_ascii=False) + "\n")
+
+    if not judged:
+        os.unlink(tmp)
+        raise UserError(f"no judged answers in {', '.join(Path(x).name for x in sessions)}"
+                        + (f" by {annotator}" if annotator else ""),
+                        hint="assess them first: rounds assess SESSION (by hand), or --auto JUDGE")
+
+    def extract(line: int, rec: dict, report: DataReport) -> Candidate | None:
+        # no id for --exclude: another set's ids mean nothing here; its question texts do
+        return Candidate(_norm(rec["question"]), line, None, rec)
+
+    def dpo_pairs(group: list[dict], sink: PairSink, dropped: Counter) -> bool:
+        wrote = False
+        for g in group:
+            d, key, lines, ids = g["d"], g["k"], [g["l"]], [g["d"]["id"]]
+            prompt = prompt_text(d)
+            if d["label"] == "faithful":
+                if refusal:
+                    wrote |= sink.add(key, d["question"], prompt, d["answer"], _fill(refusal, d["extra"]), lines, ids,
+                                      "keep answering")
+            elif d["label"] in ("hallucinated", "abstained"):
+                wrote |= sink.add(key, d["question"], prompt, d["reference"], d["answer"], lines, ids,
+                                  "over-refusal" if d["label"] == "abstained" else "reference as chosen")
+        return wrote
+
+    def kto_examples(group: list[dict], sink: PairSink, dropped: Counter) -> bool:
+        wrote = False
+        for g in group:
+            d, key, lines, ids = g["d"], g["k"], [g["l"]], [g["d"]["id"]]
+            prompt = prompt_text(d)
+            if d["label"] == "faithful":
+                wrote |= sink.add_example(key, d["question"], prompt, d["answer"], True, lines, ids,
+                                          "desirable: answers judged faithful")
+            elif d["label"] in ("hallucinated", "abstained"):
+                wrote |= sink.add_example(key, d["question"], prompt, d["answer"], False, lines, ids,
+                                          f"undesirable: answers judged {d['label']}")
+                if with_reference and d["reference"].strip() and _norm(d["reference"]) != _norm(d["answer"]):
+                    wrote |= sink.add_example(key, d["question"], prompt, d["reference"], True, lines, ids,
+                                              "desirable: references of those answers")
+        return wrote
+
+    settings = {"sessions": [str(x) for x in sessions], "annotator": annotator or "consensus", "marks_by": whose,
+                "format": "kto" if kto else "dpo", **({"refusal": refusal} if refusal and not kto else {}),
+                **({"with_reference": with_reference} if kto else {})}
+    return Mode("marks", tmp, settings, extract, kto_examples if kto else dpo_pairs, kto=kto,
+                temporary_source=True, describe="marks of " + ", ".join(Path(x).name for x in sessions))
 
 
-def _split_by_prompt(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Validation takes whole prompts, never one prompt on both sides."""
-    prompts = sorted({t["prompt"] for t in rows})
-    random.Random(seed).shuffle(prompts)
-    val_prompts = set(prompts[:int(round(len(prompts) * val_fraction))])
-    return [t for t in rows if t["prompt"] not in val_prompts], [t for t in rows if t["prompt"] in val_prompts]
+def make_pairs(sessions: list[Path], out: Path, val_fraction: float = DEFAULT_VAL_FRACTION,
+               annotator: str | None = None, allow_test_items: bool = False, seed: int = 0,
+               refusal: str | None = None, exclude: list[str] | None = None, root: Path | None = None,
+               name: str | None = None, **build_kw) -> dict:
+    """DPO pairs from marked sessions (``marks_mode``) into the folder ``out``, as a pairs session
+    in ``root`` (default: the sessions' own root), like every other source."""
+    mode = marks_mode(sessions, annotator, allow_test_items, refusal)
+    return build(mode, PairOptions(out=str(out), val_fraction=val_fraction, seed=seed, exclude=list(exclude or [])),
+                 root or Path(sessions[0]).parent, name=name, quiet=True, **build_kw)
 
 
-def _write_marked(out: Path, train: list[dict], val: list[dict], fields: tuple[str, ...], sessions: list[Path],
-                  items_of: dict[str, dict], used: dict[str, list[str]], report: dict) -> dict:
-    """FILE.jsonl and FILE.val.jsonl, FILE.report.json, and each session's used_for_pairs.json
-    (so that `compare` warns when these questions are later used as a test)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    val_path = out.with_name(out.stem + ".val" + out.suffix)
-    for path, rows in ((out, train), (val_path, val)):
-        path.write_text("".join(json.dumps({k: t[k] for k in fields}, ensure_ascii=False) + "\n" for t in rows),
-                        encoding="utf-8")
-    report = {"train": str(out), "val": str(val_path), **report}
-    write_json_atomic(out.with_name(out.stem + ".report.json"), report)
-    for s in sessions:
-        items = items_of.get(s.name, {})
-        write_json_atomic(s / USED_FOR_PAIRS, {"pairs": str(out), "items": used[s.name],
-                                               "questions": [fingerprint(items[i]["question"]) for i in used[s.name]]},
-                          file_mode(s))
-    return report
-
-
-def _check_fraction(val_fraction: float) -> None:
-    if not 0 <= val_fraction < 1:
-        raise UserError("--val-fraction must be at least 0 and below 1", field="--val-fraction")
-
-
-def make_pairs(sessions: list[Path], out: Path, val_fraction: float = 0.1, annotator: str | None = None,
-               allow_test_items: bool = False, seed: int = 0, refusal: str | None = None,
-               exclude: list[str] | None = None) -> dict:
-    """DPO triplets from items judged hallucinated (or abstained where the reference states a fact):
-    chosen = the reference, rejected = the answer.
-
-    With ``refusal`` (a text; ``{field}`` takes an item's extra fields, e.g. ``{drug}``), items
-    judged faithful also give a pair, chosen = the faithful answer, rejected = the refusal, so
-    that DPO learns to keep answering what the model knows rather than to refuse everything.
-    ``exclude``: eval sessions or test files whose questions (by id or normalised text) give no pair."""
-    _check_fraction(val_fraction)
-    held = read_held_out(exclude or [])
-    triplets, dropped = [], Counter()
-    used: dict[str, list[str]] = {s.name: [] for s in sessions}
-    items_of: dict[str, dict] = {}
-    kept_faithful = 0
-    seen: set[tuple[str, str]] = set()
-    for s, item_id, row, label in _marked_items(sessions, annotator, allow_test_items, held, dropped):
-        items_of.setdefault(s.name, {})[item_id] = row
-        if label == "faithful" and refusal:
-            try:
-                text = refusal.format_map(row.get("extra") or {})
-            except (KeyError, IndexError, ValueError):
-                text = refusal
-            prompt, chosen, rejected = prompt_text(row), row.get("answer") or "", text
-            if not chosen.strip() or _norm(chosen) == _norm(rejected) or (prompt, rejected) in seen:
-                continue
-            seen.add((prompt, rejected))
-            triplets.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-            used[s.name].append(item_id)
-            kept_faithful += 1
-            continue
-        if label not in ("hallucinated", "abstained"):  # an over-refusal loses to the reference too
-            continue
-        prompt, chosen, rejected = prompt_text(row), row["reference"], row.get("answer") or ""
-        if not rejected.strip():
-            dropped["empty answer"] += 1
-            continue
-        if _norm(chosen) == _norm(rejected):
-            dropped["chosen equals rejected"] += 1
-            continue
-        if (prompt, rejected) in seen:
-            dropped["duplicate"] += 1
-            continue
-        seen.add((prompt, rejected))
-        triplets.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-        used[s.name].append(item_id)
-    if not triplets:
-        raise UserError("no pairs: no item is judged hallucinated (or all were dropped: "
-                        + ", ".join(f"{k} {v}" for k, v in dropped.items()) + ")" if dropped else
-                        "no pairs: no item is judged hallucinated", hint="assess the sessions first")
-    train, val = _split_by_prompt(triplets, val_fraction, seed)
-    ratio = [len(t["chosen"].split()) / max(1, len(t["rejected"].split())) for t in triplets]
-    report = {"train_pairs": len(train), "val_pairs": len(val), "faithful_pairs": kept_faithful,
-              "excluded_from": held.sources, "dropped": dict(dropped), "items_used": used,
-              "chosen_rejected_length_ratio": {"mean": round(sum(ratio) / len(ratio), 3),
-                                               "min": round(min(ratio), 3), "max": round(max(ratio), 3)}}
-    if abs(report["chosen_rejected_length_ratio"]["mean"] - 1) > 0.3:
-        report["warning"] = ("chosen and rejected answers differ in length on average: DPO learns length "
-                             "preferences as readily as factual ones")
-    return _write_marked(out, train, val, ("prompt", "chosen", "rejected"), sessions, items_of, used, report)
-
-
-def make_kto(sessions: list[Path], out: Path, val_fraction: float = 0.1, annotator: str | None = None,
-             allow_test_items: bool = False, seed: int = 0, exclude: list[str] | None = None,
-             with_reference: bool = True) -> dict:
-    """KTO examples (``prompt``, ``completion``, ``label``) from marks, no pairing needed: an answer
-    judged faithful is desirable, one judged hallucinated undesirable (an abstention where the
-    reference states a fact too: an over-refusal). With ``with_reference``, the reference of an
-    item judged hallucinated or abstained is a desirable example beside it. Split by prompt."""
-    _check_fraction(val_fraction)
-    held = read_held_out(exclude or [])
-    examples, dropped, counts = [], Counter(), Counter()
-    used: dict[str, list[str]] = {s.name: [] for s in sessions}
-    items_of: dict[str, dict] = {}
-    seen: set[tuple[str, str]] = set()
-
-    def add(prompt: str, completion: str, label: bool, why: str) -> bool:
-        if not completion.strip():
-            dropped["empty answer"] += 1
-            return False
-        if (prompt, _norm(completion)) in seen:
-            dropped["duplicate"] += 1
-            return False
-        seen.add((prompt, _norm(completion)))
-        examples.append({"prompt": prompt, "completion": completion, "label": label})
-        counts[why] += 1
-        return True
-
-    for s, item_id, row, label in _marked_items(sessions, annotator, allow_test_items, held, dropped):
-        items_of.setdefault(s.name, {})[item_id] = row
-        prompt, answer = prompt_text(row), row.get("answer") or ""
-        if label == "faithful":
-            wrote = add(prompt, answer, True, "desirable: answers judged faithful")
-        elif label in ("hallucinated", "abstained"):
-            wrote = add(prompt, answer, False, f"undesirable: answers judged {label}")
-            if with_reference and (row.get("reference") or "").strip() and _norm(row["reference"]) != _norm(answer):
-                wrote |= add(prompt, row["reference"], True, "desirable: references of those answers")
-        else:
-            continue
-        if wrote:
-            used[s.name].append(item_id)
-    if not examples:
-        raise UserError("no examples: no item is judged faithful or hallucinated"
-                        + (" (dropped: " + ", ".join(f"{k} {v}" for k, v in dropped.items()) + ")" if dropped else ""),
-                        hint="assess the sessions first (rounds assess SESSION, or --auto JUDGE)")
-    train, val = _split_by_prompt(examples, val_fraction, seed)
-    desirable = sum(e["label"] for e in examples)
-    report = {"train_examples": len(train), "val_examples": len(val), "desirable": desirable,
-              "undesirable": len(examples) - desirable, "sources": dict(counts), "excluded_from": held.sources,
-              "dropped": dict(dropped), "items_used": used}
-    if desirable == 0 or desirable == len(examples):
-        report["warning"] = "every example has the same label: KTO needs desirable and undesirable answers"
-    elif not 0.5 <= desirable / (len(examples) - desirable) <= 2:
-        report["warning"] = (f"{desirable} desirable vs {len(examples) - desirable} undesirable examples: weigh the "
-                             "smaller side up with --desirable-weight / --undesirable-weight (KTO's paper: keep "
-                             "desirable weight x count / (undesirable weight x count) within 1 to 4/3)")
-    return _write_marked(out, train, val, ("prompt", "completion", "label"), sessions, items_of, used, report)
+def make_kto(sessions: list[Path], out: Path, val_fraction: float = DEFAULT_VAL_FRACTION,
+             annotator: str | None = None, allow_test_items: bool = False, seed: int = 0,
+             exclude: list[str] | None = None, with_reference: bool = True, root: Path | None = None,
+             name: str | None = None, **build_kw) -> dict:
+    """KTO examples from marked sessions (``marks_mode(kto=True)``) into the folder ``out``."""
+    mode = marks_mode(sessions, annotator, allow_test_items, kto=True, with_reference=with_reference)
+    return build(mode, PairOptions(out=str(out), val_fraction=val_fraction, seed=seed, exclude=list(exclude or [])),
+                 root or Path(sessions[0]).parent, name=name, quiet=True, **build_kw)
 
 
 # --------------------------------------------------------------------------- the run
@@ -846,6 +812,15 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
           command: list[str] | None = None, shared: bool = False, quiet: bool = False,
           echo: Callable[[str], None] = print) -> dict:
     """Run one mode over its source: the two passes, the files, the report, the session."""
+    try:
+        return _build(mode, opts, root, name=name, command=command, shared=shared, quiet=quiet)
+    finally:
+        if mode.temporary_source:
+            Path(mode.source).unlink(missing_ok=True)
+
+
+def _build(mode: Mode, opts: PairOptions, root: Path | None, *, name: str | None, command: list[str] | None,
+           shared: bool, quiet: bool) -> dict:
     if not 0 <= opts.val_fraction < 1:
         raise UserError("--val-fraction must be at least 0 and below 1", field="--val-fraction")
     if opts.max_pairs_per_group < 1:
@@ -862,7 +837,7 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
     if root is not None:
         writer = SessionWriter.create(root, "pairs", name=name or f"from-{mode.name}", stage=f"from-{mode.name}",
                                       command=command, shared=shared,
-                                      config={"mode": mode.name, "source": str(src), **mode.settings,
+                                      config={"mode": mode.name, "source": mode.describe or str(src), **mode.settings,
                                               **{k: v for k, v in asdict(opts).items()}})
         writer.set_status("running")
     report = DataReport(file=str(src), kind=f"pairs from {mode.name}")
@@ -891,7 +866,7 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
         val_below = _val_threshold(keys, opts.val_fraction)
         candidates = len(keys)
         del keys
-        sink = PairSink(out, val_below, opts.seed, lengths)
+        sink = PairSink(out, val_below, opts.seed, lengths, kto=mode.kto)
         pairing = Progress(writer, candidates, "rows", quiet=quiet, label="pairing")
         done, complete = 0, False
         try:
@@ -927,15 +902,15 @@ def build(mode: Mode, opts: PairOptions, root: Path | None = None, *, name: str 
     rep = _report(mode, opts, src, report, counter[0], sink, dropped, held, time.monotonic() - t0, writer)
     _write_report(out, rep)
     if writer:
-        _write_used(writer.path, out / TRAIN_FILE, sink.fingerprints)
+        _write_used(writer.path, Path(rep["train"]), sink.fingerprints)
         write_json_atomic(writer.path / REPORT_JSON, rep, file_mode(writer.path))
-        writer.event(EVENT, kind=FINISHED, train_pairs=rep["train_pairs"], val_pairs=rep["val_pairs"],
+        writer.event(EVENT, kind=FINISHED, train_pairs=sink.counts["train"], val_pairs=sink.counts["val"],
                      dropped=rep["dropped"])
         writer.set_status("finished")
         writer.close()
     if sink.counts["train"] + sink.counts["val"] == 0:
-        raise UserError(f"no pairs came out of {src}: " + (", ".join(f"{k} {v}" for k, v in dropped.items())
-                                                           or "no rows"),
+        why = ", ".join(f"{k} {v}" for k, v in rep["dropped"].items()) or "no rows"
+        raise UserError(f"no {'examples' if mode.kto else 'pairs'} came out of {mode.describe or src}: {why}",
                         hint=f"see {out / REPORT_MD}")
     return rep
 
@@ -958,11 +933,12 @@ def _write_used(session: Path, pairs_file: Path, fingerprints) -> None:
 
 def _report(mode: Mode, opts: PairOptions, src: Path, data: DataReport, rows: int, sink: PairSink,
             dropped: Counter, held: HeldOut, seconds: float, writer: SessionWriter | None) -> dict:
-    ratios = _percentiles(sink.ratios)
+    unit = "examples" if mode.kto else "pairs"
     rep = {
-        "mode": mode.name, "source": str(src), "settings": mode.settings,
-        "out": str(Path(opts.out)), "train": str(Path(opts.out) / TRAIN_FILE), "val": str(Path(opts.out) / VAL_FILE),
-        "train_pairs": sink.counts["train"], "val_pairs": sink.counts["val"],
+        "mode": mode.name, "format": "kto" if mode.kto else "dpo", "source": mode.describe or str(src),
+        "settings": mode.settings, "out": str(Path(opts.out)),
+        "train": str(Path(opts.out) / sink.names["train"]), "val": str(Path(opts.out) / sink.names["val"]),
+        f"train_{unit}": sink.counts["train"], f"val_{unit}": sink.counts["val"],
         "train_groups": sink.groups["train"], "val_groups": sink.groups["val"],
         "val_fraction": opts.val_fraction, "seed": opts.seed,
         "source_rows": {"read": rows, "used": sink.lines_count, "used_lines": sink.used_ranges(),
@@ -971,12 +947,24 @@ def _report(mode: Mode, opts: PairOptions, src: Path, data: DataReport, rows: in
         "problems": [str(p) for p in data.problems[:50]],
         "problems_total": len(data.problems) + data.problems_dropped,
         "excluded_from": held.sources,
-        "chosen_rejected_length_ratio": ratios,
         "max_length": opts.max_length,
         "seconds": round(seconds, 2),
         "session": writer.id if writer else None,
     }
-    for k in ("reference as chosen", "sample as chosen"):
+    if mode.kto:
+        desirable, undesirable = sink.counts["desirable"], sink.counts["undesirable"]
+        rep.update(desirable=desirable, undesirable=undesirable,
+                   sources={k: v for k, v in sink.counts.items() if k.startswith(("desirable:", "undesirable:"))})
+        if not desirable or not undesirable:
+            rep["warning"] = "every example has the same label: KTO needs desirable and undesirable answers"
+        elif not 0.5 <= desirable / undesirable <= 2:
+            rep["warning"] = (f"{desirable} desirable vs {undesirable} undesirable examples: weigh the smaller side "
+                              "up with --desirable-weight / --undesirable-weight (the KTO paper keeps desirable "
+                              "weight x count / (undesirable weight x count) within 1 to 4/3)")
+        return rep
+    ratios = _percentiles(sink.ratios)
+    rep["chosen_rejected_length_ratio"] = ratios
+    for k in ("reference as chosen", "sample as chosen", "over-refusal", "keep answering"):
         if sink.counts[k]:
             rep.setdefault("chosen_from", {})[k] = sink.counts[k]
     if ratios and abs(ratios["median"] - 1) > 0.3:
@@ -986,21 +974,26 @@ def _report(mode: Mode, opts: PairOptions, src: Path, data: DataReport, rows: in
 
 
 def report_markdown(rep: dict) -> str:
-    lines = [f"# Preference pairs from {rep['mode']}: {rep['source']}", "",
-             f"- train: **{rep['train_pairs']:,}** pairs ({rep['train_groups']:,} groups) in `{rep['train']}`",
-             f"- validation: **{rep['val_pairs']:,}** pairs ({rep['val_groups']:,} groups) in `{rep['val']}` "
+    unit = "examples" if rep.get("format") == "kto" else "pairs"
+    title = "KTO examples" if unit == "examples" else "Preference pairs"
+    lines = [f"# {title} from {rep['mode']}: {rep['source']}", "",
+             f"- train: **{rep[f'train_{unit}']:,}** {unit} ({rep['train_groups']:,} groups) in `{rep['train']}`",
+             f"- validation: **{rep[f'val_{unit}']:,}** {unit} ({rep['val_groups']:,} groups) in `{rep['val']}` "
              f"(val fraction {rep['val_fraction']}, split by group, seed {rep['seed']})",
              f"- source rows: {rep['source_rows']['read']:,} read, {rep['source_rows']['used']:,} used "
              f"(lines {rep['source_rows']['used_lines'] or '-'}; every pair's rows in `{SOURCES_FILE}`)",
              f"- time: {rep['seconds']} s", ""]
     if rep.get("chosen_from"):
         lines += ["## Chosen answers", ""] + [f"- {k}: {v:,}" for k, v in rep["chosen_from"].items()] + [""]
+    if unit == "examples":
+        lines += ["## Examples", "", f"- desirable: {rep['desirable']:,}", f"- undesirable: {rep['undesirable']:,}"]
+        lines += [f"  - {k}: {v:,}" for k, v in rep["sources"].items()] + [""]
     lines += ["## Dropped", ""]
     lines += [f"- {k}: {v:,}" for k, v in rep["dropped"].items()] or ["- nothing"]
     if rep["excluded_from"]:
         lines += ["", "## Held out (--exclude)", ""] + [
             f"- {e['source']}: {e['ids']:,} ids, {e['questions']:,} question texts" for e in rep["excluded_from"]]
-    r = rep["chosen_rejected_length_ratio"]
+    r = rep.get("chosen_rejected_length_ratio")
     if r:
         lines += ["", "## Chosen / rejected length (words)", "",
                   f"mean {r['mean']}, min {r['min']}, p5 {r['p5']}, p25 {r['p25']}, median {r['median']}, "
@@ -1022,36 +1015,20 @@ def _write_report(out: Path, rep: dict) -> None:
 
 
 def summary(rep: dict) -> str:
-    """What `rounds pairs` prints about what it wrote, for any of its sources (a report of `build`,
-    `make_pairs` or `make_kto`)."""
-    lines = []
-    dropped = ", ".join(f"{k} {v:,}" for k, v in (rep.get("dropped") or {}).items())
-    if "train_examples" in rep:  # KTO examples from marks
-        lines.append(f"rounds: {rep['train_examples']:,} training examples in {rep['train']}, {rep['val_examples']:,} "
-                     f"in {rep['val']}: {rep['desirable']:,} desirable, {rep['undesirable']:,} undesirable"
-                     + (f"; dropped: {dropped}" if dropped else ""))
-        lines += [f"  {k}: {v:,}" for k, v in rep["sources"].items()]
-        if rep.get("warning"):
-            lines.append(f"  warning: {rep['warning']}")
-        lines.append(f"  train on them: rounds train kto --model MODEL --data {rep['train']}"
-                     + (f" --val {rep['val']}" if rep["val_examples"] else ""))
-        return "\n".join(lines)
-    if "mode" not in rep:  # DPO pairs from marks
-        ratio = rep["chosen_rejected_length_ratio"]
-        lines.append(f"rounds: {rep['train_pairs']} training pairs in {rep['train']}, {rep['val_pairs']} in "
-                     f"{rep['val']}" + (f"; dropped: {dropped}" if dropped else ""))
-        lines.append(f"  chosen/rejected length ratio: mean {ratio['mean']}, min {ratio['min']}, max {ratio['max']}")
-        if rep.get("warning"):
-            lines.append(f"  warning: {rep['warning']}")
-        return "\n".join(lines)
-    lines.append(f"rounds: {rep['train_pairs']:,} training pairs in {rep['train']}, {rep['val_pairs']:,} in "
-                 f"{rep['val']} ({rep['train_groups']:,} / {rep['val_groups']:,} "
-                 f"{'groups' if rep['mode'] == 'labels' else 'questions'})")
+    """What `rounds pairs` prints about what it wrote, whatever the source."""
+    unit = "examples" if rep.get("format") == "kto" else "pairs"
+    lines = [f"rounds: {rep[f'train_{unit}']:,} training {unit} in {rep['train']}, {rep[f'val_{unit}']:,} in "
+             f"{rep['val']} ({rep['train_groups']:,} / {rep['val_groups']:,} "
+             f"{'groups' if rep['mode'] == 'labels' else 'questions'})"]
     lines.append(f"  source rows: {rep['source_rows']['read']:,} read, {rep['source_rows']['used']:,} used")
+    dropped = ", ".join(f"{k} {v:,}" for k, v in (rep.get("dropped") or {}).items())
     if dropped:
         lines.append("  dropped: " + dropped)
+    if unit == "examples":
+        lines.append(f"  desirable {rep['desirable']:,}, undesirable {rep['undesirable']:,}")
+        lines += [f"    {k}: {v:,}" for k, v in rep["sources"].items()]
     lines += [f"  {k}: {v:,}" for k, v in (rep.get("chosen_from") or {}).items()]
-    r = rep["chosen_rejected_length_ratio"]
+    r = rep.get("chosen_rejected_length_ratio")
     if r:
         lines.append(f"  chosen/rejected length ratio: median {r['median']}, p5 {r['p5']}, p95 {r['p95']}")
     if rep.get("warning"):
@@ -1061,4 +1038,7 @@ def summary(rep: dict) -> str:
         lines += ["    " + line.replace("\n", "\n    ") for line in rep["problems"][:5]]
     lines.append(f"  report: {Path(rep['out']) / REPORT_MD}" + (f"   session: {rep['session']}" if rep["session"]
                                                                 else ""))
+    stage = "kto" if unit == "examples" else "dpo"
+    lines.append(f"  train on them: rounds train {stage} --model MODEL --data {rep['train']}"
+                 + (f" --val {rep['val']}" if rep[f"val_{unit}"] else ""))
     return "\n".join(lines)

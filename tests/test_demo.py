@@ -35,7 +35,7 @@ def test_quick_pipeline_runs_every_stage(tmp_path, cache):
     summary = json.loads((root / "demo-summary.json").read_text())
     names = summary["sessions"]
     by_name = {read_session_json(i.path)["name"]: i.path for i in list_sessions(root)}
-    assert set(by_name) == {"demo-sft", "demo-eval-sft", "demo-round", "demo-dpo", "demo-eval-dpo"}
+    assert set(by_name) == {"demo-sft", "demo-eval-sft", "demo-round", "demo-pairs", "demo-dpo", "demo-eval-dpo"}
     for name, path in by_name.items():
         assert read_session_json(path)["status"] == "finished", name
         assert path.name in names.values()

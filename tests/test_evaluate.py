@@ -239,15 +239,16 @@ def test_pairs_from_marks_refuse_held_out_and_warn_on_leaks(tmp_path):
     for s in (rnd, test):
         run_rounds("--sessions", str(s.parent), "assess", s.name, "--auto", "exact")
     with pytest.raises(UserError, match="held-out"):
-        make_pairs([test], tmp_path / "p.jsonl")
-    rep = make_pairs([rnd], tmp_path / "pairs.jsonl", val_fraction=0.34, seed=1)
+        make_pairs([test], tmp_path / "p")
+    rep = make_pairs([rnd], tmp_path / "pairs", val_fraction=0.34, seed=1)
     assert rep["train_pairs"] + rep["val_pairs"] == 6 and rep["val_pairs"] == 2
-    train = [json.loads(x) for x in (tmp_path / "pairs.jsonl").read_text().splitlines()]
-    val = [json.loads(x) for x in (tmp_path / "pairs.val.jsonl").read_text().splitlines()]
+    train = [json.loads(x) for x in (tmp_path / "pairs" / "train_dpo.jsonl").read_text().splitlines()]
+    val = [json.loads(x) for x in (tmp_path / "pairs" / "val_dpo.jsonl").read_text().splitlines()]
     assert not {t["prompt"] for t in train} & {t["prompt"] for t in val}
     assert all(t["chosen"] != t["rejected"] for t in train + val)
-    assert sorted(rep["items_used"][rnd.name]) == [f"q{i}" for i in range(6)]
-    r = run_rounds("validate", str(tmp_path / "pairs.jsonl"), "--kind", "dpo")
+    sources = [json.loads(x) for x in (tmp_path / "pairs" / "pairs_sources.jsonl").read_text().splitlines()]
+    assert sorted(i for s in sources for i in s["ids"]) == [f"{rnd.name}/q{i}" for i in range(6)]
+    r = run_rounds("validate", str(tmp_path / "pairs" / "train_dpo.jsonl"), "--kind", "dpo")
     assert r.returncode == 0, r.stdout
     # the test set asks the same questions the pairs were built from: compare must say so
     c = compare(rnd, test)
@@ -267,20 +268,20 @@ def test_pairs_from_marks_exclude_held_out_questions_by_text(tmp_path):
     run_rounds("--sessions", str(rnd.parent), "assess", rnd.name, "--auto", "exact")
     test = tmp_path / "test.jsonl"
     test.write_text(json.dumps({"id": "q1", "question": "what is the DOSE of drug2", "reference": "x"}) + "\n")
-    r = run_rounds("--sessions", str(rnd.parent), "pairs", rnd.name, "--out", str(tmp_path / "p.jsonl"),
+    r = run_rounds("--sessions", str(rnd.parent), "pairs", rnd.name, "--out", str(tmp_path / "p"),
                    "--val-fraction", "0", "--exclude", str(test))
     assert r.returncode == 0, r.stderr
-    prompts = [json.loads(x)["prompt"] for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    prompts = [json.loads(x)["prompt"] for x in (tmp_path / "p" / "train_dpo.jsonl").read_text().splitlines()]
     # Drug2's question is held out by its text; q1's id means nothing across sets, so Drug1 stays
-    assert prompts == [f"What is the dose of Drug{i}?" for i in (0, 1, 3)]
+    assert sorted(prompts) == [f"What is the dose of Drug{i}?" for i in (0, 1, 3)]
     assert "held out (same question text) 1" in r.stdout
 
 
 def test_pairs_with_a_refusal_keep_faithful_answers(tmp_path):
     rnd = imported(tmp_path, rows(6, {0, 1}), "refuse")
     run_rounds("--sessions", str(rnd.parent), "assess", rnd.name, "--auto", "exact")
-    rep = make_pairs([rnd], tmp_path / "p.jsonl", val_fraction=0, refusal="I don't know.")
-    assert rep["faithful_pairs"] == 4 and rep["train_pairs"] == 6
-    triplets = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    rep = make_pairs([rnd], tmp_path / "p", val_fraction=0, refusal="I don't know.")
+    assert rep["chosen_from"]["keep answering"] == 4 and rep["train_pairs"] == 6
+    triplets = [json.loads(x) for x in (tmp_path / "p" / "train_dpo.jsonl").read_text().splitlines()]
     keep = [t for t in triplets if t["rejected"] == "I don't know."]
     assert len(keep) == 4 and all(t["chosen"].endswith("mg daily.") for t in keep)

@@ -415,8 +415,8 @@ def test_pairs_from_marks_take_over_refusals_too(tmp_path):
 
     s = _session(tmp_path, ROWS)
     auto_assess(s, "abstain")
-    rep = make_pairs([s], tmp_path / "p.jsonl", val_fraction=0, annotator="auto:abstain")
-    pairs = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    rep = make_pairs([s], tmp_path / "p", val_fraction=0, annotator="auto:abstain")
+    pairs = [json.loads(x) for x in (tmp_path / "p" / "train_dpo.jsonl").read_text().splitlines()]
     # a2 and u2 hallucinated; a3 abstained where the reference states a fact: the reference wins over it
     assert {(p["chosen"], p["rejected"]) for p in pairs} == {
         ("20 mg once daily.", "500 mg weekly."), (ABSTAIN_REF, "40 mg twice daily."),

@@ -64,7 +64,7 @@ def test_kto_files_are_validated_by_line_and_field(tmp_path):
 # --------------------------------------------------------------------------- from marks
 
 
-def _marked_session(root: Path, name: str, labels: dict[str, str], held_out: bool = False) -> Path:
+def _marked_session(root: Path, name: str, labels: dict[str, str], held_out: bool = False, mark: bool = True) -> Path:
     from engine.evaluate import import_results
 
     src = root / f"{name}.jsonl"
@@ -75,6 +75,8 @@ def _marked_session(root: Path, name: str, labels: dict[str, str], held_out: boo
             f.write(json.dumps({"id": i, "question": f"Question {i}?", "reference": f"Answer {i} is right.",
                                 "answer": answer}) + "\n")
     writer = import_results(str(src), {}, root / "sessions", name=name, held_out=held_out)
+    if not mark:
+        return writer.path
     with AssessmentLog(writer.path, "alice") as log:
         for i, label in labels.items():
             log.mark(i, label)
@@ -87,9 +89,9 @@ def test_examples_from_marks(tmp_path):
     labels = {f"q{i}": ("faithful" if i % 3 == 0 else "hallucinated" if i % 3 == 1 else "abstained")
               for i in range(12)}
     s = _marked_session(tmp_path, "round", labels)
-    rep = make_kto([s], tmp_path / "out" / "kto.jsonl", val_fraction=0.25, seed=3)
-    train = [json.loads(x) for x in (tmp_path / "out" / "kto.jsonl").read_text().splitlines()]
-    val = [json.loads(x) for x in (tmp_path / "out" / "kto.val.jsonl").read_text().splitlines()]
+    rep = make_kto([s], tmp_path / "out", val_fraction=0.25, seed=3)
+    train = [json.loads(x) for x in (tmp_path / "out" / "train_kto.jsonl").read_text().splitlines()]
+    val = [json.loads(x) for x in (tmp_path / "out" / "val_kto.jsonl").read_text().splitlines()]
     rows = train + val
     assert rep["desirable"] == 4 + 8 and rep["undesirable"] == 8  # faithful + references; hallucinated + abstained
     assert rep["sources"] == {"desirable: answers judged faithful": 4, "undesirable: answers judged hallucinated": 4,
@@ -97,10 +99,13 @@ def test_examples_from_marks(tmp_path):
                               "desirable: references of those answers": 8}
     assert {r["completion"] for r in rows if not r["label"]} >= {"Answer q1 is made up.", "I don't know."}
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in val}  # split by question
-    assert len({r["prompt"] for r in val}) == 3
-    assert json.loads((s / "used_for_pairs.json").read_text())["items"]  # compare will warn on reuse
-    assert validate_file(tmp_path / "out" / "kto.jsonl", "kto").ok  # what it writes, `rounds train kto` reads
-    plain = make_kto([s], tmp_path / "plain.jsonl", val_fraction=0, with_reference=False)
+    assert len({r["prompt"] for r in val}) == 3 and rep["val_groups"] == 3
+    pairs_session = s.parent / rep["session"]  # a pairs session, whose fingerprints let compare warn of reuse
+    assert read_session_json(pairs_session)["stage"] == "from-marks"
+    assert len(json.loads((pairs_session / "used_for_pairs.json").read_text())["questions"]) == 12
+    assert validate_file(tmp_path / "out" / "train_kto.jsonl", "kto").ok  # what it writes, `rounds train kto` reads
+    assert "desirable: 12" in (tmp_path / "out" / "pairs_report.md").read_text()
+    plain = make_kto([s], tmp_path / "plain", val_fraction=0, with_reference=False)
     assert plain["desirable"] == 4 and plain["undesirable"] == 8
 
 
@@ -109,14 +114,18 @@ def test_examples_from_marks_keep_the_test_out(tmp_path):
 
     test = _marked_session(tmp_path, "test", {"q1": "faithful", "q2": "hallucinated"}, held_out=True)
     with pytest.raises(UserError, match="held-out test set"):
-        make_kto([test], tmp_path / "k.jsonl")
+        make_kto([test], tmp_path / "k")
     rnd = _marked_session(tmp_path, "round", {"q1": "faithful", "q2": "hallucinated", "q3": "hallucinated"})
-    rep = make_kto([rnd], tmp_path / "k.jsonl", val_fraction=0, exclude=[str(test)])
+    rep = make_kto([rnd], tmp_path / "k", val_fraction=0, exclude=[str(test)])
     assert rep["dropped"] == {"held out (same question text)": 2}
     assert rep["train_examples"] == 2  # q3's answer and its reference
     r = run_rounds("--sessions", str(tmp_path / "sessions"), "pairs", rnd.name, "--kto", "--refusal", "no",
-                   "--out", str(tmp_path / "x.jsonl"))
+                   "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and "--refusal makes DPO pairs" in r.stderr
+    unmarked = _marked_session(tmp_path, "unmarked", {"q1": "faithful"}, mark=False)
+    r = run_rounds("--sessions", str(tmp_path / "sessions"), "pairs", unmarked.name, "--kto", "--out",
+                   str(tmp_path / "y"))
+    assert r.returncode == 1 and "no judged answers" in r.stderr and "rounds assess" in r.stderr
 
 
 # --------------------------------------------------------------------------- training
@@ -141,11 +150,11 @@ def test_kto_from_the_demo_datas_marks_trains_checkpoints_and_resumes(tmp_path, 
     ev = only_session(root, "eval")
     r = run_rounds("--sessions", str(root), "assess", ev.name, "--auto", "contains")
     assert r.returncode == 0, r.stderr
-    out = tmp_path / "kto" / "round.jsonl"
+    out = tmp_path / "kto"
     r = run_rounds("--sessions", str(root), "pairs", ev.name, "--kto", "--out", str(out), "--val-fraction", "0.2")
     assert r.returncode == 0 and "train on them: rounds train kto" in r.stdout, r.stderr
     r, _ = train(tmp_path, "--plan", "lora", "--max-steps", "4", "--save-steps", "2", "--val",
-                 str(out.with_name("round.val.jsonl")), model=tiny_model, data=out,
+                 str(out / "val_kto.jsonl"), model=tiny_model, data=out / "train_kto.jsonl",
                  env={"ROUNDS_FAULT_CRASH_AT_STEP": "3"})
     assert r.returncode == 1
     s = only_session(root)

@@ -249,9 +249,9 @@ def big_source(path: Path, questions: int, repeat: int) -> Path:
 def test_buckets_on_disk_give_the_same_pairs_as_memory(tmp_path, monkeypatch):
     src = big_source(tmp_path / "big.jsonl", 3000, 2)
     mode = pairs.columns_mode(str(src), "q", "good", "bad")
-    one = pairs.build(mode, pairs.PairOptions(out=str(tmp_path / "mem"), seed=1), quiet=True)
+    one = pairs.build(mode, pairs.PairOptions(out=str(tmp_path / "mem"), seed=1, val_fraction=0.18), quiet=True)
     monkeypatch.setattr(pairs, "BUCKET_BYTES", 64 * 1024)  # about 27 buckets
-    many = pairs.build(mode, pairs.PairOptions(out=str(tmp_path / "disk"), seed=1), quiet=True)
+    many = pairs.build(mode, pairs.PairOptions(out=str(tmp_path / "disk"), seed=1, val_fraction=0.18), quiet=True)
     assert src.stat().st_size > 20 * 64 * 1024
     for f in ("train_dpo.jsonl", "val_dpo.jsonl"):
         a, b = (tmp_path / "mem" / f).read_text().splitlines(), (tmp_path / "disk" / f).read_text().splitlines()

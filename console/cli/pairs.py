@@ -14,7 +14,8 @@ from engine.errors import UserError
 def add_verbs(sub) -> None:
     p = _verb(sub, "pairs", "build DPO triplets (or KTO examples): from marked answers, a dataset's columns, "
                             "labelled statements, or the model's own samples",
-              "rounds pairs ROUND_ID --out data/pairs.jsonl --refusal \"I don't know {drug}.\"\n"
+              "rounds pairs ROUND_ID --out data/round --refusal \"I don't know {drug}.\"\n"
+              "  rounds pairs ROUND_ID --kto --out data/round-kto\n"
               "  rounds pairs --from-columns medhallu.csv --prompt question --context knowledge "
               "--chosen ground_truth \\\n"
               "      --rejected hallucinated_answer --out data/medhallu --exclude test.jsonl\n"
@@ -24,8 +25,9 @@ def add_verbs(sub) -> None:
               "--out data/samples",
               "Four sources, one at a time:\n"
               "  SESSION ...     answers judged by hand or by `assess --auto` (chosen = reference, rejected = the\n"
-              "                  answer judged hallucinated); --out FILE.jsonl, FILE.val.jsonl gets the rest;\n"
-              "                  --kto: unpaired KTO examples instead (faithful desirable, hallucinated not)\n"
+              "                  answer judged hallucinated or over-refusing; --refusal also keeps faithful answers\n"
+              "                  over a refusal); --kto: unpaired KTO examples instead (faithful desirable,\n"
+              "                  hallucinated not, no pairing), train_kto.jsonl and val_kto.jsonl\n"
               "  --from-columns  a file with a question, a correct and a hallucinated answer per row (MedHallu)\n"
               "  --from-labels   statements labelled factual / not factual sharing a group (MedHal): a factual and\n"
               "                  a non-factual statement of one group make a pair; the prompt is --prompt-template\n"
@@ -33,15 +35,15 @@ def add_verbs(sub) -> None:
               "  --from-samples  N sampled answers per question from your model (an eval session: resumable, and\n"
               "                  `rounds assess`-able), judged against the reference; a faithful answer is chosen\n"
               "                  over a hallucinated one, the reference when no sample is faithful\n"
-              "The last three write --out DIR/train_dpo.jsonl and val_dpo.jsonl (split by question: never one\n"
+              "Each writes --out DIR/train_dpo.jsonl and val_dpo.jsonl (split by question: never one\n"
               "question in both), pairs_sources.jsonl (the source rows of every pair) and pairs_report.json/.md\n"
               "(counts, drops and why, length ratios). They stream: a file of any size is read once, and spilled\n"
-              "to disk by question, never held whole. A row that cannot be read is reported by line and skipped.")
+              "to disk by question, never held whole. A row that cannot be read is reported by line and skipped.\n"
+              "Every run is a pairs session (its questions' fingerprints let `compare` warn of leaks).")
     p.add_argument("session_refs", metavar="SESSION", nargs="*", help="eval sessions whose marks make the pairs")
-    p.add_argument("--out", required=True, metavar="PATH",
-                   help="FILE.jsonl for SESSION pairs; a folder for the --from-* sources")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (made if missing)")
     p.add_argument("--val-fraction", type=float, metavar="F",
-                   help="held back for validation, by question (default 0.1 for SESSION, 0.18 for --from-*)")
+                   help="held back for validation, by question (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--annotator", metavar="NAME", help="use this annotator's marks (default: the consensus)")
     g = p.add_argument_group("from marked sessions")
@@ -106,10 +108,15 @@ def cmd_pairs(args: argparse.Namespace) -> int:
                         hint="SESSION ..., --from-columns FILE, --from-labels FILE or --from-samples")
     if args.session_refs:
         return _pairs_from_marks(args)
+    for flag, on in (("--kto", args.kto), ("--no-reference", args.no_reference), ("--refusal", args.refusal),
+                     ("--allow-test-items", args.allow_test_items)):
+        if on:
+            raise UserError(f"{flag} is for pairs from marked sessions (rounds pairs SESSION ...)", field=flag)
     from engine import pairs
     from engine.session import sessions_root
 
-    opts = pairs.PairOptions(out=args.out, val_fraction=0.18 if args.val_fraction is None else args.val_fraction,
+    opts = pairs.PairOptions(out=args.out, val_fraction=pairs.DEFAULT_VAL_FRACTION if args.val_fraction is None
+                             else args.val_fraction,
                              seed=args.seed, exclude=args.exclude, max_length=args.max_length,
                              tokenizer=args.tokenizer, max_pairs_per_group=args.max_pairs_per_group)
     root = sessions_root(args.sessions)
@@ -174,20 +181,22 @@ def _sample(args: argparse.Namespace, root: Path) -> Path | None:
 
 
 def _pairs_from_marks(args: argparse.Namespace) -> int:
-    from engine.pairs import make_kto, make_pairs, summary
+    from engine.pairs import DEFAULT_VAL_FRACTION, make_kto, make_pairs, summary
+    from engine.session import sessions_root
 
     sessions = [_session_path(args, s) for s in args.session_refs]
-    fraction = 0.1 if args.val_fraction is None else args.val_fraction
+    common = dict(val_fraction=DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction,
+                  annotator=args.annotator, allow_test_items=args.allow_test_items, seed=args.seed,
+                  exclude=args.exclude, root=sessions_root(args.sessions), name=args.name,
+                  command=["rounds", *sys.argv[1:]], shared=args.shared_sessions)
     if args.kto:
         if args.refusal:
             raise UserError("--refusal makes DPO pairs; KTO examples need no counterpart", field="--refusal",
                             hint="drop --refusal, or drop --kto")
-        rep = make_kto(sessions, Path(args.out), fraction, args.annotator, args.allow_test_items, args.seed,
-                       args.exclude, with_reference=not args.no_reference)
+        rep = make_kto(sessions, Path(args.out), with_reference=not args.no_reference, **common)
     else:
         if args.no_reference:
             raise UserError("--no-reference is for --kto", field="--no-reference")
-        rep = make_pairs(sessions, Path(args.out), fraction, args.annotator, args.allow_test_items, args.seed,
-                         args.refusal, args.exclude)
+        rep = make_pairs(sessions, Path(args.out), refusal=args.refusal, **common)
     print(summary(rep))
     return 0

@@ -35,14 +35,14 @@ def set_aside_incomplete(ckpt_dir: Path, writer: SessionWriter) -> None:
 def halve_micro_batch(writer: SessionWriter, spec: TrainSpec, step: int | None, error: str,
                       **where) -> TrainSpec | None:
     """After out-of-memory: the same run with half the micro-batch and twice the gradient
-    accumulation (the effective batch is unchanged), recorded in session.json (config and plan)
-    and as an ``oom_recovered`` event. None when the micro-batch is already the stage's least."""
+    accumulation (the effective batch is unchanged), recorded in session.json's ``config`` (what
+    runs; ``plan`` stays the record of what was planned and predicted) and as an ``oom_recovered``
+    event. None when the micro-batch is already the stage's least."""
     least = spec.stage_impl.min_micro_batch
     if spec.batch // 2 < least:
         return None
     new = replace(spec, batch=spec.batch // 2, grad_accum=spec.grad_accum * 2)
-    writer.update(config=new.to_json(), oom_recoveries=(writer.meta.get("oom_recoveries") or 0) + 1,
-                  plan={**(writer.meta.get("plan") or {}), "micro_batch": new.batch, "grad_accum": new.grad_accum})
+    writer.update(config=new.to_json(), oom_recoveries=(writer.meta.get("oom_recoveries") or 0) + 1)
     writer.event(EVENT, kind=OOM_RECOVERED, step=step, error=error[:300], micro_batch=[spec.batch, new.batch],
                  grad_accum=[spec.grad_accum, new.grad_accum], **where)
     return new

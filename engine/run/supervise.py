@@ -6,7 +6,6 @@ others and the session is marked failed, naming the rank."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 from engine.recipe import TrainSpec
 from engine.run.common import halve_micro_batch, oom_advice
 from engine.session import SessionWriter, read_session_json
-from engine.session.layout import OOM_REQUEST, REQUESTS
+from engine.session.requests import take_smaller_batch_request
 
 
 def launcher_command(spec: TrainSpec, session: Path) -> list[str]:
@@ -80,8 +79,8 @@ def supervise(session: Path) -> int:
             return 0
         if status == "stopped":
             return 0  # the ranks stopped as asked (the launcher may report the signal it got)
-        oom = session / REQUESTS / OOM_REQUEST
-        if oom.exists() and stopping["signal"] is None:
+        oom = take_smaller_batch_request(session)
+        if oom is not None and stopping["signal"] is None:
             if _relaunch_after_oom(session, oom):
                 continue
             return 1
@@ -97,13 +96,8 @@ def supervise(session: Path) -> int:
     return code or 1
 
 
-def _relaunch_after_oom(session: Path, mark: Path) -> bool:
+def _relaunch_after_oom(session: Path, info: dict) -> bool:
     """Halve the micro-batch in the session's config for the next launch; False when it cannot be."""
-    try:
-        info = json.loads(mark.read_text())
-    except (OSError, ValueError):
-        info = {}
-    mark.unlink(missing_ok=True)
     with SessionWriter.reopen(session) as writer:
         spec = TrainSpec.from_json(writer.meta["config"])
         new = halve_micro_batch(writer, spec, info.get("step"), str(info.get("error", "")), rank=info.get("rank"))

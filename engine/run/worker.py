@@ -43,9 +43,7 @@ from engine.session.layout import (
     EVENT,
     FINISHED,
     LOADING,
-    OOM_REQUEST,
     PLAN,
-    REQUESTS,
     RESUMED,
     SESSION_JSON,
     STOP_REQUEST,
@@ -350,9 +348,8 @@ def run_session(session: Path) -> int:
                 if not _is_oom(e):
                     raise
                 if world > 1:  # the other ranks are inside a collective: the supervisor relaunches them all
-                    (session / REQUESTS).mkdir(exist_ok=True)
-                    write_json_atomic(session / REQUESTS / OOM_REQUEST,
-                                      {"rank": rank, "step": trainer.state.global_step, "error": str(e)[:300]})
+                    session_requests.request_smaller_batch(
+                        session, {"rank": rank, "step": trainer.state.global_step, "error": str(e)[:300]})
                     print(f"rounds: rank {rank} ran out of memory at step {trainer.state.global_step}; "
                           "asking the supervisor for a smaller micro-batch", flush=True)
                     os._exit(75)  # now: the other ranks wait in a collective that will never complete

@@ -1,13 +1,14 @@
-"""Requests to a running training run: empty files in ``SESSION/requests/`` that the run acts on
-at its next step boundary. The Monitor writes them (keys ``c`` and ``s``), so can a person
-(``touch SESSION/requests/stop``); the run reads and clears them (``engine.run.worker``)."""
+"""Requests to a running training run: files in ``SESSION/requests/`` that the run acts on at its
+next step boundary. The Monitor writes them (keys ``c`` and ``s``), so can a person
+(``touch SESSION/requests/stop``); the run reads and clears them (``engine.run.worker``). In a
+multi-process run, a rank out of memory asks the supervisor for a relaunch the same way."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from engine.session.layout import CHECKPOINT_REQUEST, REQUESTS, STOP_REQUEST
+from engine.session.layout import CHECKPOINT_REQUEST, OOM_REQUEST, REQUESTS, STOP_REQUEST
 
 
 def _request(session: Path, name: str, who: str) -> Path:
@@ -36,3 +37,28 @@ def pending(session: Path) -> set[str]:
 
 def clear(session: Path, name: str) -> None:
     (Path(session) / REQUESTS / name).unlink(missing_ok=True)
+
+
+def request_smaller_batch(session: Path, info: dict) -> None:
+    """A rank ran out of memory (``info``: rank, step, error): the supervisor relaunches every rank
+    with half the micro-batch."""
+    from engine.session import write_json_atomic
+
+    folder = Path(session) / REQUESTS
+    folder.mkdir(exist_ok=True)
+    write_json_atomic(folder / OOM_REQUEST, info)
+
+
+def take_smaller_batch_request(session: Path) -> dict | None:
+    """The out-of-memory request of a rank, removed as it is read; None when there is none."""
+    import json
+
+    path = Path(session) / REQUESTS / OOM_REQUEST
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        info = {}
+    path.unlink(missing_ok=True)
+    return info if isinstance(info, dict) else {}
