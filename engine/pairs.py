@@ -705,40 +705,37 @@ def marks_mode(sessions: list[Path], annotator: str | None = None, allow_test_it
         # no id for --exclude: another set's ids mean nothing here; its question texts do
         return Candidate(_norm(rec["question"]), line, None, rec)
 
-    def dpo_pairs(group: list[dict], sink: PairSink, dropped: Counter) -> bool:
-        wrote = False
-        for g in group:
-            d, key, lines, ids = g["d"], g["k"], [g["l"]], [g["d"]["id"]]
-            prompt = prompt_text(d)
-            if d["label"] == "faithful":
-                if refusal:
-                    wrote |= sink.add(key, d["question"], prompt, d["answer"], _fill(refusal, d["extra"]), lines, ids,
-                                      "keep answering")
-            elif d["label"] in ("hallucinated", "abstained"):
-                wrote |= sink.add(key, d["question"], prompt, d["reference"], d["answer"], lines, ids,
-                                  "over-refusal" if d["label"] == "abstained" else "reference as chosen")
+    def dpo_item(sink: PairSink, d: dict, key: str, prompt: str, lines: list[int], ids: list) -> bool:
+        if d["label"] == "faithful":
+            return bool(refusal) and sink.add(key, d["question"], prompt, d["answer"], _fill(refusal, d["extra"]),
+                                              lines, ids, "keep answering")
+        return sink.add(key, d["question"], prompt, d["reference"], d["answer"], lines, ids,
+                        "over-refusal" if d["label"] == "abstained" else "reference as chosen")
+
+    def kto_item(sink: PairSink, d: dict, key: str, prompt: str, lines: list[int], ids: list) -> bool:
+        if d["label"] == "faithful":
+            return sink.add_example(key, d["question"], prompt, d["answer"], True, lines, ids,
+                                    "desirable: answers judged faithful")
+        wrote = sink.add_example(key, d["question"], prompt, d["answer"], False, lines, ids,
+                                 f"undesirable: answers judged {d['label']}")
+        if with_reference and d["reference"].strip() and _norm(d["reference"]) != _norm(d["answer"]):
+            wrote |= sink.add_example(key, d["question"], prompt, d["reference"], True, lines, ids,
+                                      "desirable: references of those answers")
         return wrote
 
-    def kto_examples(group: list[dict], sink: PairSink, dropped: Counter) -> bool:
+    item = kto_item if kto else dpo_item
+
+    def pairs(group: list[dict], sink: PairSink, dropped: Counter) -> bool:
         wrote = False
-        for g in group:
-            d, key, lines, ids = g["d"], g["k"], [g["l"]], [g["d"]["id"]]
-            prompt = prompt_text(d)
-            if d["label"] == "faithful":
-                wrote |= sink.add_example(key, d["question"], prompt, d["answer"], True, lines, ids,
-                                          "desirable: answers judged faithful")
-            elif d["label"] in ("hallucinated", "abstained"):
-                wrote |= sink.add_example(key, d["question"], prompt, d["answer"], False, lines, ids,
-                                          f"undesirable: answers judged {d['label']}")
-                if with_reference and d["reference"].strip() and _norm(d["reference"]) != _norm(d["answer"]):
-                    wrote |= sink.add_example(key, d["question"], prompt, d["reference"], True, lines, ids,
-                                              "desirable: references of those answers")
+        for g in group:  # faithful, hallucinated, or abstaining where the reference states a fact
+            if g["d"]["label"] in ("faithful", "hallucinated", "abstained"):
+                wrote |= item(sink, g["d"], g["k"], prompt_text(g["d"]), [g["l"]], [g["d"]["id"]])
         return wrote
 
     settings = {"sessions": [str(x) for x in sessions], "annotator": annotator or "consensus", "marks_by": whose,
                 "format": "kto" if kto else "dpo", **({"refusal": refusal} if refusal and not kto else {}),
                 **({"with_reference": with_reference} if kto else {})}
-    return Mode("marks", tmp, settings, extract, kto_examples if kto else dpo_pairs, kto=kto,
+    return Mode("marks", tmp, settings, extract, pairs, kto=kto,
                 temporary_source=True, describe="marks of " + ", ".join(Path(x).name for x in sessions))
 
 
