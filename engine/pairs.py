@@ -757,7 +757,7 @@ def make_kto(sessions: list[Path], out: Path, val_fraction: float = DEFAULT_VAL_
     """KTO examples from marked sessions (``marks_mode(kto=True)``) into the folder ``out``."""
     mode = marks_mode(sessions, annotator, allow_test_items, kto=True, with_reference=with_reference)
     return build(mode, PairOptions(out=str(out), val_fraction=val_fraction, seed=seed, exclude=list(exclude or [])),
-                 root or Path(sessions[0]).parent, name=name, quiet=True, **build_kw)
+                 root or Path(sessions[0]).parent, name=name or "kto-from-marks", quiet=True, **build_kw)
 
 
 # --------------------------------------------------------------------------- the run
@@ -954,10 +954,16 @@ def _report(mode: Mode, opts: PairOptions, src: Path, data: DataReport, rows: in
                    sources={k: v for k, v in sink.counts.items() if k.startswith(("desirable:", "undesirable:"))})
         if not desirable or not undesirable:
             rep["warning"] = "every example has the same label: KTO needs desirable and undesirable answers"
-        elif not 0.5 <= desirable / undesirable <= 2:
-            rep["warning"] = (f"{desirable} desirable vs {undesirable} undesirable examples: weigh the smaller side "
-                              "up with --desirable-weight / --undesirable-weight (the KTO paper keeps desirable "
-                              "weight x count / (undesirable weight x count) within 1 to 4/3)")
+        elif not 1 <= desirable / undesirable <= 4 / 3:
+            # the KTO paper (and TRL's check): desirable weight x count / (undesirable weight x count) in [1, 4/3]
+            if desirable > undesirable:
+                flag, weight = "--undesirable-weight", desirable / undesirable * 6 / 7
+            else:
+                flag, weight = "--desirable-weight", undesirable / desirable * 7 / 6
+            rep["suggested_weight"] = {flag: round(weight, 2)}
+            rep["warning"] = (f"{desirable} desirable vs {undesirable} undesirable examples: train with {flag} "
+                              f"{weight:.2f} (KTO wants desirable weight x count / (undesirable weight x count) "
+                              "between 1 and 4/3)")
         return rep
     ratios = _percentiles(sink.ratios)
     rep["chosen_rejected_length_ratio"] = ratios
@@ -1036,6 +1042,7 @@ def summary(rep: dict) -> str:
     lines.append(f"  report: {Path(rep['out']) / REPORT_MD}" + (f"   session: {rep['session']}" if rep["session"]
                                                                 else ""))
     stage = "kto" if unit == "examples" else "dpo"
+    weight = "".join(f" {k} {v}" for k, v in (rep.get("suggested_weight") or {}).items())
     lines.append(f"  train on them: rounds train {stage} --model MODEL --data {rep['train']}"
-                 + (f" --val {rep['val']}" if rep[f"val_{unit}"] else ""))
+                 + (f" --val {rep['val']}" if rep[f"val_{unit}"] else "") + weight)
     return "\n".join(lines)

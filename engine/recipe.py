@@ -263,7 +263,7 @@ def lora_config(spec: TrainSpec):
 def build_dataset(spec: TrainSpec, rows: list[dict]):
     from datasets import Dataset
 
-    return Dataset.from_list(spec.stage_impl.dataset_rows(rows))
+    return Dataset.from_list(spec.stage_impl.dataset_rows(spec, rows))
 
 
 def trainer_config(spec: TrainSpec, rt: Runtime, output_dir: Path, has_eval: bool):

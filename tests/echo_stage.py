@@ -23,7 +23,7 @@ class EchoStage(Stage):
     series = {"echo/gain_loss": "echo gain x loss"}
     echo = (("echo/gain_loss", "echo", ".3f"),)
 
-    def dataset_rows(self, rows):
+    def dataset_rows(self, spec, rows):
         return [{"prompt": [{"role": "user", "content": r["question"]}],
                  "completion": [{"role": "assistant", "content": r["answer"]}]} for r in rows]
 

@@ -105,6 +105,8 @@ def test_examples_from_marks(tmp_path):
     assert len(json.loads((pairs_session / "used_for_pairs.json").read_text())["questions"]) == 12
     assert validate_file(tmp_path / "out" / "train_kto.jsonl", "kto").ok  # what it writes, `rounds train kto` reads
     assert "desirable: 12" in (tmp_path / "out" / "pairs_report.md").read_text()
+    # 12 desirable vs 8 undesirable: the undesirable weight that brings 12 x 1 / (8 x w) to 7/6, within [1, 4/3]
+    assert rep["suggested_weight"] == {"--undesirable-weight": 1.29} and "--undesirable-weight 1.29" in rep["warning"]
     plain = make_kto([s], tmp_path / "plain", val_fraction=0, with_reference=False)
     assert plain["desirable"] == 4 and plain["undesirable"] == 8
 
@@ -191,3 +193,19 @@ def test_kto_out_of_memory_halves_down_to_two_then_fails_with_advice(tmp_path, t
     assert meta["status"] == "failed" and "out of memory at micro-batch 2" in meta["error"]
     assert "--precompute-ref" in r.stdout and "--plan qlora" in r.stdout  # the worker's log, followed
     assert "out of memory at micro-batch 2" in r.stderr
+
+
+def test_kto_rows_are_shuffled_so_a_micro_batch_mixes_prompts():
+    """TRL estimates KTO's KL term by pairing each prompt with another example's answer in its
+    micro-batch; rows written question by question (answer, then its reference) must be mixed."""
+    from engine.recipe import TrainSpec
+    from engine.stages import get
+
+    rows = [{"prompt": f"Q{i}?", "completion": f"{kind} {i}", "label": kind == "reference"}
+            for i in range(20) for kind in ("answer", "reference")]
+    spec = TrainSpec(stage="kto", model="m", data="d", seed=7)
+    items = get("kto").dataset_rows(spec, rows)
+    assert sorted(i["completion"][0]["content"] for i in items) == sorted(r["completion"] for r in rows)
+    same = sum(items[k]["prompt"] == items[k + 1]["prompt"] for k in range(0, len(items), 2))
+    assert same <= 3  # in file order all 20 micro-batches of two would share their prompt
+    assert items == get("kto").dataset_rows(spec, rows)  # the same order on resume (same seed)

@@ -331,6 +331,9 @@ def run_session(session: Path) -> int:
                                           echo=_echo_for(stage))
             writer.event(EVENT, kind=LOADING, message=f"loading {spec.model}"
                          + (f" + adapter {spec.adapter}" if spec.adapter else ""))
+            if spec.precompute_ref and stage.factors.reference:
+                writer.event(EVENT, kind=LOADING, message=f"computing the reference log-probs of {len(rows[0]):,} "
+                             "examples once, before the first step (progress in run.log)")
             callbacks = [telemetry] if lead else []
             trainer = build_trainer(spec, rt, ckpt_dir, callbacks + [_control_callback(writer, control, spec)],
                                     tokenizer, rows)

@@ -87,8 +87,9 @@ class Stage:
                 return o.type(value) if value is not None else None
         raise KeyError(f"stage {self.name} has no option {name!r}")
 
-    def dataset_rows(self, rows: list[dict]) -> list[dict]:
-        """Validated data rows (``engine.data``, canonical fields) as TRL dataset rows."""
+    def dataset_rows(self, spec, rows: list[dict]) -> list[dict]:
+        """Validated data rows (``engine.data``, canonical fields) as TRL dataset rows, in the order
+        the trainer should see them (its sampler may shuffle again)."""
         raise NotImplementedError
 
     def trainer_config(self, spec, common: dict):

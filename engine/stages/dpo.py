@@ -24,7 +24,7 @@ class DPO(Stage):
     series = {"rewards/margins": "reward margin", "rewards/accuracies": "reward accuracy"}
     echo = (("rewards/margins", "margin", ".3f"), ("rewards/accuracies", "acc", ".2f"))
 
-    def dataset_rows(self, rows: list[dict]) -> list[dict]:
+    def dataset_rows(self, spec, rows: list[dict]) -> list[dict]:
         from engine.data import as_messages
 
         return [{"prompt": as_messages(r["prompt"], "user"), "chosen": as_messages(r["chosen"], "assistant"),

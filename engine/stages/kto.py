@@ -68,9 +68,17 @@ class KTO(Stage):
               "logps/rejected": "log-prob undesirable"}
     echo = (("rewards/margins", "margin", ".3f"), ("kl", "kl", ".3f"))
 
-    def dataset_rows(self, rows: list[dict]) -> list[dict]:
-        return [{"prompt": as_messages(r["prompt"], "user"), "completion": as_messages(r["completion"], "assistant"),
-                 "label": bool(r["label"])} for r in rows]
+    def dataset_rows(self, spec, rows: list[dict]) -> list[dict]:
+        """Shuffled (with the run's seed): TRL reads KTO data in order and estimates the KL term from
+        each micro-batch's other examples, which must answer other prompts; a file written question by
+        question (an answer beside its reference, as `rounds pairs --kto` writes them) would pair a
+        prompt with its own other answer."""
+        import random
+
+        items = [{"prompt": as_messages(r["prompt"], "user"), "completion": as_messages(r["completion"], "assistant"),
+                  "label": bool(r["label"])} for r in rows]
+        random.Random(spec.seed).shuffle(items)
+        return items
 
     def trainer_config(self, spec, common: dict):
         from trl import KTOConfig

@@ -16,7 +16,7 @@ class SFT(Stage):
     default_lr = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}
     factors = PlanFactors(sequences=1, adapter_dropout=True)
 
-    def dataset_rows(self, rows: list[dict]) -> list[dict]:
+    def dataset_rows(self, spec, rows: list[dict]) -> list[dict]:
         from engine.data import prompt_text
 
         return [{"prompt": [{"role": "user", "content": prompt_text(r)}],
