@@ -41,7 +41,7 @@ df = df.drop_duplicates(subset=["prompt", "ground_truth", "hallucinated_answer"]
 df = df[df["ground_truth"].str.strip().str.lower() != df["hallucinated_answer"].str.strip().str.lower()]
 keys = df["question"].str.lower().str.strip().unique().tolist()
 random.Random(0).shuffle(keys)
-val = set(keys[: round(len(keys) * 0.18)])
+val = set(keys[: round(len(keys) * 0.1)])
 is_val = df["question"].str.lower().str.strip().isin(val)
 cols = {"prompt": "prompt", "ground_truth": "chosen", "hallucinated_answer": "rejected"}
 df[~is_val][list(cols)].rename(columns=cols).to_json(out + "/train_dpo.jsonl", orient="records", lines=True)

@@ -206,8 +206,9 @@ class MonitorState:
 
 
 def _finished(rec: dict) -> str:
-    if "train_pairs" in rec:
-        return f"finished: {rec['train_pairs']:,} training and {rec.get('val_pairs', 0):,} validation pairs"
+    for unit in ("pairs", "examples"):  # pairs sessions: DPO pairs, or KTO examples
+        if f"train_{unit}" in rec:
+            return f"finished: {rec[f'train_{unit}']:,} training and {rec.get(f'val_{unit}', 0):,} validation {unit}"
     if "items" in rec:
         return f"finished: {rec['items']:,} answers"
     return f"finished at step {rec.get('step', '')}"

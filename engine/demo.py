@@ -7,8 +7,10 @@ answer against its reference; DPO pairs built from the marks of a separate asses
 (every SFT question about the known drugs, and questions about other unseen drugs) teach the
 model to abstain on what it doesn't know and keep answering what it does.
 
-``python -m engine.demo ROOT [--first-stage] [--quick]`` runs it; the ``rounds demo`` verb
-starts it (detached) and opens the console, which follows it (``demo-state.json``).
+``python -m engine.demo ROOT`` runs what ``ROOT/demo-request.json`` asks for (``full``: the
+whole loop, the default; else its first stage; ``quick``: a tiny model); the ``rounds demo``
+verb writes that file, starts it (detached) and opens the console, which follows it
+(``demo-state.json``).
 """
 
 from __future__ import annotations
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         request = {}
     cfg = DemoConfig.quick() if request.get("quick") else DemoConfig()
     try:
-        if request.get("full"):
+        if request.get("full", True):
             run_pipeline(root, cfg, echo=lambda m: print(m, flush=True))
         else:
             run_first_stage(root, cfg, echo=lambda m: print(m, flush=True))

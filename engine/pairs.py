@@ -677,24 +677,26 @@ def marks_mode(sessions: list[Path], annotator: str | None = None, allow_test_it
         raise UserError("no sessions given", hint="rounds pairs SESSION [SESSION ...] --out DIR")
     fd, tmp = tempfile.mkstemp(prefix=".rounds-marks-", suffix=".jsonl")
     whose, judged = [], 0
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for session in sessions:
-            meta = eval_session(session)
-            if meta.get("held_out") and not allow_test_items:
-                os.unlink(tmp)
-                raise UserError(f"{session.name} is a held-out test set: pairs from it would leak the test into "
-                                "training", hint="use a separate assessment set, or pass --allow-test-items if you "
-                                                 "mean it")
-            labels, items, who = item_labels(session, annotator)
-            whose.append(f"{session.name}: {who}")
-            judged += len(labels)
-            for item_id, label in sorted(labels.items()):
-                r = items[item_id]
-                f.write(json.dumps({"id": f"{session.name}/{item_id}", "question": r["question"],
-                                    "context": r.get("context"), "reference": r.get("reference") or "",
-                                    "answer": r.get("answer") or "", "label": label, "extra": r.get("extra") or {}},
-                                   ensure_ascii=False) + "\n")
-
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for session in sessions:
+                meta = eval_session(session)
+                if meta.get("held_out") and not allow_test_items:
+                    raise UserError(f"{session.name} is a held-out test set: pairs from it would leak the test into "
+                                    "training", hint="use a separate assessment set, or pass --allow-test-items if "
+                                                     "you mean it")
+                labels, items, who = item_labels(session, annotator)
+                whose.append(f"{session.name}: {who}")
+                judged += len(labels)
+                for item_id, label in sorted(labels.items()):
+                    r = items[item_id]
+                    f.write(json.dumps({"id": f"{session.name}/{item_id}", "question": r["question"],
+                                        "context": r.get("context"), "reference": r.get("reference") or "",
+                                        "answer": r.get("answer") or "", "label": label,
+                                        "extra": r.get("extra") or {}}, ensure_ascii=False) + "\n")
+    except BaseException:  # the answers' text must not stay behind in the temporary folder
+        os.unlink(tmp)
+        raise
     if not judged:
         os.unlink(tmp)
         raise UserError(f"no judged answers in {', '.join(Path(x).name for x in sessions)}"
@@ -901,8 +903,9 @@ def _build(mode: Mode, opts: PairOptions, root: Path | None, *, name: str | None
     if writer:
         _write_used(writer.path, Path(rep["train"]), sink.fingerprints)
         write_json_atomic(writer.path / REPORT_JSON, rep, file_mode(writer.path))
-        writer.event(EVENT, kind=FINISHED, train_pairs=sink.counts["train"], val_pairs=sink.counts["val"],
-                     dropped=rep["dropped"])
+        unit = "examples" if mode.kto else "pairs"
+        writer.event(EVENT, kind=FINISHED, dropped=rep["dropped"],
+                     **{f"train_{unit}": sink.counts["train"], f"val_{unit}": sink.counts["val"]})
         writer.set_status("finished")
         writer.close()
     if sink.counts["train"] + sink.counts["val"] == 0:

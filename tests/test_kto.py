@@ -209,3 +209,19 @@ def test_kto_rows_are_shuffled_so_a_micro_batch_mixes_prompts():
     same = sum(items[k]["prompt"] == items[k + 1]["prompt"] for k in range(0, len(items), 2))
     assert same <= 3  # in file order all 20 micro-batches of two would share their prompt
     assert items == get("kto").dataset_rows(spec, rows)  # the same order on resume (same seed)
+
+
+def test_pairs_from_marks_leave_no_temporary_copy_of_the_answers(tmp_path, monkeypatch):
+    import tempfile
+
+    from engine.pairs import make_kto
+    from engine.session import SessionWriter
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    good = _marked_session(tmp_path, "round", {"q1": "faithful", "q2": "hallucinated"})
+    train = SessionWriter.create(tmp_path / "sessions", "train", name="not-an-eval").path
+    with pytest.raises(UserError, match="not an evaluation"):
+        make_kto([good, train], tmp_path / "k")  # fails after the first session was copied
+    make_kto([good], tmp_path / "k2", val_fraction=0)
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -131,3 +131,13 @@ def test_no_stage_branches_outside_the_stage_modules():
                 if re.search(r"stage\s*[!=]=\s*|stage in \(", line):
                     offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_rounds_plan_takes_a_registered_stage_and_its_data_kind(echo_stage, tiny_model, capsys):
+    """`rounds plan --stage NAME --data FILE` reads the file as the stage's kind (echo trains on SFT data)."""
+    from console.cli import main
+
+    code = main(["plan", "--model", str(tiny_model), "--stage", "echo", "--data", str(DEMO / "sft_train.jsonl"),
+                 "--device", "cpu", "--batch", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "ECHO on" in out and "questions x 1 epoch" in out and "rounds train echo --plan" in out

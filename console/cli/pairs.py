@@ -182,12 +182,11 @@ def _sample(args: argparse.Namespace, root: Path) -> Path | None:
 
 def _pairs_from_marks(args: argparse.Namespace) -> int:
     from engine.pairs import DEFAULT_VAL_FRACTION, make_kto, make_pairs, summary
-    from engine.session import sessions_root
 
     sessions = [_session_path(args, s) for s in args.session_refs]
     common = dict(val_fraction=DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction,
                   annotator=args.annotator, allow_test_items=args.allow_test_items, seed=args.seed,
-                  exclude=args.exclude, root=sessions_root(args.sessions), name=args.name,
+                  exclude=args.exclude, root=sessions[0].parent, name=args.name,  # where `compare` looks
                   command=["rounds", *sys.argv[1:]], shared=args.shared_sessions)
     if args.kto:
         if args.refusal:

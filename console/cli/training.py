@@ -156,10 +156,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.data:
         from engine.data import example_lengths, load
 
-        rows = load(args.data, args.stage)
+        kind = _stage(args.stage).data_kind
+        rows = load(args.data, kind)
         examples = len(rows)
         if Path(args.model).is_dir():
-            lengths = example_lengths(args.model, rows, args.stage)
+            lengths = example_lengths(args.model, rows, kind)
     budget = pl.parse_size(args.gpu_mem) if args.gpu_mem else None
     device = pl.cuda_device(budget, name=f"GPU with {args.gpu_mem}") if budget else pl.detect_device(args.device)
     work = pl.Workload(args.stage, args.max_length, max(1, args.batch), examples, args.epochs, args.lora_rank,

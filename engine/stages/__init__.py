@@ -8,8 +8,9 @@ name:
   may register a kind of its own with ``engine.data.register_kind``);
 - ``default_lr``: the learning rate per method (``engine.methods``: full / lora / qlora);
 - ``options``: its own settings (``--beta`` ...), stored in ``TrainSpec.options``;
-- ``factors``: what a step does, for the planner (sequences per example, reference passes,
-  adapter dropout, whether reference log-probs can be precomputed);
+- ``factors``: what a step does, for the planner (sequences per example, reference passes —
+  none means no reference model, so nothing to precompute — extra no-grad forwards, adapter
+  dropout);
 - ``min_micro_batch``: the smallest micro-batch it can train with (OOM halving stops there);
 - ``charts`` and ``series``: the Monitor's chart sets of its own metrics, and their labels;
 - ``dataset_rows`` / ``trainer_config`` / ``make_trainer``: the TRL dataset, config and
