@@ -87,8 +87,8 @@ def read_marks(path: str | os.PathLike) -> tuple[list[Mark], list[MarkProblem]]:
                             categories=list(rec.get("categories") or []), severity=rec.get("severity"),
                             note=rec.get("note") or "", time=float(rec.get("time") or 0),
                             undo=bool(rec.get("undo", False)), score=rec.get("score")).check()
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                problems.append(MarkProblem(n, f"not valid JSON ({e}); skipped"))
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+                problems.append(MarkProblem(n, f"not valid JSON ({str(e)[:120] or type(e).__name__}); skipped"))
                 continue
             except (KeyError, TypeError, ValueError, UserError) as e:
                 problems.append(MarkProblem(n, f"not a valid mark ({e}); skipped"))

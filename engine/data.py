@@ -191,10 +191,15 @@ def read_records(path: Path, fmt: str, report: DataReport) -> Iterator[tuple[int
             if not text.strip():
                 continue
             try:
-                yield n, json.loads(text)
+                rec = json.loads(text)
             except json.JSONDecodeError as e:
                 report.add(f"invalid JSON: {e.msg} (column {e.colno})", line=n,
                            hint="each line must be one complete JSON object")
+                continue
+            except RecursionError:
+                report.add("JSON nested too deeply to read", line=n, hint="a record is an object of text fields")
+                continue
+            yield n, rec
     elif fmt == "json":
         size = path.stat().st_size
         if size > MAX_JSON_ARRAY_BYTES:
@@ -206,6 +211,9 @@ def read_records(path: Path, fmt: str, report: DataReport) -> Iterator[tuple[int
             data = json.loads(text)
         except json.JSONDecodeError as e:
             report.add(f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno)
+            return
+        except RecursionError:
+            report.add("JSON nested too deeply to read", hint="a record is an object of text fields")
             return
         if not isinstance(data, list):
             report.add("the file is JSON but not an array of records",
@@ -236,6 +244,13 @@ def _csv_records(path: Path, delimiter: str, report: DataReport) -> Iterator[tup
         report.add(f"cannot read the CSV header: {e}", line=current[0])
         return
     header = [h.strip() for h in header]
+    seen: set[str] = set()
+    for h in header:
+        if h in seen:
+            report.add(f"the header names column {h!r} twice", line=1, field=h,
+                       hint="rename one of them: which one holds the data is otherwise a guess")
+            return
+        seen.add(h)
     yield 1, {"__header__": header}
     while True:
         start = current[0] + 1
@@ -358,6 +373,9 @@ def _check_record(rec: dict, line: int, kind: str, mapping: dict[str, str], repo
     if extra:  # kept, not checked: an eval carries them into its results (e.g. the demo's `answerable`)
         row["extra"] = extra
 
+    if "id" in row and (not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool)):
+        report.add(f"must be a string or a number, got {type(row['id']).__name__}", line=line, field=mapping["id"])
+        return None
     if k.check is not None:
         return row if k.check(row, line, mapping, report) else None
 
@@ -372,9 +390,6 @@ def _check_record(rec: dict, line: int, kind: str, mapping: dict[str, str], repo
         elif canonical in k.required and not value.strip():
             report.add("is empty", line=line, field=col, hint="fill it in or remove the row")
             ok = False
-    if "id" in row and not isinstance(row["id"], (str, int)):
-        report.add(f"must be a string or a number, got {type(row['id']).__name__}", line=line, field=mapping["id"])
-        ok = False
     return row if ok else None
 
 
@@ -463,6 +478,22 @@ register_kind(Kind("dpo", "DPO pairs", ("prompt", "chosen", "rejected"), ("id",)
 
 
 # --------------------------------------------------------------------------- loading for use
+
+def assign_ids(rows: list[dict]) -> list[dict]:
+    """Every row an id, unique by construction: a row's own id as text, else ``line-N`` (its line),
+    with a suffix when a row of the file already carries that id (validation keeps given ids unique)."""
+    taken = {str(r["id"]) for r in rows if r.get("id") not in (None, "")}
+    for r in rows:
+        if r.get("id") not in (None, ""):
+            r["id"] = str(r["id"])
+            continue
+        rid, n = f"line-{r['line']}", 2
+        while rid in taken:
+            rid, n = f"line-{r['line']}-{n}", n + 1
+        taken.add(rid)
+        r["id"] = rid
+    return rows
+
 
 def prompt_text(row: dict) -> str:
     """The user turn for a question row: training, evaluation and token counts all use this."""

@@ -14,10 +14,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.data import load, prompt_text
+from engine.data import assign_ids, load, prompt_text
 from engine.errors import UserError
 from engine.prescreen import flags
-from engine.session import SessionWriter, read_session_json
+from engine.session import SessionWriter, read_session_json, run_lock
 from engine.session.layout import EVENT, FINISHED, IMPORTED, PLAN, PROGRESS, RESULTS, RESULTS_CSV, RESUMED, WARNING
 from engine.session.records import append_results as _append_results
 from engine.session.records import read_results, repair_results, write_csv
@@ -56,9 +56,7 @@ def item_rows(spec: EvalSpec) -> list[dict]:
     columns = dict(spec.columns)
     if spec.samples > 1 and "reference" not in columns:
         columns.update(_reference_column(spec.data))
-    rows = load(spec.data, "test", columns)
-    for r in rows:
-        r["id"] = str(r["id"]) if r.get("id") not in (None, "") else f"line-{r['line']}"
+    rows = assign_ids(load(spec.data, "test", columns))
     return rows[: spec.max_examples] if spec.max_examples else rows
 
 
@@ -108,7 +106,13 @@ def start(spec: EvalSpec, root: Path, *, name: str | None = None, shared: bool =
 
 
 def run(session: Path, echo=print) -> int:
-    """Generate the missing answers of an eval session; returns an exit code."""
+    """Generate the missing answers of an eval session; returns an exit code. One process at a time
+    (``run_lock``): a second `rounds eval --resume` of the same session is refused."""
+    with run_lock(session):
+        return _run(session, echo)
+
+
+def _run(session: Path, echo) -> int:
     writer = SessionWriter.reopen(session)
     spec = EvalSpec.from_json(writer.meta["config"])
     stop = {"reason": None}
@@ -312,10 +316,14 @@ def import_results(file: str, columns: dict[str, str], root: Path, *, name: str 
 
     report = validate_file(file, "test", columns)
     answer_col = columns.get("answer", "answer")
-    for row in report.rows:
-        if "answer" not in row:
-            report.add(f"missing field {answer_col!r}", line=row["line"], field=answer_col,
-                       hint="map the model's answers: --answer COLUMN")
+    if report.rows and not any("answer" in row for row in report.rows):  # a missing column: said once
+        report.add(f"no {answer_col!r} column or field: there are no answers to import", line=1, field=answer_col,
+                   hint="map the model's answers: --answer COLUMN")
+    else:
+        for row in report.rows:
+            if "answer" not in row:
+                report.add(f"missing field {answer_col!r}", line=row["line"], field=answer_col,
+                           hint="map the model's answers: --answer COLUMN")
     problems = report.errors
     if problems or report.problems_dropped:
         shown = "\n".join(str(p) for p in problems[:10])
@@ -323,12 +331,13 @@ def import_results(file: str, columns: dict[str, str], root: Path, *, name: str 
         raise UserError(f"{len(problems)} problem(s) in {file}:\n{shown}" + (f"\n... and {more} more" if more > 0
                                                                              else ""),
                         hint=f"fix the file, or check the column flags (`rounds validate {file} --kind test`)")
-    writer = SessionWriter.create(root, "eval", name=name, stage="eval", command=command,
+    assign_ids(report.rows)
+    writer = SessionWriter.create(root, "eval", name=name, stage="eval", command=command, shared=shared,
                                   config={"imported_from": str(file), "columns": columns, "model": model,
                                           "held_out": held_out})
     records = []
     for row in report.rows:
-        rid = str(row["id"]) if row.get("id") not in (None, "") else f"line-{row['line']}"
+        rid = row["id"]
         answer = row.get("answer") or ""
         records.append({"id": rid, "question": row["question"], "context": row.get("context"),
                         "reference": row["reference"], "answer": answer, "model": model or "(imported)",

@@ -829,6 +829,9 @@ def _build(mode: Mode, opts: PairOptions, root: Path | None, *, name: str | None
         raise UserError(f"{src}: no such file", field=f"--from-{mode.name}", hint="check the path")
     if src.is_dir():
         raise UserError(f"{src}: is a folder, not a data file", field=f"--from-{mode.name}")
+    if src.stat().st_size == 0:
+        raise UserError(f"{src}: the file is empty", field=f"--from-{mode.name}",
+                        hint="it needs one record per line (or a CSV header and rows)")
     out = _check_out(opts.out)
     held = read_held_out(opts.exclude)
     lengths = LengthCheck(opts.tokenizer, opts.max_length)
@@ -878,8 +881,8 @@ def _build(mode: Mode, opts: PairOptions, root: Path | None, *, name: str | None
             pairing.update(candidates, candidates, force=True)
             pairing.close()
             complete = True
-        finally:
-            sink.close(commit=complete)
+        finally:  # nothing written, nothing replaced: the previous files in --out stay as they were
+            sink.close(commit=complete and sink.counts["train"] + sink.counts["val"] > 0)
     except BaseException as e:
         buckets.cleanup()
         if sys.stderr.isatty() and not quiet:
@@ -900,6 +903,14 @@ def _build(mode: Mode, opts: PairOptions, root: Path | None, *, name: str | None
         dropped["malformed source rows"] = malformed
     rep = _report(mode, opts, src, report, counter[0], sink, dropped, held, time.monotonic() - t0, writer)
     _write_report(out, rep)
+    if sink.counts["train"] + sink.counts["val"] == 0:
+        why = ", ".join(f"{k} {v}" for k, v in rep["dropped"].items()) or "no rows"
+        message = f"no {'examples' if mode.kto else 'pairs'} came out of {mode.describe or src}: {why}"
+        if writer:
+            write_json_atomic(writer.path / REPORT_JSON, rep, file_mode(writer.path))
+            writer.fail(message)
+            writer.close()
+        raise UserError(message, hint=f"see {out / REPORT_MD}")
     if writer:
         _write_used(writer.path, Path(rep["train"]), sink.fingerprints)
         write_json_atomic(writer.path / REPORT_JSON, rep, file_mode(writer.path))
@@ -908,10 +919,6 @@ def _build(mode: Mode, opts: PairOptions, root: Path | None, *, name: str | None
                      **{f"train_{unit}": sink.counts["train"], f"val_{unit}": sink.counts["val"]})
         writer.set_status("finished")
         writer.close()
-    if sink.counts["train"] + sink.counts["val"] == 0:
-        why = ", ".join(f"{k} {v}" for k, v in rep["dropped"].items()) or "no rows"
-        raise UserError(f"no {'examples' if mode.kto else 'pairs'} came out of {mode.describe or src}: {why}",
-                        hint=f"see {out / REPORT_MD}")
     return rep
 
 

@@ -101,8 +101,11 @@ def check_model_folder(path: str, trust_remote_code: bool = False, what: str = "
         raise UserError(f"{path}: no config.json", field=what, hint="is this a Hugging Face model folder?")
     try:
         config = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"not valid JSON ({e})", file=str(cfg_file), hint="the file is damaged") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise UserError(f"not valid JSON ({str(e)[:200]})", file=str(cfg_file), hint="the file is damaged") from None
+    if not isinstance(config, dict):
+        raise UserError(f"a JSON {type(config).__name__}, not an object", file=str(cfg_file),
+                        hint="a model's config.json is one JSON object; the file is damaged or not a config")
     if not any(p.glob("*.safetensors")):
         bins = [f.name for f in p.glob("*.bin")]
         raise UserError(
@@ -114,7 +117,52 @@ def check_model_folder(path: str, trust_remote_code: bool = False, what: str = "
     if config.get("auto_map") and not trust_remote_code:
         raise UserError(f"{path}: the model needs its own code (auto_map in config.json)", field=what,
                         hint="read that code, then pass --trust-remote-code if you trust it")
+    if not config.get("auto_map"):
+        _check_model_type(config, cfg_file)
+    for weights in sorted(p.glob("*.safetensors")):
+        check_safetensors(weights)
     return config
+
+
+def _check_model_type(config: dict, cfg_file: Path) -> None:
+    """A ``model_type`` this transformers does not know fails only after a session was made: say it now."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise UserError("no 'model_type' (text) in config.json", file=str(cfg_file), field="model_type",
+                        hint="a Hugging Face model's config.json names its architecture, e.g. \"llama\"")
+    try:
+        import transformers
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise UserError(f"model_type {model_type!r} is not an architecture transformers {transformers.__version__} "
+                        "knows", file=str(cfg_file), field="model_type",
+                        hint="check config.json; a newer transformers may know it (pip install -U transformers)")
+
+
+def check_safetensors(path: Path) -> None:
+    """Read a safetensors file's header (its first bytes, no weights) and check that the file holds
+    every byte the header describes: a copy cut short, or a file that is not safetensors, is refused
+    before any session is made."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or 8 + n > size or n > 100 * 2**20:
+                raise ValueError("not a safetensors file (no header where one should be)")
+            header = json.loads(f.read(n).decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("not a safetensors file (its header is not a JSON object)")
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, RecursionError) as e:
+        raise UserError(f"{path.name}: {str(e)[:200] if isinstance(e, ValueError) else 'a damaged header'}",
+                        file=str(path), hint="copy the weights again; the file is damaged") from None
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        raise UserError(f"{path.name} is cut short: {size:,} bytes, its header describes {need:,}", file=str(path),
+                        hint="the copy or download stopped before the end; copy the weights again")
 
 
 def check_adapter_folder(path: str) -> dict:

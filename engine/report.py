@@ -52,9 +52,11 @@ def auto_assess(session: Path, rule: str, judge_options: dict | None = None, ech
 
 def _load(session: Path) -> tuple[dict, dict[str, dict], list[Mark], list[str]]:
     meta = eval_session(session)
-    items = {r["id"]: r for r in read_results(session)}
+    damaged: list[str] = []
+    items = {r["id"]: r for r in read_results(session, damaged)}
     marks, problems = read_marks(session / ASSESSMENTS)
-    notes = [f"{session / ASSESSMENTS}, line {p.line}: {p.message}" for p in problems]
+    notes = damaged[:20] + ([f"... and {len(damaged) - 20} more damaged lines"] if len(damaged) > 20 else [])
+    notes += [f"{session / ASSESSMENTS}, line {p.line}: {p.message}" for p in problems]
     unknown = sorted({m.item for m in marks if m.item not in items})
     if unknown:
         notes.append(f"{len(unknown)} marked item(s) are not in the results and were ignored: "

@@ -123,8 +123,8 @@ def read_config(path: str | Path) -> dict:
                         hint="give a model folder or its config.json (only the config is read)")
     try:
         cfg = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"not valid JSON ({e})", file=str(file)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise UserError(f"not valid JSON ({str(e)[:200]})", file=str(file)) from None
     if not isinstance(cfg, dict):
         raise UserError("not a JSON object", file=str(file))
     return cfg

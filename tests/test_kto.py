@@ -166,6 +166,7 @@ def test_kto_from_the_demo_datas_marks_trains_checkpoints_and_resumes(tmp_path, 
     assert "resuming from" in r.stdout and "checkpoint-2" in r.stdout
     meta = read_session_json(s)
     assert meta["status"] == "finished" and meta["plan"]["micro_batch"] >= 2
+    assert "error" not in meta  # issue #17 item 10: the failure before the resume is not left beside `finished`
     assert (s / "adapter" / "adapter_model.safetensors").is_file()
     ms = [e for e in events(s) if e["type"] == "metrics"]
     assert {m["step"] for m in ms} == {1, 2, 3, 4}

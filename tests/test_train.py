@@ -64,6 +64,10 @@ def test_sft_lora_records_everything_and_writes_outputs(tiny_sft):
     assert (tiny_sft / "adapter" / "adapter_model.safetensors").is_file()
     assert (tiny_sft / "merged" / "model.safetensors").is_file()
     assert (tiny_sft / "merged" / "tokenizer.json").is_file()
+    # issue #17 item 11: what the libraries write inside a private session is private too
+    for sub in ("adapter", "merged", "checkpoints"):
+        assert (tiny_sft / sub).stat().st_mode & 0o777 == 0o700, sub
+    assert (tiny_sft / "adapter" / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o600
     ms = metrics(tiny_sft)
     assert [m["step"] for m in ms] == [1, 2, 3, 4] and all(m["max_steps"] == 4 for m in ms)
     for key in ("loss", "grad_norm", "learning_rate", "epoch", "num_tokens"):
@@ -287,6 +291,7 @@ def test_injected_oom_halves_the_micro_batch_and_finishes(tmp_path, tiny_model):
     assert (meta["config"]["batch"], meta["config"]["grad_accum"]) == (2, 2)
     oom = next(e for e in events(s) if e.get("kind") == "oom_recovered")
     assert oom["micro_batch"] == [4, 2] and oom["grad_accum"] == [1, 2] and "injected" in oom["error"]
+    assert oom["step"] == 4 and "out of memory at step 4" in r.stdout  # the step that ran out (issue #17 item 11)
     # OOM as step 4 began; the last checkpoint was step 2, so step 3 is done again at the new batch size
     assert [m["step"] for m in metrics(s)] == [1, 2, 3, 3, 4, 5, 6]
     resumed = [e for e in events(s) if e.get("kind") == "resumed"]
@@ -364,17 +369,25 @@ def test_model_folder_problems_are_clear(tmp_path, tiny_model):
     assert "Traceback" not in r.stderr
 
 
-def test_corrupt_weights_fail_the_session_with_a_clear_error(tmp_path, tiny_model):
+def test_damaged_model_folders_are_refused_before_any_session(tmp_path, tiny_model):
+    """Issue #17 item 8: weights that are not safetensors, a copy cut short, or a model_type transformers
+    does not know used to get past the checks and leave a failed session."""
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in tiny_model.iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    r, root = train(tmp_path, "sft", "--max-steps", "2", model=broken)
-    assert r.returncode == 1
-    meta = read_session_json(only_session(root))
-    assert meta["status"] == "failed" and "cannot load the model" in meta["error"]
-    assert meta.get("started") is None  # never marked running
+    weights = (tiny_model / "model.safetensors").read_bytes()
+    config = json.loads((tiny_model / "config.json").read_text())
+    cases = [(b"not a safetensors file", config, "not a safetensors file"),
+             (weights[: len(weights) // 2], config, "is cut short"),
+             (weights, {**config, "model_type": "llamma"}, "model_type 'llamma' is not an architecture")]
+    for data, cfg, message in cases:
+        (broken / "model.safetensors").write_bytes(data)
+        (broken / "config.json").write_text(json.dumps(cfg))
+        r, root = train(tmp_path, "sft", "--max-steps", "2", model=broken)
+        assert r.returncode == 1 and message in r.stderr, (message, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert not root.exists() or not any(root.iterdir())  # no session for a bad input
 
 
 def test_sft_weight_adds_an_nll_term_to_dpo():

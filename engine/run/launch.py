@@ -20,7 +20,7 @@ from pathlib import Path
 from engine import methods
 from engine.errors import UserError
 from engine.recipe import TrainSpec, check_adapter_folder, check_model_folder, load_rows
-from engine.session import SessionWriter, pid_alive, read_session_json
+from engine.session import SessionWriter, pid_alive, read_session_json, run_lock
 from engine.session.layout import EVENT, RESUME_REQUESTED, RUN_LOG
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -28,8 +28,11 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 
 def spawn(module: str, target: Path, log: Path, detach: bool, env: dict | None = None) -> subprocess.Popen:
     """Start ``python -m MODULE TARGET`` with its output appended to ``log`` (private, or group-readable
-    in a shared sessions folder); ``detach``: in its own process session, so that it survives the
-    terminal's hang-up. The child finds this package whatever the current directory."""
+    in a shared sessions folder), in its own process session: the terminal's signals never reach it
+    directly. A detached child survives the terminal; a foreground one is followed by ``follow``,
+    which passes it every signal that stops the command (Ctrl-C, SIGTERM, a hang-up) exactly once.
+    The child finds this package whatever the current directory. (``detach`` is for the caller:
+    the process is started the same way.)"""
     handle = open(log, "ab", buffering=0)  # noqa: SIM115 - handed to the child
     try:
         os.chmod(log, 0o600 if not os.stat(log.parent).st_mode & 0o070 else 0o640)
@@ -38,7 +41,7 @@ def spawn(module: str, target: Path, log: Path, detach: bool, env: dict | None =
     env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = str(PACKAGE_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.Popen([sys.executable, "-m", module, str(target)], stdin=subprocess.DEVNULL, stdout=handle,
-                            stderr=subprocess.STDOUT, start_new_session=detach, close_fds=True, env=env)
+                            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env)
     handle.close()
     return proc
 
@@ -185,17 +188,49 @@ def resume(session: Path, detach: bool = False) -> tuple[SessionWriter, subproce
     if status == "finished":
         raise UserError(f"{session.name} finished; there is nothing to resume",
                         hint="start a new run from its outputs (see `outputs` in session.json)")
+    holder = _wait_for_exit(session, meta)
+    if holder:  # a worker started by another `rounds resume` a moment ago, not yet in session.json
+        raise UserError(holder, hint="watch it (rounds watch), or stop it first")
     writer = SessionWriter.reopen(session)
     writer.event(EVENT, kind=RESUME_REQUESTED, previous_status=status)
     writer.update(launcher="detached" if detach else "foreground")
     return writer, spawn_worker(session, detach)
 
 
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _wait_for_exit(session: Path, meta: dict, seconds: float = 120) -> str | None:
+    """Who runs the session now, if anyone. The run that wrote `stopped` or `failed` may still be
+    exiting (a supervisor waits for its ranks): its lock is waited for, up to ``seconds``; anyone
+    else holding it is said at once."""
+    import re
+
+    lock = run_lock(session)
+    own = {meta.get("pid"), meta.get("supervisor_pid")} - {None}
+    end = time.monotonic() + seconds
+    while True:
+        holder = lock.held_by_another()
+        pid = re.search(r"\(pid (\d+)", holder or "")
+        if not holder or not pid or int(pid.group(1)) not in own or time.monotonic() > end:
+            return holder
+        time.sleep(0.5)
+
+
 def follow(proc: subprocess.Popen, log_path: Path, out=None) -> int:
-    """Show a foreground run's log as it grows until the worker exits. Ctrl-C reaches
-    the worker too (same process group): it stops gracefully, and we wait for it."""
+    """Show a foreground run's log as it grows until the worker exits. Ctrl-C, SIGTERM and a hang-up
+    sent to this command are passed on to the worker (in its own process session, it gets each once):
+    the first stops it gracefully, with a checkpoint, and we wait for it; a second stops it at once.
+    Output that can no longer be shown (the terminal is gone) is dropped; the run.log keeps it."""
     out = out or sys.stdout.buffer
-    previous = signal.signal(signal.SIGINT, lambda *a: None)
+
+    def forward(signum, frame):
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     pos = 0
     try:
         while True:
@@ -214,4 +249,5 @@ def follow(proc: subprocess.Popen, log_path: Path, out=None) -> int:
                 return proc.returncode
             time.sleep(0.2)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -31,7 +31,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.recipe import TrainSpec, load_rows
 from engine.run.common import complete_checkpoints, halve_micro_batch, oom_advice, set_aside_incomplete
-from engine.session import SessionWriter, read_session_json, write_json_atomic
+from engine.session import SessionWriter, follow_folder_mode, read_session_json, run_lock, write_json_atomic
 from engine.session import requests as session_requests
 from engine.session.layout import (
     CHECKPOINT,
@@ -286,6 +286,7 @@ def run_session(session: Path) -> int:
     launch every rank runs this; rank 0 writes the session, the others only their system records."""
     rank, world = _rank()
     lead = rank == 0
+    follow_folder_mode(session)
     writer = SessionWriter.reopen(session) if lead else _FollowerWriter(SessionWriter.reopen(session), rank)
     spec = TrainSpec.from_json(writer.meta["config"])
     stage = spec.stage_impl
@@ -352,11 +353,11 @@ def run_session(session: Path) -> int:
                     raise
                 if world > 1:  # the other ranks are inside a collective: the supervisor relaunches them all
                     session_requests.request_smaller_batch(
-                        session, {"rank": rank, "step": trainer.state.global_step, "error": str(e)[:300]})
-                    print(f"rounds: rank {rank} ran out of memory at step {trainer.state.global_step}; "
+                        session, {"rank": rank, "step": trainer.state.global_step + 1, "error": str(e)[:300]})
+                    print(f"rounds: rank {rank} ran out of memory at step {trainer.state.global_step + 1}; "
                           "asking the supervisor for a smaller micro-batch", flush=True)
                     os._exit(75)  # now: the other ranks wait in a collective that will never complete
-                step = trainer.state.global_step
+                step = trainer.state.global_step + 1  # the step that ran out of memory
                 new = halve_micro_batch(writer, spec, step, str(e))
                 if new is None:
                     raise UserError(f"out of memory at micro-batch {spec.batch} ({e})", hint=oom_advice(spec)) \
@@ -410,12 +411,20 @@ def main(argv: list[str] | None = None) -> int:
     session = _session_arg(argv, "engine.run.worker")
     if session is None:
         return 2
-    spec = TrainSpec.from_json(read_session_json(session)["config"])
-    if spec.launcher == "accelerate" and "RANK" not in os.environ:
-        from engine.run.supervise import supervise
+    try:  # one process runs a session; it (or the supervisor, for its ranks) holds the lock to the end
+        lock = run_lock(session).acquire()
+    except UserError as e:  # another worker has it: leave the session to that one, untouched
+        print(f"rounds: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        spec = TrainSpec.from_json(read_session_json(session)["config"])
+        if spec.launcher == "accelerate" and "RANK" not in os.environ:
+            from engine.run.supervise import supervise
 
-        return supervise(session)
-    return run_session(session)
+            return supervise(session)
+        return run_session(session)
+    finally:
+        lock.release()
 
 
 def _session_arg(argv: list[str] | None, prog: str) -> Path | None:

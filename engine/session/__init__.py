@@ -44,7 +44,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def sessions_root(cli_value: str | os.PathLike | None = None) -> Path:
     """``--sessions DIR`` wins, then ``$ROUNDS_SESSIONS``, then ``./sessions``."""
     value = cli_value or os.environ.get("ROUNDS_SESSIONS") or "sessions"
-    return Path(value).expanduser()
+    root = Path(value).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: is a file, not a folder of sessions", field="--sessions",
+                        hint="give a folder (made if missing), or unset $ROUNDS_SESSIONS")
+    return root
 
 
 def check_name(name: str) -> str:
@@ -69,6 +73,12 @@ def file_mode(session_dir: Path) -> int:
         return SHARED_FILE if os.stat(session_dir).st_mode & 0o070 else PRIVATE_FILE
     except OSError:
         return PRIVATE_FILE
+
+
+def follow_folder_mode(session_dir: Path) -> None:
+    """For a process that writes a session: everything it (and the libraries it calls: checkpoints,
+    adapters, tokenizers) creates gets the folder's privacy, 0700/0600, or 0750/0640 when shared."""
+    os.umask(0o027 if file_mode(session_dir) == SHARED_FILE else 0o077)
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -205,6 +215,9 @@ class SessionWriter:
             extra["started"] = now
         if status in ("finished", "failed", "stopped"):
             extra["ended"] = now
+        if status in ("running", "finished"):  # a resumed run that goes on is no longer failed or stopped
+            for stale in ("error", "failed_rank", "reason"):
+                self.meta.pop(stale, None)
         self.event("status", status=status, sync=True, **fields)
         self.update(**extra, **{k: v for k, v in fields.items() if k in ("error", "reason")})
 
@@ -241,8 +254,8 @@ def read_session_json(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{file}: not found", hint="is this a session folder? `rounds` lists the sessions") from None
     try:
         meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"not valid JSON ({e})", file=str(file),
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"not valid JSON ({str(e)[:200]})", file=str(file),
                         hint="the file was edited or damaged; restore it from a backup") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("format"), int):
         raise UserError("no integer 'format' field", file=str(file), field="format",
@@ -253,6 +266,7 @@ def read_session_json(path: str | os.PathLike) -> dict[str, Any]:
             file=str(file), field="format",
             hint="upgrade rounds (pip install -U rounds) to read this session; it was not changed",
         )
+    check_fields(meta, file)
     return meta
 
 
@@ -317,11 +331,32 @@ def liveness(meta: dict, last_event_time: float | None, now: float | None = None
     return "running", ""
 
 
+# what the readers of a listing rely on: field -> the types it may have (None: may be missing or null)
+FIELD_TYPES = {"kind": (str,), "status": (str,), "stage": (str, None), "name": (str, None), "created": (str, None),
+               "started": (str, None), "ended": (str, None), "pid": (int, None), "host": (str, None),
+               "error": (str, None), "plan": (dict, None), "config": (dict, None)}
+
+
+def check_fields(meta: dict, file: Path) -> None:
+    """A session.json whose fields have the wrong types (edited by hand, written by something else)
+    is refused with the field named, so a listing shows it as unreadable instead of breaking."""
+    for name, types in FIELD_TYPES.items():
+        value = meta.get(name)
+        if value is None and None in types:
+            continue
+        if value is None or isinstance(value, bool) or not isinstance(value, tuple(t for t in types if t)):
+            allowed = " or ".join("null" if t is None else t.__name__ for t in types)
+            raise UserError(f"{name!r} is {type(value).__name__ if value is not None else 'missing'}, not {allowed}",
+                            file=str(file), field=name, hint="the file was edited or damaged; fix that field")
+
+
 def read_session(path: str | os.PathLike) -> SessionInfo:
+    """One session for a listing. Its id is its folder's name (unique in a root, whatever the file
+    says: a folder copied beside its original lists twice, under two names)."""
     path = Path(path)
     meta = read_session_json(path)
     info = SessionInfo(
-        path=path, id=meta.get("id", path.name), kind=meta.get("kind", "?"), stage=meta.get("stage"),
+        path=path, id=path.name, kind=meta.get("kind", "?"), stage=meta.get("stage"),
         name=meta.get("name"), status=meta.get("status", "?"), created=meta.get("created"),
         started=meta.get("started"), ended=meta.get("ended"), pid=meta.get("pid"), host=meta.get("host"),
         error=meta.get("error"), meta=meta,
@@ -370,7 +405,7 @@ def last_events(path: Path, max_bytes: int = 64 * 1024) -> list[dict]:
     for line in data.split(b"\n")[:-1]:  # the last piece is empty or half-written
         try:
             rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             continue
         if isinstance(rec, dict):
             out.append(rec)
@@ -452,8 +487,8 @@ class EventTail:
                 rec = json.loads(line)
                 if not isinstance(rec, dict):
                     raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError) as e:
-                rec = {"type": "corrupt", "line": first + i, "error": str(e)[:200]}
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                rec = {"type": "corrupt", "line": first + i, "error": str(e)[:200] or type(e).__name__}
             out.append(rec)
         return out
 
@@ -483,10 +518,13 @@ class WriterLock:
     holder dies, so a crashed console never leaves a stale lock behind.
     """
 
-    def __init__(self, target: str | os.PathLike, owner: str):
+    def __init__(self, target: str | os.PathLike, owner: str, message: str | None = None,
+                 hint: str = "close the other console first, or use a different --annotator"):
         self.target = Path(target)
         self.owner = owner
         self.lock_path = self.target.with_name(f".{self.target.name}.{_slug(owner)}.lock")
+        self.message = message or f"{self.target.name} is already being written as {owner!r} by another process"
+        self.hint = hint
         self._fd: int | None = None
 
     def acquire(self) -> WriterLock:
@@ -498,16 +536,21 @@ class WriterLock:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise SessionLockedError(
-                f"{self.target.name} is already being written as {self.owner!r} by another process"
-                + (f" ({holder})" if holder else ""),
-                file=str(self.target),
-                hint="close the other console first, or use a different --annotator",
-            ) from None
+            raise SessionLockedError(self.message + (f" ({holder})" if holder else ""), file=str(self.target),
+                                     hint=self.hint) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now_iso()}".encode())
         self._fd = fd
         return self
+
+    def held_by_another(self) -> str | None:
+        """Who holds the lock now (pid, host, since when), or None: a check that takes nothing."""
+        try:
+            self.acquire()
+        except SessionLockedError as e:
+            return e.message
+        self.release()
+        return None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -520,3 +563,13 @@ class WriterLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def run_lock(session: str | os.PathLike) -> WriterLock:
+    """The lock of the one process that runs a session (a training worker or its supervisor, an
+    evaluation): a second ``rounds resume`` (or ``eval --resume``) of the same session is refused
+    with who holds it, instead of writing the same steps twice. The kernel drops it when the holder
+    dies: a killed run leaves no stale lock."""
+    session = Path(session)
+    return WriterLock(session / SESSION_JSON, "run", message=f"{session.name} is already being run by another process",
+                      hint="watch it (rounds watch), or stop it first; it can be resumed once it has stopped")

@@ -16,19 +16,42 @@ CSV_FIELDS = ["id", "question", "context", "reference", "answer", "model", "trun
               "flag_count", "numbers_absent", "terms_absent"]
 
 
-def read_results(session: Path) -> list[dict]:
+REQUIRED_RESULT_FIELDS = ("id", "question", "reference")
+
+
+def read_results(session: Path, problems: list[str] | None = None) -> list[dict]:
+    """The answers of an eval session, in file order. A line cut off at the end (a crash mid-append)
+    is left for the evaluation to redo; any other line that is not a JSON object with a text ``id``
+    and ``question`` is skipped and, when ``problems`` is given, described there by line (never
+    silently: the report and `assess` say how many were skipped)."""
     path = Path(session) / RESULTS
-    out = []
+    out: list[dict] = []
     if not path.exists():
         return out
     with open(path, "rb") as f:
-        for raw in f:
+        for n, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
                 break  # a line cut off by a crash: that item is simply done again
+            why = None
             try:
-                out.append(json.loads(raw))
-            except json.JSONDecodeError:
-                continue
+                rec = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                why = f"not UTF-8 (byte {e.start + 1})"
+            except (json.JSONDecodeError, RecursionError) as e:
+                why = f"not valid JSON ({str(e)[:80]})" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            else:
+                if not isinstance(rec, dict):
+                    why = f"a JSON {type(rec).__name__}, not an object"
+                else:
+                    missing = [k for k in REQUIRED_RESULT_FIELDS if not isinstance(rec.get(k), (str, int))
+                               or isinstance(rec.get(k), bool)]
+                    if missing:
+                        why = f"no text {missing[0]!r}"
+                    else:
+                        rec["id"] = str(rec["id"])
+                        out.append(rec)
+            if why and problems is not None:
+                problems.append(f"{path}, line {n}: {why}; the line is skipped")
     return out
 
 
