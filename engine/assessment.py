@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.session import WriterLock, file_mode
+from engine.session import WriterLock, append_lines, file_mode
 from engine.session.layout import ASSESSMENTS
 
 LABELS = ("hallucinated", "faithful", "abstained", "unsure", "clear")
@@ -134,17 +134,8 @@ class AssessmentLog:
     def _write(self, marks: list[Mark]) -> None:
         """Append checked marks in one write, fsynced: on disk before the screen moves on."""
         data = b"".join((json.dumps(asdict(m.check()), ensure_ascii=False) + "\n").encode("utf-8") for m in marks)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, file_mode(self.session))
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                # a line cut off by a crash or a full disk: end it, so this mark is not glued onto it
-                # and lost with it (the cut line is reported and skipped by read_marks)
-                data = b"\n" + data
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # a line cut off by a crash or a full disk is ended first (read_marks reports and skips it)
+        append_lines(self.path, data, file_mode(self.session))
         self.marks.extend(marks)
 
     def _append(self, mark: Mark) -> Mark:

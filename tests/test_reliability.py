@@ -252,3 +252,24 @@ def test_small_data_findings(tmp_path):
     noanswer.write_text("question,reference\n" + "".join(f"Q{i}?,A{i}.\n" for i in range(50)))
     out = run_rounds("--sessions", str(tmp_path / "s"), "import-results", str(noanswer))
     assert out.returncode == 1 and "1 problem(s)" in out.stderr and "--answer COLUMN" in out.stderr
+
+
+def test_an_event_after_a_half_written_line_is_not_lost(tmp_path):
+    """#2: a half-written last line of events.jsonl (a crash mid-write) swallowed the next event on
+    resume (`resume_requested` was lost). Results appends go through the same helper."""
+    w = SessionWriter.create(tmp_path, "train", name="cut")
+    w.event("event", kind="warning", message="before")
+    w.close()
+    with open(w.path / "events.jsonl", "ab") as f:
+        f.write(b'{"time": 1, "type": "metrics", "st')  # the crash
+    again = SessionWriter.reopen(w.path)
+    again.event("event", kind="resume_requested", previous_status="failed")
+    again.close()
+    records = list(EventTail(w.path / "events.jsonl"))
+    assert [r.get("kind") or r["type"] for r in records] == ["warning", "corrupt", "resume_requested"]
+    from engine.session.records import append_results, read_results
+
+    (w.path / "results.jsonl").write_bytes(b'{"id": "a", "question": "q", "reference": "r"}\n{"id": "b", "qu')
+    append_results(w.path, [{"id": "c", "question": "q", "reference": "r"}])
+    problems: list[str] = []
+    assert [r["id"] for r in read_results(w.path, problems)] == ["a", "c"] and len(problems) == 1

@@ -266,8 +266,10 @@ def test_detached_run_survives_the_hangup_of_its_shell(tmp_path, tiny_model):
     cmd = (f"{sys.executable} -m console.cli --sessions {root} train sft --model {tiny_model} "
            f"--data {DEMO / 'sft_train.jsonl'} --plan lora --max-steps 10 --batch 2 --detach; sleep 60")
     env = {**os.environ, "ROUNDS_FAULT_STEP_SLEEP": "0.3"}
+    # a shell as a terminal's: SIGHUP ends it, even when the suite itself runs under nohup (SIG_IGN is inherited)
     shell = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         s = wait_for(lambda: root.is_dir() and next((p for p in root.iterdir() if (p / "session.json").exists()), None),
                      what="the session folder and its session.json")

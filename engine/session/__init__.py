@@ -75,6 +75,32 @@ def file_mode(session_dir: Path) -> int:
         return PRIVATE_FILE
 
 
+def open_append(path: str | os.PathLike, mode: int) -> int:
+    """A JSONL file opened for appending, the one way the project appends lines (events, results,
+    marks): a partial last line left by a crash or a full disk is ended first, so the next line is
+    not glued onto it and lost with it (readers report the cut line once, by number)."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            os.write(fd, b"\n")
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def append_lines(path: str | os.PathLike, data: bytes, mode: int, sync: bool = True) -> None:
+    """Append whole lines in one write (fsynced where durability is promised) through ``open_append``."""
+    fd = open_append(path, mode)
+    try:
+        os.write(fd, data)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def follow_folder_mode(session_dir: Path) -> None:
     """For a process that writes a session: everything it (and the libraries it calls: checkpoints,
     adapters, tokenizers) creates gets the folder's privacy, 0700/0600, or 0750/0640 when shared."""
@@ -198,8 +224,7 @@ class SessionWriter:
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         with self._lock:
             if self._events is None:
-                fd = os.open(self.path / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self._mode)
-                self._events = os.fdopen(fd, "ab", buffering=0)
+                self._events = os.fdopen(open_append(self.path / EVENTS, self._mode), "ab", buffering=0)
             # One write() of the whole line: readers see it complete or as a tail they skip.
             self._events.write(line)
             if sync:

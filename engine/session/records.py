@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from engine.session import file_mode
+from engine.session import append_lines, file_mode
 from engine.session.layout import ASSESSMENTS, ASSESSMENTS_CSV, RESULTS, RESULTS_CSV
 
 CSV_FIELDS = ["id", "question", "context", "reference", "answer", "model", "truncated", "new_tokens",
@@ -57,12 +57,7 @@ def read_results(session: Path, problems: list[str] | None = None) -> list[dict]
 
 def append_results(session: Path, records: list[dict]) -> None:
     data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records)
-    fd = os.open(session / RESULTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode(session))
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_lines(session / RESULTS, data, file_mode(session))
 
 
 def write_csv(session: Path) -> Path:
