@@ -44,15 +44,16 @@ def stage_info(meta: dict) -> dict:
     return {}
 
 
-def chart_sets(meta: dict) -> list[tuple[str, list[str]]]:
-    """The Monitor's chart sets for a session: loss, the stage's own, throughput, optimizer."""
-    own = [(str(t), [str(k) for k in keys]) for t, keys in (stage_info(meta).get("charts") or [])
+def chart_sets(info: dict) -> list[tuple[str, list[str]]]:
+    """The Monitor's chart sets for a session (``info``: its ``stage_info``): loss, the stage's own,
+    throughput, optimizer."""
+    own = [(str(t), [str(k) for k in keys]) for t, keys in (info.get("charts") or [])
            if isinstance(keys, list) and keys]
     return LOSS_CHARTS + own + COMMON_CHARTS
 
 
-def series_label(meta: dict, key: str) -> str:
-    return SERIES.get(key) or (stage_info(meta).get("series") or {}).get(key) or key
+def series_label(info: dict, key: str) -> str:
+    return SERIES.get(key) or (info.get("series") or {}).get(key) or key
 
 
 class SeriesTable(dict):
@@ -189,7 +190,7 @@ class MonitorState:
         describe = EVENT_TEXT.get(k)
         if describe is not None:
             text = describe(rec)
-        else:  # a kind this console does not know (a newer engine): its message, or its name
+        else:
             text = rec.get("message") or k or "event"
         self._line(rec, text, "error" if k == L.ERROR else "warning" if k in (L.WARNING, L.OOM_RECOVERED) else "")
 
@@ -237,11 +238,7 @@ EVENT_TEXT = {
     L.ERROR: lambda r: f"error: {r.get('message')}",
     L.FINISHED: _finished,
     L.STOPPED: lambda r: f"stopped ({r.get('reason')}) at step {r.get('step', '?')}",
-    L.WARNING: lambda r: r.get("message") or L.WARNING,
-    L.LOADING: lambda r: r.get("message") or L.LOADING,
-    L.RESUME_REQUESTED: lambda r: r.get("message") or L.RESUME_REQUESTED,
-    L.IMPORTED: lambda r: r.get("message") or L.IMPORTED,
-}
+}  # any other kind (warning, loading, ...): its message, else its name
 
 
 def _num(v) -> str:

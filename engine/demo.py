@@ -322,7 +322,7 @@ def start_pipeline_background(root: Path, quick: bool = False, full: bool = Fals
 
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / DEMO_REQUEST, {"quick": quick, "full": full})
-    return spawn("engine.demo", root, root / "demo.log", detach=True)
+    return spawn("engine.demo", root, root / "demo.log")
 
 
 def main(argv: list[str] | None = None) -> int:

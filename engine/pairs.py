@@ -747,9 +747,8 @@ def make_pairs(sessions: list[Path], out: Path, val_fraction: float = DEFAULT_VA
                name: str | None = None, **build_kw) -> dict:
     """DPO pairs from marked sessions (``marks_mode``) into the folder ``out``, as a pairs session
     in ``root`` (default: the sessions' own root), like every other source."""
-    mode = marks_mode(sessions, annotator, allow_test_items, refusal)
-    return build(mode, PairOptions(out=str(out), val_fraction=val_fraction, seed=seed, exclude=list(exclude or [])),
-                 root or Path(sessions[0]).parent, name=name, quiet=True, **build_kw)
+    return _from_marks(marks_mode(sessions, annotator, allow_test_items, refusal), sessions, out, val_fraction, seed,
+                       exclude, root, name, build_kw)
 
 
 def make_kto(sessions: list[Path], out: Path, val_fraction: float = DEFAULT_VAL_FRACTION,
@@ -758,9 +757,13 @@ def make_kto(sessions: list[Path], out: Path, val_fraction: float = DEFAULT_VAL_
              name: str | None = None, **build_kw) -> dict:
     """KTO examples from marked sessions (``marks_mode(kto=True)``) into the folder ``out``."""
     mode = marks_mode(sessions, annotator, allow_test_items, kto=True, with_reference=with_reference)
-    return build(mode, PairOptions(out=str(out), val_fraction=val_fraction, seed=seed, exclude=list(exclude or [])),
-                 root or Path(sessions[0]).parent, name=name or "kto-from-marks", quiet=True, **build_kw)
+    return _from_marks(mode, sessions, out, val_fraction, seed, exclude, root, name or "kto-from-marks", build_kw)
 
+
+def _from_marks(mode: Mode, sessions: list[Path], out: Path, val_fraction: float, seed: int,
+                exclude: list[str] | None, root: Path | None, name: str | None, build_kw: dict) -> dict:
+    opts = PairOptions(out=str(out), val_fraction=val_fraction, seed=seed, exclude=list(exclude or []))
+    return build(mode, opts, root or Path(sessions[0]).parent, name=name, quiet=True, **build_kw)
 
 # --------------------------------------------------------------------------- the run
 

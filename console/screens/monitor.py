@@ -17,7 +17,7 @@ from textual.widgets import Footer, Static
 
 from console.charts import bar
 from console.screens.dialogs import Confirm, KeyHelp
-from console.state import MonitorState, chart_sets, series_label
+from console.state import MonitorState, chart_sets, series_label, stage_info
 from console.widgets.chart import MetricChart
 from console.widgets.eventlog import EventLog
 from console.widgets.memory import MemoryPanel
@@ -170,12 +170,13 @@ class MonitorScreen(Screen):
         self.query_one("#progress", Static).update(prog)
         self.query_one(MemoryPanel).show(st, plan.get("predicted_peak_bytes"))
         self.query_one(SystemPanel).show(st)
-        sets = chart_sets(meta)
+        info = stage_info(meta)  # once a refresh: an old session's comes from the registry
+        sets = chart_sets(info)
         name, keys = sets[self.chart_set % len(sets)]
         for i in range(2):
             key = keys[i] if i < len(keys) else None
             self.query_one(f"#chart{i}", MetricChart).show(
-                f"{self.chart_set % len(sets) + 1}·{series_label(meta, key)}" if key else "",
+                f"{self.chart_set % len(sets) + 1}·{series_label(info, key)}" if key else "",
                 st.series[key] if key else None)
         tail = []
         if status == "failed":
@@ -185,11 +186,11 @@ class MonitorScreen(Screen):
     # ----------------------------------------------------------------- keys
 
     def action_next_charts(self) -> None:
-        self.chart_set = (self.chart_set + 1) % len(chart_sets(self.state.meta))
+        self.chart_set = (self.chart_set + 1) % len(chart_sets(stage_info(self.state.meta)))
         self.refresh_view()
 
     def action_charts(self, index: int) -> None:
-        self.chart_set = index % len(chart_sets(self.state.meta))
+        self.chart_set = index % len(chart_sets(stage_info(self.state.meta)))
         self.refresh_view()
 
     def action_checkpoint(self) -> None:

@@ -26,13 +26,12 @@ from engine.session.layout import EVENT, RESUME_REQUESTED, RUN_LOG
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def spawn(module: str, target: Path, log: Path, detach: bool, env: dict | None = None) -> subprocess.Popen:
+def spawn(module: str, target: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
     """Start ``python -m MODULE TARGET`` with its output appended to ``log`` (private, or group-readable
     in a shared sessions folder), in its own process session: the terminal's signals never reach it
     directly. A detached child survives the terminal; a foreground one is followed by ``follow``,
     which passes it every signal that stops the command (Ctrl-C, SIGTERM, a hang-up) exactly once.
-    The child finds this package whatever the current directory. (``detach`` is for the caller:
-    the process is started the same way.)"""
+    The child finds this package whatever the current directory."""
     handle = open(log, "ab", buffering=0)  # noqa: SIM115 - handed to the child
     try:
         os.chmod(log, 0o600 if not os.stat(log.parent).st_mode & 0o070 else 0o640)
@@ -46,8 +45,8 @@ def spawn(module: str, target: Path, log: Path, detach: bool, env: dict | None =
     return proc
 
 
-def spawn_worker(session: Path, detach: bool) -> subprocess.Popen:
-    return spawn("engine.run.worker", session, session / RUN_LOG, detach)
+def spawn_worker(session: Path) -> subprocess.Popen:
+    return spawn("engine.run.worker", session, session / RUN_LOG)
 
 
 def resolve_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None, ignore: bool = False,
@@ -173,7 +172,7 @@ def start(spec: TrainSpec, root: Path, *, name: str | None = None, shared: bool 
     writer.update(plan=plan_record, stage_info=described,
                   data={"train_rows": facts["train_rows"], "val_rows": facts["val_rows"]},
                   launcher=("detached" if detach else "foreground") if spawn else "user")
-    return writer, (spawn_worker(writer.path, detach) if spawn else None)
+    return writer, (spawn_worker(writer.path) if spawn else None)
 
 
 def resume(session: Path, detach: bool = False) -> tuple[SessionWriter, subprocess.Popen]:
@@ -194,7 +193,7 @@ def resume(session: Path, detach: bool = False) -> tuple[SessionWriter, subproce
     writer = SessionWriter.reopen(session)
     writer.event(EVENT, kind=RESUME_REQUESTED, previous_status=status)
     writer.update(launcher="detached" if detach else "foreground")
-    return writer, spawn_worker(session, detach)
+    return writer, spawn_worker(session)
 
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -64,6 +64,10 @@ class PlanFactors:
         return self.reference_passes > 0
 
 
+# an option two preference stages share (one flag, one help)
+BETA = Option("beta", float, 0.1, "DPO/KTO beta: how far the policy may move from the reference (default 0.1)")
+
+
 class Stage:
     """The protocol every stage module implements (class attributes plus three methods)."""
 

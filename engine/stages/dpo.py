@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from engine.stages import Option, PlanFactors, Stage, register
+from engine.stages import BETA, Option, PlanFactors, Stage, register
 
 
 @register
@@ -15,7 +15,7 @@ class DPO(Stage):
     unit = "pairs"
     default_lr = {"full": 5e-7, "lora": 5e-6, "qlora": 5e-6}
     options = (
-        Option("beta", float, 0.1, "DPO/KTO beta: how far the policy may move from the reference (default 0.1)"),
+        BETA,
         Option("sft_weight", float, 0.0, "DPO: add W x the NLL of the chosen answers (RPO), so DPO does not simply "
                                          "push both answers down (default 0)"),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.data import DataReport, Kind, as_messages, check_conversation, register_kind
-from engine.stages import Option, PlanFactors, Stage, register
+from engine.stages import BETA, Option, PlanFactors, Stage, register
 
 DESIRABLE = {"true", "1", "yes", "y", "t", "desirable", "good", "faithful"}
 UNDESIRABLE = {"false", "0", "no", "n", "f", "undesirable", "bad", "hallucinated"}
@@ -55,7 +55,7 @@ class KTO(Stage):
     unit = "examples"
     default_lr = {"full": 5e-7, "lora": 5e-6, "qlora": 5e-6}
     options = (
-        Option("beta", float, 0.1, "DPO/KTO beta: how far the policy may move from the reference (default 0.1)"),
+        BETA,
         Option("desirable_weight", float, 1.0, "KTO: weight of the desirable examples' loss (default 1; raise it "
                                                "when they are fewer than the undesirable ones)"),
         Option("undesirable_weight", float, 1.0, "KTO: weight of the undesirable examples' loss (default 1)"),
