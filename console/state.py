@@ -32,8 +32,15 @@ def stage_info(meta: dict) -> dict:
     """What the session says about its stage (charts, series labels); sessions written before
     stages described themselves get it from the stage registry (no import of training code)."""
     info = meta.get("stage_info")
-    if isinstance(info, dict):
-        return info
+    if isinstance(info, dict):  # written by the run; read as far as it has the expected shape
+        charts = [(t, list(keys)) for c in info.get("charts") or [] if isinstance(c, (list, tuple)) and len(c) == 2
+                  for t, keys in [c] if isinstance(t, str) and isinstance(keys, list)
+                  and all(isinstance(k, str) for k in keys)] if isinstance(info.get("charts"), list) else []
+        series = info.get("series") if isinstance(info.get("series"), dict) else {}
+        out = {**info, "charts": charts, "series": {k: v for k, v in series.items() if isinstance(v, str)}}
+        if not isinstance(info.get("unit"), str):
+            out.pop("unit", None)
+        return out
     if meta.get("kind") == "train" and meta.get("stage"):
         from engine import stages
 
@@ -188,9 +195,13 @@ class MonitorState:
         if k == L.ERROR:
             self.error = rec.get("message")
         describe = EVENT_TEXT.get(k)
+        text = None
         if describe is not None:
-            text = describe(rec)
-        else:
+            try:
+                text = describe(rec)
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+                text = None  # a field of an unexpected shape (another writer, a hand edit): the plain line
+        if text is None:
             text = rec.get("message") or k or "event"
         self._line(rec, text, "error" if k == L.ERROR else "warning" if k in (L.WARNING, L.OOM_RECOVERED) else "")
 

@@ -313,6 +313,16 @@ def run_first_stage(root: Path, cfg: DemoConfig, echo=print) -> None:
 DEMO_REQUEST = "demo-request.json"  # in the sessions root: what the background demo is asked to run
 
 
+def demo_lock(root: Path):
+    """Held by the process that runs a demo, for as long as it runs: two demos in one sessions root
+    would train at once on one CPU and share the demo's cache and state file."""
+    from engine.session import WriterLock
+
+    return WriterLock(Path(root) / DEMO_REQUEST, "demo", message=f"a demo is already running in {root}",
+                      hint="watch it with `rounds` (Home), or wait until it finishes; "
+                           "--sessions DIR runs another demo in another folder")
+
+
 def start_pipeline_background(root: Path, quick: bool = False, full: bool = False) -> subprocess.Popen:
     """Start the demo (its first stage, or with ``full`` the whole loop) in its own process
     session, so that it survives the console and the terminal. What to run is written to
@@ -340,10 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         request = {}
     cfg = DemoConfig.quick() if request.get("quick") else DemoConfig()
     try:
-        if request.get("full", True):
-            run_pipeline(root, cfg, echo=lambda m: print(m, flush=True))
-        else:
-            run_first_stage(root, cfg, echo=lambda m: print(m, flush=True))
+        with demo_lock(root):
+            if request.get("full", True):
+                run_pipeline(root, cfg, echo=lambda m: print(m, flush=True))
+            else:
+                run_first_stage(root, cfg, echo=lambda m: print(m, flush=True))
     except UserError as e:
         print(f"rounds demo: error: {e}", file=sys.stderr, flush=True)
         _write_state(root, error=str(e))  # a console following the demo says so

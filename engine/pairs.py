@@ -778,6 +778,13 @@ def _val_threshold(keys: array, fraction: float) -> int:
     return int(uniq[n_val]) if n_val < len(uniq) else 2**64
 
 
+def _out_lock(out: Path):
+    from engine.session import WriterLock
+
+    return WriterLock(out / "pairs", "builder", message=f"{out} is being written by another `rounds pairs`",
+                      hint="wait until it finishes, or give another --out")
+
+
 def _check_out(out: str) -> Path:
     path = Path(out)
     if path.suffix in (".jsonl", ".json", ".csv"):
@@ -836,93 +843,94 @@ def _build(mode: Mode, opts: PairOptions, root: Path | None, *, name: str | None
         raise UserError(f"{src}: the file is empty", field=f"--from-{mode.name}",
                         hint="it needs one record per line (or a CSV header and rows)")
     out = _check_out(opts.out)
-    held = read_held_out(opts.exclude)
-    lengths = LengthCheck(opts.tokenizer, opts.max_length)
-    writer = None
-    if root is not None:
-        writer = SessionWriter.create(root, "pairs", name=name or f"from-{mode.name}", stage=f"from-{mode.name}",
-                                      command=command, shared=shared,
-                                      config={"mode": mode.name, "source": mode.describe or str(src), **mode.settings,
-                                              **{k: v for k, v in asdict(opts).items()}})
-        writer.set_status("running")
-    report = DataReport(file=str(src), kind=f"pairs from {mode.name}")
-    size = src.stat().st_size
-    n_buckets = max(1, math.ceil(size / BUCKET_BYTES))
-    buckets = Buckets(n_buckets, out)
-    counter = [0]
-    keys = array("Q")  # each candidate's group hash: 8 bytes a row
-    dropped: Counter = Counter()
-    t0 = time.monotonic()
-    try:
-        progress = Progress(writer, size, "MiB", quiet=quiet)
-        for line, rec in _rows(src, report, mode.required, counter):
-            cand = mode.extract(line, rec, report)
-            if cand is not None:
-                why = held.reason(cand.id, cand.key, cand.data.get("prompt"))
-                if why:
-                    dropped[why] += 1
-                else:
-                    buckets.add(cand)
-                    keys.append(_h64(cand.key, f"split{opts.seed}"))
-            if counter[0] % 2000 == 0:
-                progress.update(report.bytes_read, counter[0])
-        progress.update(size, counter[0], force=True)
-        progress.close()
-        val_below = _val_threshold(keys, opts.val_fraction)
-        candidates = len(keys)
-        del keys
-        sink = PairSink(out, val_below, opts.seed, lengths, kto=mode.kto)
-        pairing = Progress(writer, candidates, "rows", quiet=quiet, label="pairing")
-        done, complete = 0, False
+    with _out_lock(out):  # one builder at a time writes a folder
+        held = read_held_out(opts.exclude)
+        lengths = LengthCheck(opts.tokenizer, opts.max_length)
+        writer = None
+        if root is not None:
+            writer = SessionWriter.create(root, "pairs", name=name or f"from-{mode.name}", stage=f"from-{mode.name}",
+                                          command=command, shared=shared,
+                                          config={"mode": mode.name, "source": mode.describe or str(src),
+                                                  **mode.settings, **{k: v for k, v in asdict(opts).items()}})
+            writer.set_status("running")
+        report = DataReport(file=str(src), kind=f"pairs from {mode.name}")
+        size = src.stat().st_size
+        n_buckets = max(1, math.ceil(size / BUCKET_BYTES))
+        buckets = Buckets(n_buckets, out)
+        counter = [0]
+        keys = array("Q")  # each candidate's group hash: 8 bytes a row
+        dropped: Counter = Counter()
+        t0 = time.monotonic()
         try:
-            for group in buckets.groups(on_bucket=sink.new_bucket):
-                wrote = mode.pairs(group, sink, dropped)
-                sink.end_group(group[0]["k"], wrote)
-                done += len(group)
-                if done % 2000 < len(group):
-                    pairing.update(done, done)
-            pairing.update(candidates, candidates, force=True)
-            pairing.close()
-            complete = True
-        finally:  # nothing written, nothing replaced: the previous files in --out stay as they were
-            sink.close(commit=complete and sink.counts["train"] + sink.counts["val"] > 0)
-    except BaseException as e:
+            progress = Progress(writer, size, "MiB", quiet=quiet)
+            for line, rec in _rows(src, report, mode.required, counter):
+                cand = mode.extract(line, rec, report)
+                if cand is not None:
+                    why = held.reason(cand.id, cand.key, cand.data.get("prompt"))
+                    if why:
+                        dropped[why] += 1
+                    else:
+                        buckets.add(cand)
+                        keys.append(_h64(cand.key, f"split{opts.seed}"))
+                if counter[0] % 2000 == 0:
+                    progress.update(report.bytes_read, counter[0])
+            progress.update(size, counter[0], force=True)
+            progress.close()
+            val_below = _val_threshold(keys, opts.val_fraction)
+            candidates = len(keys)
+            del keys
+            sink = PairSink(out, val_below, opts.seed, lengths, kto=mode.kto)
+            pairing = Progress(writer, candidates, "rows", quiet=quiet, label="pairing")
+            done, complete = 0, False
+            try:
+                for group in buckets.groups(on_bucket=sink.new_bucket):
+                    wrote = mode.pairs(group, sink, dropped)
+                    sink.end_group(group[0]["k"], wrote)
+                    done += len(group)
+                    if done % 2000 < len(group):
+                        pairing.update(done, done)
+                pairing.update(candidates, candidates, force=True)
+                pairing.close()
+                complete = True
+            finally:  # nothing written, nothing replaced: the previous files in --out stay as they were
+                sink.close(commit=complete and sink.counts["train"] + sink.counts["val"] > 0)
+        except BaseException as e:
+            buckets.cleanup()
+            if sys.stderr.isatty() and not quiet:
+                sys.stderr.write("\n")  # end the progress bar's line before the message
+            if writer:
+                reason = "interrupted" if isinstance(e, KeyboardInterrupt) else (
+                    e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
+                if isinstance(e, KeyboardInterrupt):  # stopped, not failed: the previous output is kept
+                    writer.event(EVENT, kind=ERROR, message=reason)
+                    writer.set_status("stopped", error=reason)
+                else:
+                    writer.fail(reason)
+                writer.close()
+            raise
         buckets.cleanup()
-        if sys.stderr.isatty() and not quiet:
-            sys.stderr.write("\n")  # end the progress bar's line before the message
+        malformed = len({p.line for p in report.errors}) + report.problems_dropped  # rows, not problems
+        if malformed:
+            dropped["malformed source rows"] = malformed
+        rep = _report(mode, opts, src, report, counter[0], sink, dropped, held, time.monotonic() - t0, writer)
+        _write_report(out, rep)
+        if sink.counts["train"] + sink.counts["val"] == 0:
+            why = ", ".join(f"{k} {v}" for k, v in rep["dropped"].items()) or "no rows"
+            message = f"no {'examples' if mode.kto else 'pairs'} came out of {mode.describe or src}: {why}"
+            if writer:
+                write_json_atomic(writer.path / REPORT_JSON, rep, file_mode(writer.path))
+                writer.fail(message)
+                writer.close()
+            raise UserError(message, hint=f"see {out / REPORT_MD}")
         if writer:
-            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else (
-                e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
-            if isinstance(e, KeyboardInterrupt):  # stopped, not failed: the previous output is kept
-                writer.event(EVENT, kind=ERROR, message=reason)
-                writer.set_status("stopped", error=reason)
-            else:
-                writer.fail(reason)
-            writer.close()
-        raise
-    buckets.cleanup()
-    malformed = len({p.line for p in report.errors}) + report.problems_dropped  # rows, not problems
-    if malformed:
-        dropped["malformed source rows"] = malformed
-    rep = _report(mode, opts, src, report, counter[0], sink, dropped, held, time.monotonic() - t0, writer)
-    _write_report(out, rep)
-    if sink.counts["train"] + sink.counts["val"] == 0:
-        why = ", ".join(f"{k} {v}" for k, v in rep["dropped"].items()) or "no rows"
-        message = f"no {'examples' if mode.kto else 'pairs'} came out of {mode.describe or src}: {why}"
-        if writer:
+            _write_used(writer.path, Path(rep["train"]), sink.fingerprints)
             write_json_atomic(writer.path / REPORT_JSON, rep, file_mode(writer.path))
-            writer.fail(message)
+            unit = "examples" if mode.kto else "pairs"
+            writer.event(EVENT, kind=FINISHED, dropped=rep["dropped"],
+                         **{f"train_{unit}": sink.counts["train"], f"val_{unit}": sink.counts["val"]})
+            writer.set_status("finished")
             writer.close()
-        raise UserError(message, hint=f"see {out / REPORT_MD}")
-    if writer:
-        _write_used(writer.path, Path(rep["train"]), sink.fingerprints)
-        write_json_atomic(writer.path / REPORT_JSON, rep, file_mode(writer.path))
-        unit = "examples" if mode.kto else "pairs"
-        writer.event(EVENT, kind=FINISHED, dropped=rep["dropped"],
-                     **{f"train_{unit}": sink.counts["train"], f"val_{unit}": sink.counts["val"]})
-        writer.set_status("finished")
-        writer.close()
-    return rep
+        return rep
 
 
 def _write_used(session: Path, pairs_file: Path, fingerprints) -> None:

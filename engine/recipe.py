@@ -156,6 +156,8 @@ def check_safetensors(path: Path) -> None:
         if not isinstance(header, dict):
             raise ValueError("not a safetensors file (its header is not a JSON object)")
         ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in ends):
+            raise ValueError("not a safetensors file (a tensor's data_offsets are not byte positions)")
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, RecursionError) as e:
         raise UserError(f"{path.name}: {str(e)[:200] if isinstance(e, ValueError) else 'a damaged header'}",
                         file=str(path), hint="copy the weights again; the file is damaged") from None

@@ -178,7 +178,7 @@ def session_report(session: Path) -> dict:
     disagreements = sorted(it for it, d in by_item.items()
                            if len({m.label for m in d.values() if m.label in JUDGED}) > 1)
     unsure = sorted(it for it, d in by_item.items() if any(m.label == "unsure" for m in d.values()))
-    return {"session": meta["id"], "items": len(items), "assessed_items": len(by_item), "annotators": per,
+    return {"session": Path(session).name, "items": len(items), "assessed_items": len(by_item), "annotators": per,
             "pooled": _rate(k, n, sum(m.label == "abstained" for m in all_marks)), "kappa": kappas,
             "judges_vs_people": agreement, "disagreements": disagreements, "unsure": unsure,
             "held_out": bool(meta.get("held_out")), "notes": notes}

@@ -33,6 +33,23 @@ def _get(cfg: dict, key: str, default=None):
     return default
 
 
+MAX_DIM = 2**20  # a width, head count or head size past this is a damaged config, not a model
+MAX_LAYERS = 10_000
+MAX_VOCAB = 2**27
+
+
+def _dim(cfg: dict, key: str, file: str | None, default: int | None = None, limit: int = MAX_DIM) -> int:
+    """A positive whole number from the config (a JSON float like 4096.0 is taken)."""
+    v = _get(cfg, key)
+    if v is None and default is not None:
+        return default
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or v.is_integer())
+    if not ok or not 0 < v <= limit:
+        raise UserError(f"{key} is {json.dumps(v)[:40]}: not a whole number from 1 to {limit:,}", file=file,
+                        field=key, hint="check the model's config.json (a copy may be damaged)")
+    return int(v)
+
+
 @dataclass(frozen=True)
 class ModelShape:
     model_type: str
@@ -79,24 +96,35 @@ class ModelShape:
         return f"{label}, {count} parameters"
 
     @classmethod
-    def from_config(cls, cfg: dict) -> ModelShape:
-        model_type = str(cfg.get("model_type", "?"))
+    def from_config(cls, cfg: dict, file: str | None = None) -> ModelShape:
+        """``file`` names the config.json in errors (a field of the wrong type or size is refused,
+        with its name, before any arithmetic)."""
+        model_type = cfg.get("model_type", "?")
+        model_type = model_type if isinstance(model_type, str) else "?"
         text = cfg.get("text_config")
         if isinstance(text, dict) and "hidden_size" not in cfg:
-            cfg = {**text, "model_type": text.get("model_type", model_type)}
-            model_type = str(cfg["model_type"])
+            sub = text.get("model_type", model_type)
+            cfg = {**text, "model_type": sub if isinstance(sub, str) else model_type}
+            model_type = cfg["model_type"]
         missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
                    if _get(cfg, k) is None]
         if missing:
-            raise UserError(f"config has no {', '.join(missing)}", field=missing[0],
+            raise UserError(f"config has no {', '.join(missing)}", file=file, field=missing[0],
                             hint="is this a causal language model's config.json?")
-        h = int(_get(cfg, "hidden_size"))
-        layers = int(_get(cfg, "num_hidden_layers"))
-        heads = int(_get(cfg, "num_attention_heads"))
-        kv = int(cfg.get("num_key_value_heads") or heads)
-        head_dim = int(cfg.get("head_dim") or h // heads)
-        inter = int(_get(cfg, "intermediate_size") or 4 * h)
-        vocab = int(cfg["vocab_size"])
+        h = _dim(cfg, "hidden_size", file)
+        layers = _dim(cfg, "num_hidden_layers", file, limit=MAX_LAYERS)
+        heads = _dim(cfg, "num_attention_heads", file)
+        kv = _dim(cfg, "num_key_value_heads", file, default=heads)
+        if kv > heads:
+            raise UserError(f"num_key_value_heads {kv} is more than num_attention_heads {heads}", file=file,
+                            field="num_key_value_heads", hint="check the model's config.json")
+        head_dim = _dim(cfg, "head_dim", file, default=max(1, h // heads))
+        inter = _dim(cfg, "intermediate_size", file, default=4 * h)
+        vocab = _dim(cfg, "vocab_size", file, limit=MAX_VOCAB)
+        for flag in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
+            if cfg.get(flag) is not None and not isinstance(cfg[flag], bool):
+                raise UserError(f"{flag} is {cfg[flag]!r}, not true or false", file=file, field=flag,
+                                hint="JSON booleans are written true / false, without quotes")
         tied = bool(cfg.get("tie_word_embeddings", model_type in ("gemma", "gemma2")))
         qkv_bias = model_type == "qwen2" or bool(cfg.get("attention_bias", False))
         o_bias = bool(cfg.get("attention_bias", False)) and model_type != "qwen2"
@@ -112,6 +140,12 @@ class ModelShape:
                    kv_heads=kv, head_dim=head_dim, intermediate=inter, vocab=vocab, tied=tied, qkv_bias=qkv_bias,
                    norms_per_layer=norms, params_total=linear + other + embed + lm_head, params_linear=linear,
                    params_embed=embed, params_lm_head=lm_head, params_other=other)
+
+
+def read_shape(path: str | Path) -> ModelShape:
+    """The shape of the model whose folder or config.json is ``path``; errors name the file and field."""
+    p = Path(path)
+    return ModelShape.from_config(read_config(p), file=str(p / "config.json" if p.is_dir() else p))
 
 
 def read_config(path: str | Path) -> dict:

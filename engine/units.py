@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
+
+
+def _finite(x) -> bool:
+    """A real number that can be shown (not None, text, a boolean, NaN, an infinity or too big for a float)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def human_bytes(n: float | None) -> str:
     """Binary units, as GPU memory is sold and shown: 12.0 GiB, 206 MiB; N/A for None."""
-    if n is None:
+    if not _finite(n):
         return "N/A"
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= size:
@@ -18,7 +29,7 @@ def human_bytes(n: float | None) -> str:
 
 def format_duration(seconds: float | None) -> str:
     """'4m05s', '2h13m', '3d04h'; '--' when unknown."""
-    if seconds is None:
+    if not _finite(seconds):
         return "--"
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
@@ -30,7 +41,7 @@ def format_duration(seconds: float | None) -> str:
 
 def format_seconds(seconds: float | None) -> str:
     """'1.6 s', '12 min', '3.5 h', '57 days' (plan tables); '-' when unknown."""
-    if seconds is None:
+    if not _finite(seconds):
         return "-"
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -44,9 +55,9 @@ def format_seconds(seconds: float | None) -> str:
 
 def parse_time(text: str | None) -> float | None:
     """An ISO timestamp from session.json as epoch seconds, or None."""
-    if not text:
+    if not text or not isinstance(text, str):
         return None
     try:
         return _dt.datetime.fromisoformat(text).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return None

@@ -235,7 +235,7 @@ async def test_home_lists_newest_first_and_opens_the_monitor(tmp_path):
     app = RoundsApp(tmp_path, probe=FakeProbe(), clock=lambda: T0)
     async with app.run_test(size=(100, 30)) as pilot:
         home = app.screen
-        end = time.monotonic() + 10
+        end = time.monotonic() + 120
         while not home.infos and time.monotonic() < end:
             await pilot.pause(0.05)
         assert isinstance(home, HomeScreen)
@@ -309,7 +309,7 @@ def test_home_text_snapshots(size, kind):
     async def shot():
         async with app.run_test(size=size) as pilot:
             home = app.screen
-            end = time.monotonic() + 10
+            end = time.monotonic() + 120
             while not home.shown and time.monotonic() < end:
                 await pilot.pause(0.05)
             await pilot.pause(0.1)

@@ -72,7 +72,7 @@ async def test_home_lists_damaged_and_copied_sessions_and_keeps_working(tmp_path
     app = RoundsApp(tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         home = app.screen
-        end = time.monotonic() + 60
+        end = time.monotonic() + 120
         while len(getattr(home, "infos", [])) < 3 and time.monotonic() < end:
             await pilot.pause(0.05)
         statuses = sorted(i.status for i in home.infos)
@@ -273,3 +273,176 @@ def test_an_event_after_a_half_written_line_is_not_lost(tmp_path):
     append_results(w.path, [{"id": "c", "question": "q", "reference": "r"}])
     problems: list[str] = []
     assert [r["id"] for r in read_results(w.path, problems)] == ["a", "c"] and len(problems) == 1
+
+
+# --------------------------------------------------------------------------- found by the fuzz suite
+
+def _train_session(root: Path, events: list, **meta) -> Path:
+    s = root / "20261130-010101-train-x"
+    s.mkdir(parents=True)
+    base = {"format": 1, "id": s.name, "name": "x", "kind": "train", "stage": "sft", "status": "finished",
+            "created": "2026-11-30T01:01:01+00:00", "started": "2026-11-30T01:01:02+00:00",
+            "ended": "2026-11-30T01:02:02+00:00"}
+    (s / "session.json").write_text(json.dumps({**base, **meta}))
+    (s / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return s
+
+
+def test_odd_event_fields_and_non_finite_metrics_are_drawn(tmp_path):
+    """Fuzz: `max_steps` as text took Home down (step / "x"); a NaN or infinite loss (a run that
+    diverged) broke the charts; a `time` past year 9999 broke the event log; a `gpus` entry that
+    is not an object broke the memory panel. Now odd fields are dropped on reading and the
+    charts leave a gap where a value is not a number."""
+    from console.screens.home import home_rows
+    from console.screens.monitor import header_text
+    from console.state import MonitorState
+    from console.widgets.chart import chart_text
+    from console.widgets.memory import memory_text
+    from engine.session import EventTail
+
+    nan, inf = float("nan"), float("inf")
+    s = _train_session(tmp_path, [
+        {"time": 1e300, "type": "event", "kind": "warning", "message": "far future"},
+        {"time": 1796040706.8, "type": "system", "gpus": [7, {"index": 0, "mem_used": "lots", "mem_total": 1e10}],
+         "host": [1, 2]},
+        {"time": 1796040707.8, "type": "metrics", "step": 1, "max_steps": 4, "loss": 6.9},
+        {"time": 1796040708.8, "type": "metrics", "step": 2, "max_steps": 4, "loss": nan},
+        {"time": 1796040709.8, "type": "metrics", "step": 3, "max_steps": "x", "loss": inf, "eta_seconds": "soon"},
+        {"time": 1796040710.8, "type": "event", "kind": "oom_recovered", "micro_batch": 3, "step": 3},
+    ], plan={"name": "lora", "predicted_peak_bytes": "big"})
+    rows = home_rows(list_sessions(tmp_path), 1796040800.0, set(), {})
+    assert rows[0][1][4] == "50% 2/4"  # the last record with a usable max_steps
+    st = MonitorState(meta=read_session_json(s))
+    st.feed(EventTail(s / "events.jsonl").read())
+    assert st.step == 3 and st.max_steps == 4 and st.eta_seconds is None
+    assert [str(v) for v in st.series["loss"].values] == ["6.9", "nan", "inf"]
+    chart = chart_text("loss", st.series["loss"], 20, 5).plain
+    assert "inf" in chart.splitlines()[0] and "▁" in chart  # 6.9 drawn; NaN and inf: gaps
+    assert "GPU0" in memory_text(st, "big", 80).plain
+    title, prog, status = header_text(st, s.name, 1796040800.0, 100)
+    assert "step 3/4" in prog.plain and status == "finished"
+    assert any("out of memory" in text or text == "oom_recovered" for _, _, text in st.lines)
+
+
+def test_damaged_stage_info_and_world_size_do_not_break_the_monitor(tmp_path):
+    """Fuzz: a `stage_info.charts` entry of three items, or `world_size` as text, raised in the Monitor."""
+    from console.state import chart_sets, stage_info
+
+    s = _train_session(tmp_path, [], stage_info={"charts": [["a", ["x"], "extra"], ["ok", ["loss"]], 5],
+                                                   "series": {"loss": 3}})
+    info = stage_info(read_session_json(s))
+    assert ("ok", ["loss"]) in chart_sets(info) and info["series"] == {}
+    s2 = _train_session(tmp_path / "b", [], world_size="two")
+    assert [i.status for i in list_sessions(tmp_path / "b")] == ["unreadable"]
+    with pytest.raises(UserError, match="world_size"):
+        read_session_json(s2)
+
+
+def test_results_fields_of_the_wrong_type_are_named_problems(tmp_path):
+    """Fuzz: an answer or context that was a list, or a lone surrogate in a question, crashed
+    `rounds pairs` (`.strip()` of a list) and the report; now the line is skipped and named."""
+    from engine.session.records import read_results
+
+    s = tmp_path / "s"
+    s.mkdir()
+    good = {"id": "a", "question": "Q?", "reference": "R.", "answer": "R."}
+    lines = [good, {**good, "id": "b", "answer": ["x"]}, {**good, "id": "c", "context": {"k": 1}},
+             {**good, "id": "d", "question": "\ud800"}, {**good, "id": "e", "samples": [1, 2]}]
+    (s / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    problems: list[str] = []
+    assert [r["id"] for r in read_results(s, problems)] == ["a"]
+    assert len(problems) == 4
+    assert "line 2: 'answer' is list, not text" in problems[0]
+    assert "line 4: 'question' is str, not text" in problems[2] or "line 4" in problems[2]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("hidden_size", [4096], "hidden_size is \\[4096\\]: not a whole number"),
+    ("num_attention_heads", 0, "num_attention_heads is 0"),
+    ("hidden_size", "big", "hidden_size is \"big\""),
+    ("vocab_size", -5, "vocab_size is -5"),
+    ("num_key_value_heads", 64, "num_key_value_heads 64 is more than num_attention_heads 32"),
+    ("tie_word_embeddings", "false", "tie_word_embeddings is 'false', not true or false"),
+])
+def test_config_fields_of_the_wrong_type_or_size_are_refused_by_name(tmp_path, field, value, message):
+    """Fuzz (and #20): a list, zero, text or a negative size was an internal error or planned a
+    negative peak; a quoted boolean was read as true. Now the field is named, with the file."""
+    cfg = json.loads((ROOT / "tests" / "fixtures" / "configs" / "llama-2-7b.json").read_text())
+    cfg[field] = value
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps(cfg))
+    r = run_rounds("plan", "--model", str(f), "--stage", "dpo", "--gpu-mem", "12GiB")
+    assert r.returncode == 1, r.stderr
+    import re
+
+    assert re.search(message, r.stderr) and str(f) in r.stderr and "internal error" not in r.stderr
+
+
+def test_a_safetensors_header_with_odd_offsets_is_refused(tmp_path, tiny_model):
+    """Fuzz: `data_offsets: [0, null]` in a safetensors header was an internal error."""
+    from engine.recipe import check_model_folder
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, None]}}).encode()
+    (model / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    with pytest.raises(UserError, match="data_offsets"):
+        check_model_folder(str(model))
+
+
+def test_marking_killed_at_random_moments_loses_and_doubles_nothing():
+    """The crash loop (bench/crash_marks.py, 200 kills there): marking is killed with SIGKILL at
+    random moments; every mark acknowledged before the kill is on disk exactly once."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import crash_marks
+
+    r = crash_marks.run(kills=15, seed=1, echo=None)
+    assert r["acknowledged"] >= 10 and r["kills_while_marking"] >= 5, r
+    assert r["lost"] == 0 and r["doubled"] == 0, r
+    assert r["report_items"] == 40
+
+
+def test_a_second_demo_in_one_sessions_root_is_refused_with_who_runs_it(tmp_path):
+    """#13: `rounds demo` started twice started two SFT runs at once, with no warning."""
+    from engine import demo
+
+    root = tmp_path / "sessions"
+    root.mkdir()
+    with demo.demo_lock(root):  # this process plays the running demo
+        r = run_rounds("--sessions", str(root), "demo", "--no-tui", env={"ROUNDS_CACHE": str(tmp_path / "c")})
+    assert r.returncode == 1
+    assert "a demo is already running in" in r.stderr and f"pid {os.getpid()}" in r.stderr, r.stderr
+    assert "rounds --sessions" in r.stderr
+    assert not (root / "demo.log").exists() and not any(p.is_dir() for p in root.iterdir())
+    assert not (tmp_path / "c").exists()  # refused before the demo model is built
+
+
+def test_the_lock_says_who_holds_it(tmp_path):
+    from engine.session import WriterLock
+
+    lock = WriterLock(tmp_path / "x", "w")
+    assert lock.holder() is None
+    with WriterLock(tmp_path / "x", "w"):
+        h = lock.holder()
+    assert h["pid"] == os.getpid() and h["host"] and h["since"].startswith("20")
+    assert lock.holder() is None
+
+
+def test_two_pairs_builders_do_not_write_one_folder_at_once(tmp_path):
+    """What to build: the pairs builder holds a lock, so a second writer of the same --out folder
+    is refused with who holds it (and its session fails with that reason, no files touched)."""
+    from engine.pairs import _out_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    src = tmp_path / "p.csv"
+    src.write_text("q,good,bad\nQ1?,Right.,Wrong.\nQ2?,Right 2.,Wrong 2.\n")
+    args = ("--prompt", "q", "--chosen", "good", "--rejected", "bad", "--out", str(out))
+    with _out_lock(out):  # this process plays the other builder
+        r = run_rounds("--sessions", str(tmp_path / "s"), "pairs", "--from-columns", str(src), *args)
+    assert r.returncode == 1 and "is being written by another `rounds pairs`" in r.stderr
+    assert f"pid {os.getpid()}" in r.stderr
+    assert not (out / "train_dpo.jsonl").exists()
+    r = run_rounds("--sessions", str(tmp_path / "s"), "pairs", "--from-columns", str(src), *args)
+    assert r.returncode == 0, r.stderr
+    assert (out / "train_dpo.jsonl").exists()

@@ -149,9 +149,9 @@ def _methods_help() -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from engine import plan as pl
-    from engine.shapes import ModelShape, read_config
+    from engine.shapes import read_shape
 
-    shape = ModelShape.from_config(read_config(args.model))
+    shape = read_shape(args.model)
     examples, lengths = args.examples, None
     if args.data:
         from engine.data import example_lengths, load

@@ -40,6 +40,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     root = sessions_root(args.sessions)
     cfg = demo.DemoConfig.quick() if args.quick else demo.DemoConfig()
+    running = demo.demo_lock(root).held_by_another() if root.is_dir() else None
+    if running:  # one demo at a time in a sessions root: watch that one instead
+        tui = not args.no_tui and sys.stdout.isatty()
+        if not tui:
+            raise UserError(running, hint=f"watch it with `rounds --sessions {root}`, or wait until it finishes")
+        print(f"rounds demo: {running}; opening the console on it instead of starting another", flush=True)
+        from console.app import run_console
+
+        return run_console(root)
     t = time.perf_counter()
     print(f"rounds demo: preparing the {cfg.size} demo model (built once, then cached in {demo.cache_dir()}) …",
           flush=True)
@@ -47,7 +56,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"rounds demo: model ready in {time.perf_counter() - t:.1f} s: {model}", flush=True)
     tui = not args.no_tui and sys.stdout.isatty()
     if args.pipeline and not tui:
-        summary = demo.run_pipeline(root, cfg, echo=lambda m: print(m, flush=True))
+        root.mkdir(parents=True, exist_ok=True)
+        with demo.demo_lock(root):
+            summary = demo.run_pipeline(root, cfg, echo=lambda m: print(m, flush=True))
         return 0 if summary else 1
     before = {i.id for i in list_sessions(root)}
     proc = demo.start_pipeline_background(root, quick=args.quick, full=args.pipeline)

@@ -98,17 +98,7 @@ class HomeScreen(Screen):
         self._busy = False
         self.infos = infos
         self.query_one("#host", Static).update(self._host_line(host, len(infos)))
-        rows = []
-        for i in infos:
-            status, detail = liveness(i.meta, i.last_event_time, self.clock()) if i.meta else (i.status, "")
-            started = parse_time(i.started or i.created)
-            ended = parse_time(i.ended)
-            duration = (ended or self.clock()) - started if started and status != "planned" else None
-            progress = f"{100 * i.progress:.0f}% {i.step}/{i.total_steps}" if i.progress is not None else ""
-            name = ("● " if i.id in self.marked else "") + (i.name or i.id)
-            rows.append((i.id, (name, i.kind, i.stage or "", status, progress,
-                                time.strftime("%m-%d %H:%M", time.localtime(started)) if started else "",
-                                format_duration(duration) if duration is not None else "", rates.get(i.id, ""))))
+        rows = home_rows(infos, self.clock(), self.marked, rates)
         if rows == getattr(self, "_last_rows", None):
             return  # nothing changed: leave the table (and the cursor) alone
         self._last_rows = rows
@@ -197,3 +187,19 @@ class HomeScreen(Screen):
 
     def action_help(self) -> None:
         self.app.push_screen(KeyHelp("Sessions", [b for b in self.BINDINGS if isinstance(b, Binding)]))
+
+
+def home_rows(infos: list[SessionInfo], now: float, marked: set[str], rates: dict[str, str]) -> list[tuple]:
+    """(session id, the row's cells) for each session, as Home shows them (no Textual needed)."""
+    rows = []
+    for i in infos:
+        status, detail = liveness(i.meta, i.last_event_time, now) if i.meta else (i.status, "")
+        started = parse_time(i.started or i.created)
+        ended = parse_time(i.ended)
+        duration = (ended or now) - started if started and status != "planned" else None
+        progress = f"{100 * i.progress:.0f}% {i.step}/{i.total_steps}" if i.progress is not None else ""
+        name = ("● " if i.id in marked else "") + (i.name or i.id)
+        rows.append((i.id, (name, i.kind, i.stage or "", status, progress,
+                            time.strftime("%m-%d %H:%M", time.localtime(started)) if started else "",
+                            format_duration(duration) if duration is not None else "", rates.get(i.id, ""))))
+    return rows

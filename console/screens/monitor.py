@@ -131,42 +131,10 @@ class MonitorScreen(Screen):
 
     def refresh_view(self) -> None:
         st, meta = self.state, self.state.meta
-        status, detail = liveness(meta, st.last_event_time, self.clock())
+        title, prog, status = header_text(st, self.session.name, self.clock(), self.size.width, self.loaded,
+                                          self.message)
         plan = meta.get("plan") or {}
-        started = parse_time(meta.get("started"))
-        ended = parse_time(meta.get("ended"))
-        elapsed = (ended or self.clock()) - started if started else None
-        colour = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stalled": "yellow",
-                  "stopped": "yellow"}.get(status, "white")
-        title = Text.assemble(("rounds ", "bold"), f"· {meta.get('name', self.session.name)} · ",
-                              f"{meta.get('stage') or meta.get('kind', '')} · ",
-                              (f"plan {plan.get('name', '-')}{'+pre' if plan.get('precompute_ref') else ''} · "
-                               if meta.get("kind", "train") == "train" else ""),
-                              (status, f"bold {colour}"), f" · {format_duration(elapsed)}",
-                              (f" · {meta['world_size']} ranks" if (meta.get("world_size") or 1) > 1 else ""),
-                              (f"  {detail}" if detail else "", "yellow"))
         self.query_one("#title", Static).update(title)
-        frac = st.fraction
-        width = max(10, self.size.width - 62)
-        prog = Text()
-        if st.step is not None:
-            prog.append(f"{st.unit} {st.step:,}/{st.max_steps or 0:,} " if st.unit != "step" else
-                        f"step {st.step}/{st.max_steps or '?'} ")
-            prog.append(bar(frac, width), style="green")
-            prog.append(f" {100 * (frac or 0):3.0f}%")
-            if status in ("running", "stalled"):
-                prog.append(f"  ETA {format_duration(st.eta_seconds)}")
-            if st.seconds_per_step:
-                prog.append(f"  {st.seconds_per_step:.2f} s/step")
-            tps = st.series["tokens_per_second"].last or st.series["items_per_second"].last
-            if tps:
-                unit = "tok/s" if st.series["tokens_per_second"].last else \
-                    f"{st.unit if st.unit in ('rows', 'questions', 'items') else 'items'}/s"
-                prog.append(f"  {tps:,.0f} {unit}")
-        else:
-            prog.append("no steps yet" if self.loaded else "reading the history…", style="dim")
-        if self.message:
-            prog.append(f"  {self.message}", style="yellow")
         self.query_one("#progress", Static).update(prog)
         self.query_one(MemoryPanel).show(st, plan.get("predicted_peak_bytes"))
         self.query_one(SystemPanel).show(st)
@@ -229,6 +197,49 @@ class MonitorScreen(Screen):
 
     def action_help(self) -> None:
         self.app.push_screen(KeyHelp("Monitor", [b for b in self.BINDINGS if isinstance(b, Binding)]))
+
+
+
+def header_text(st: MonitorState, name: str, now: float, width: int, loaded: bool = True,
+                message: str = "") -> tuple[Text, Text, str]:
+    """The Monitor's title and progress lines, and the status they show (no Textual needed)."""
+    meta = st.meta
+    status, detail = liveness(meta, st.last_event_time, now)
+    plan = meta.get("plan") or {}
+    started = parse_time(meta.get("started"))
+    ended = parse_time(meta.get("ended"))
+    elapsed = (ended or now) - started if started else None
+    colour = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red", "stalled": "yellow",
+              "stopped": "yellow"}.get(status, "white")
+    title = Text.assemble(("rounds ", "bold"), f"· {meta.get('name', name)} · ",
+                          f"{meta.get('stage') or meta.get('kind', '')} · ",
+                          (f"plan {plan.get('name', '-')}{'+pre' if plan.get('precompute_ref') else ''} · "
+                           if meta.get("kind", "train") == "train" else ""),
+                          (status, f"bold {colour}"), f" · {format_duration(elapsed)}",
+                          (f" · {meta['world_size']} ranks" if (meta.get("world_size") or 1) > 1 else ""),
+                          (f"  {detail}" if detail else "", "yellow"))
+    frac = st.fraction
+    width = max(10, width - 62)
+    prog = Text()
+    if st.step is not None:
+        prog.append(f"{st.unit} {st.step:,}/{st.max_steps or 0:,} " if st.unit != "step" else
+                    f"step {st.step}/{st.max_steps or '?'} ")
+        prog.append(bar(frac, width), style="green")
+        prog.append(f" {100 * (frac or 0):3.0f}%")
+        if status in ("running", "stalled"):
+            prog.append(f"  ETA {format_duration(st.eta_seconds)}")
+        if st.seconds_per_step:
+            prog.append(f"  {st.seconds_per_step:.2f} s/step")
+        tps = st.series["tokens_per_second"].last or st.series["items_per_second"].last
+        if tps:
+            unit = "tok/s" if st.series["tokens_per_second"].last else \
+                f"{st.unit if st.unit in ('rows', 'questions', 'items') else 'items'}/s"
+            prog.append(f"  {tps:,.0f} {unit}")
+    else:
+        prog.append("no steps yet" if loaded else "reading the history…", style="dim")
+    if message:
+        prog.append(f"  {message}", style="yellow")
+    return title, prog, status
 
 
 def _log_tail(session: Path, n: int) -> list[str]:

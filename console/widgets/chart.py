@@ -24,14 +24,18 @@ class MetricChart(Static):
         self.refresh()
 
     def render(self) -> Text:
-        width = max(10, self.size.width)
-        height = max(1, self.size.height - 1)
-        s = self.series
-        if s is None or len(s) == 0:
-            return Text.assemble((self.title, "bold"), ("  no data yet", "dim"))
-        vals = s.downsample(width)
-        head = Text.assemble((self.title, "bold"), f" {fmt_num(s.last)}",
-                             (f"  min {fmt_num(min(s.values))} max {fmt_num(max(s.values))}", "dim"))
-        head.truncate(width, overflow="ellipsis")
-        body = "\n".join(columns(vals, width, height))
-        return Text.assemble(head, "\n", (body, "cyan"))
+        return chart_text(self.title, self.series, self.size.width, self.size.height)
+
+
+def chart_text(title: str, s: Series | None, width: int, height: int) -> Text:
+    """The chart's text in ``width`` x ``height`` cells (no Textual needed)."""
+    width = max(10, width)
+    height = max(1, height - 1)
+    if s is None or len(s) == 0:
+        return Text.assemble((title, "bold"), ("  no data yet", "dim"))
+    vals = s.downsample(width)
+    head = Text.assemble((title, "bold"), f" {fmt_num(s.last)}",
+                         (f"  min {fmt_num(min(s.values))} max {fmt_num(max(s.values))}", "dim"))
+    head.truncate(width, overflow="ellipsis")
+    body = "\n".join(columns(vals, width, height))
+    return Text.assemble(head, "\n", (body, "cyan"))

@@ -25,16 +25,21 @@ class EventLog(Static):
         self.refresh(layout=True)
 
     def render(self) -> Text:
-        rows = max(1, self.size.height)
-        width = max(10, self.size.width)
-        out = Text()
-        shown = self.lines[-(rows - len(self.tail_text)):] if rows > len(self.tail_text) else []
-        for stamp, level, text in shown:
-            out.append(f"{stamp} ", style="dim")
-            out.append(text[: width - 9] + "\n", style=STYLE.get(level, ""))
-        out.rstrip()
-        for line in self.tail_text[-rows:]:
-            out.append(line[:width] + "\n", style="red")
-        if not shown and not self.tail_text:
-            out.append("no events yet", style="dim")
-        return out
+        return eventlog_text(self.lines, self.tail_text, self.size.width, self.size.height)
+
+
+def eventlog_text(lines: list, tail_text: list[str], width: int, height: int) -> Text:
+    """The log's text in ``width`` x ``height`` cells (no Textual needed)."""
+    rows = max(1, height)
+    width = max(10, width)
+    out = Text()
+    shown = lines[-(rows - len(tail_text)):] if rows > len(tail_text) else []
+    for stamp, level, text in shown:
+        out.append(f"{stamp} ", style="dim")
+        out.append(text[: width - 9] + "\n", style=STYLE.get(level, ""))
+    out.rstrip()
+    for line in tail_text[-rows:]:
+        out.append(line[:width] + "\n", style="red")
+    if not shown and not tail_text:
+        out.append("no events yet", style="dim")
+    return out

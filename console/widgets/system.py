@@ -25,34 +25,38 @@ class SystemPanel(Static):
         self.refresh(layout=True)
 
     def render(self) -> Text:
-        st = self.state
-        if st is None or st.system is None:
-            return Text("waiting for the first system sample…", style="dim")
-        w = max(8, self.size.width - 24)
-        out = Text()
-        gpus = st.system.get("gpus") or []
-        for g in gpus:
-            i = g.get("index", 0)
-            out.append(f"GPU{i} util ", style="bold")
-            out.append(sparkline(list(st.gpu_util.get(i, [])), w, 0, 100), style="magenta")
-            out.append(f" {g.get('util', 'N/A')}%\n")
-            out.append(f"     temp {g.get('temp_c', 'N/A')}°C  power {g.get('power_w', 'N/A')}"
-                       f"/{g.get('power_limit_w', 'N/A')} W\n")
-        if not gpus:
-            out.append("GPU util/temp/power  N/A\n", style="dim")
-        host = st.system.get("host") or {}
-        out.append("CPU ", style="bold")
-        out.append(sparkline(list(st.cpu), w, 0, 100), style="yellow")
-        out.append(f" {host.get('cpu_percent', 'N/A')}% of {host.get('cpus', '?')}\n")
-        proc = st.system.get("process") or {}
-        out.append(f"run's CPU {proc.get('cpu_percent', 'N/A')}%  threads {proc.get('threads', 'N/A')}  "
-                   f"RAM {human_bytes(host.get('ram_used'))}")
-        if len(st.ranks) > 1:
-            for r, rec in sorted(st.ranks.items()):
-                p = rec.get("process") or {}
-                t = rec.get("torch") or {}
-                out.append(f"\nrank {r}", style="bold")
-                out.append(f"  pid {p.get('pid', '?')}  CPU {p.get('cpu_percent', 'N/A')}%  "
-                           f"RSS {human_bytes(p.get('rss'))}"
-                           + (f"  GPU{t.get('device', '?')} allocated {human_bytes(t.get('allocated'))}" if t else ""))
-        return out
+        return system_text(self.state, self.size.width)
+
+
+def system_text(st: MonitorState | None, width: int) -> Text:
+    """The panel's text for a panel ``width`` cells wide (no Textual needed)."""
+    if st is None or st.system is None:
+        return Text("waiting for the first system sample…", style="dim")
+    w = max(8, width - 24)
+    out = Text()
+    gpus = st.system.get("gpus") or []
+    for g in gpus:
+        i = g.get("index", 0)
+        out.append(f"GPU{i} util ", style="bold")
+        out.append(sparkline(list(st.gpu_util.get(i, [])), w, 0, 100), style="magenta")
+        out.append(f" {g.get('util', 'N/A')}%\n")
+        out.append(f"     temp {g.get('temp_c', 'N/A')}°C  power {g.get('power_w', 'N/A')}"
+                   f"/{g.get('power_limit_w', 'N/A')} W\n")
+    if not gpus:
+        out.append("GPU util/temp/power  N/A\n", style="dim")
+    host = st.system.get("host") or {}
+    out.append("CPU ", style="bold")
+    out.append(sparkline(list(st.cpu), w, 0, 100), style="yellow")
+    out.append(f" {host.get('cpu_percent', 'N/A')}% of {host.get('cpus', '?')}\n")
+    proc = st.system.get("process") or {}
+    out.append(f"run's CPU {proc.get('cpu_percent', 'N/A')}%  threads {proc.get('threads', 'N/A')}  "
+               f"RAM {human_bytes(host.get('ram_used'))}")
+    if len(st.ranks) > 1:
+        for r, rec in sorted(st.ranks.items()):
+            p = rec.get("process") or {}
+            t = rec.get("torch") or {}
+            out.append(f"\nrank {r}", style="bold")
+            out.append(f"  pid {p.get('pid', '?')}  CPU {p.get('cpu_percent', 'N/A')}%  "
+                       f"RSS {human_bytes(p.get('rss'))}"
+                       + (f"  GPU{t.get('device', '?')} allocated {human_bytes(t.get('allocated'))}" if t else ""))
+    return out

@@ -53,9 +53,9 @@ def resolve_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None
                  lengths: list[int] | None = None) -> tuple[TrainSpec, dict]:
     """(the spec to run, its plan record for session.json), before any weight is loaded."""
     from engine import plan as pl
-    from engine.shapes import ModelShape, read_config
+    from engine.shapes import read_shape
 
-    shape = ModelShape.from_config(read_config(spec.model))
+    shape = read_shape(spec.model)
     device = pl.detect_device(spec.device, budget_bytes)
     ranks = spec.num_processes if spec.launcher == "accelerate" else 1
     gpus = ranks if device.kind == "cuda" else 1
@@ -203,16 +203,15 @@ def _wait_for_exit(session: Path, meta: dict, seconds: float = 120) -> str | Non
     """Who runs the session now, if anyone. The run that wrote `stopped` or `failed` may still be
     exiting (a supervisor waits for its ranks): its lock is waited for, up to ``seconds``; anyone
     else holding it is said at once."""
-    import re
-
     lock = run_lock(session)
     own = {meta.get("pid"), meta.get("supervisor_pid")} - {None}
     end = time.monotonic() + seconds
     while True:
-        holder = lock.held_by_another()
-        pid = re.search(r"\(pid (\d+)", holder or "")
-        if not holder or not pid or int(pid.group(1)) not in own or time.monotonic() > end:
-            return holder
+        holder = lock.holder()
+        if holder is None:
+            return None
+        if holder["pid"] not in own or time.monotonic() > end:
+            return lock.held_by_another()
         time.sleep(0.5)
 
 

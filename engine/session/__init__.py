@@ -359,7 +359,8 @@ def liveness(meta: dict, last_event_time: float | None, now: float | None = None
 # what the readers of a listing rely on: field -> the types it may have (None: may be missing or null)
 FIELD_TYPES = {"kind": (str,), "status": (str,), "stage": (str, None), "name": (str, None), "created": (str, None),
                "started": (str, None), "ended": (str, None), "pid": (int, None), "host": (str, None),
-               "error": (str, None), "plan": (dict, None), "config": (dict, None)}
+               "error": (str, None), "plan": (dict, None), "config": (dict, None), "world_size": (int, None),
+               "stage_info": (dict, None)}
 
 
 def check_fields(meta: dict, file: Path) -> None:
@@ -414,6 +415,62 @@ def list_sessions(root: str | os.PathLike) -> list[SessionInfo]:
     return infos
 
 
+# what the readers of events rely on: a field of another type is dropped from the record (kept: the rest)
+_EVENT_NUMBERS = ("time", "eta_seconds", "seconds_per_step", "seconds")
+_EVENT_INTS = ("step", "max_steps", "rank", "world_size")
+_EVENT_TEXT = ("type", "kind", "status", "unit", "message", "reason", "plan", "device", "path", "checkpoint")
+_EVENT_PARTS = {  # nested objects of a system record -> their numeric fields
+    "host": ("ram_used", "ram_total", "cpu_percent", "cpus"),
+    "process": ("pid", "rss", "rss_children", "cpu_percent", "threads"),
+    "torch": ("allocated", "reserved", "peak", "device"),
+}
+_GPU_NUMBERS = ("index", "mem_used", "mem_total", "util", "temp_c", "power_w", "power_limit_w")
+
+
+def _number(v) -> bool:
+    from engine.units import _finite
+
+    return _finite(v)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and -2**53 <= v <= 2**53
+
+
+def clean_event(rec: dict) -> dict:
+    """An event with every field a reader relies on of the type it expects; a field of another type
+    (a hand edit, another tool's writer, a damaged line that still parses) is dropped, the rest
+    kept. Metric values stay as written (a NaN loss is news); the screens skip non-numbers."""
+    out = dict(rec)
+    if "time" in out and not (_number(out["time"]) and 0 <= out["time"] < 2**33):  # seconds since 1970, < 2242
+        del out["time"]
+    for keys, ok in ((_EVENT_NUMBERS, _number), (_EVENT_INTS, _integer), (_EVENT_TEXT, _is_text)):
+        for k in keys:
+            if k in out and not ok(out[k]):
+                del out[k]
+    for part, fields in _EVENT_PARTS.items():
+        if part in out:
+            if isinstance(out[part], dict):
+                out[part] = {k: v for k, v in out[part].items() if k not in fields or _number(v)}
+            else:
+                del out[part]
+    if "gpus" in out:
+        gpus = out["gpus"] if isinstance(out["gpus"], list) else []
+        out["gpus"] = [{k: v for k, v in g.items() if k not in _GPU_NUMBERS or _number(v)}
+                       for g in gpus if isinstance(g, dict) and _integer(g.get("index", 0))]
+    return out
+
+
+def _is_text(v) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape: cannot be shown or written back
+        return False
+    return True
+
+
 def last_events(path: Path, max_bytes: int = 64 * 1024) -> list[dict]:
     """The complete events in the last ``max_bytes`` of an events file (cheap on any size)."""
     try:
@@ -433,7 +490,7 @@ def last_events(path: Path, max_bytes: int = 64 * 1024) -> list[dict]:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             continue
         if isinstance(rec, dict):
-            out.append(rec)
+            out.append(clean_event(rec))
     return out
 
 
@@ -512,6 +569,7 @@ class EventTail:
                 rec = json.loads(line)
                 if not isinstance(rec, dict):
                     raise ValueError("not a JSON object")
+                rec = clean_event(rec)
             except (ValueError, UnicodeDecodeError, RecursionError) as e:
                 rec = {"type": "corrupt", "line": first + i, "error": str(e)[:200] or type(e).__name__}
             out.append(rec)
@@ -567,6 +625,16 @@ class WriterLock:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now_iso()}".encode())
         self._fd = fd
         return self
+
+    def holder(self) -> dict | None:
+        """Who holds the lock now — ``{"pid", "host", "since"}`` as the holder wrote them — or None
+        when nobody does (a check that takes nothing)."""
+        message = self.held_by_another()
+        if message is None:
+            return None
+        m = re.search(r"\(pid (\d+) on (\S+) since (\S+)\)$", message)
+        return {"pid": int(m.group(1)), "host": m.group(2), "since": m.group(3)} if m else \
+            {"pid": None, "host": None, "since": None}
 
     def held_by_another(self) -> str | None:
         """Who holds the lock now (pid, host, since when), or None: a check that takes nothing."""

@@ -17,6 +17,36 @@ CSV_FIELDS = ["id", "question", "context", "reference", "answer", "model", "trun
 
 
 REQUIRED_RESULT_FIELDS = ("id", "question", "reference")
+OPTIONAL_TEXT_FIELDS = ("answer", "context", "model", "adapter")  # text or null
+
+
+def _text(v) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a \\ud800 escape): cannot be shown or written back
+        return False
+    return True
+
+
+def result_problem(rec: dict) -> str | None:
+    """Why a results record cannot be used (a field named), or None. Every reader of results
+    (report, pairs, the assessment screen) relies on these types."""
+    for k in REQUIRED_RESULT_FIELDS:
+        v = rec.get(k)
+        if not (_text(v) or (k == "id" and isinstance(v, int) and not isinstance(v, bool))):
+            return f"no text {k!r}" if v is None else f"{k!r} is {type(v).__name__}, not text"
+    for k in OPTIONAL_TEXT_FIELDS:
+        if rec.get(k) is not None and not _text(rec[k]):
+            return f"{k!r} is {type(rec[k]).__name__}, not text"
+    samples = rec.get("samples")
+    if samples is not None and not (isinstance(samples, list) and all(_text(x) for x in samples)):
+        return "'samples' is not a list of texts"
+    for k, kind in (("flags", dict), ("generation", dict)):
+        if rec.get(k) is not None and not isinstance(rec[k], kind):
+            return f"{k!r} is {type(rec[k]).__name__}, not an object"
+    return None
 
 
 def read_results(session: Path, problems: list[str] | None = None) -> list[dict]:
@@ -43,11 +73,8 @@ def read_results(session: Path, problems: list[str] | None = None) -> list[dict]
                 if not isinstance(rec, dict):
                     why = f"a JSON {type(rec).__name__}, not an object"
                 else:
-                    missing = [k for k in REQUIRED_RESULT_FIELDS if not isinstance(rec.get(k), (str, int))
-                               or isinstance(rec.get(k), bool)]
-                    if missing:
-                        why = f"no text {missing[0]!r}"
-                    else:
+                    why = result_problem(rec)
+                    if why is None:
                         rec["id"] = str(rec["id"])
                         out.append(rec)
             if why and problems is not None:
