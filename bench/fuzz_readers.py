@@ -5,7 +5,8 @@
 
 A *reader* is everything a user's command or screen does with one kind of file: ``data`` is
 ``rounds validate`` and ``rounds assess FILE`` (import) on JSONL/JSON/CSV/TSV files of every data
-kind; ``config`` is ``rounds plan`` and the model-folder pre-check on a ``config.json`` (and a
+kind; ``sources`` is ``rounds pairs --from-columns`` / ``--from-labels`` on a CSV or JSONL source;
+``config`` is ``rounds plan`` and the model-folder pre-check on a ``config.json`` (and a
 safetensors header); ``session`` is Home's listing and rows, the Monitor's title, and ``rounds
 report`` on a ``session.json``; ``events`` is the Monitor (tail, state, every panel's text) and
 Home's progress on an ``events.jsonl``; ``results`` and ``marks`` are ``rounds report``, ``rounds
@@ -280,6 +281,48 @@ def _run_data(case, work: Path) -> str:
     return "refused" if rc else "read"
 
 
+SOURCE_TEMPLATES = {
+    "columns": [{"id": "r1", "question": "What is the dose?", "good": "5 mg.", "bad": "50 mg.", "context": "label"},
+                {"question": "Who?", "good": "Ada.", "bad": "Bob."}],
+    "labels": [{"group": "dose of X", "text": "X is 5 mg.", "label": "factual"},
+               {"group": "dose of X", "text": "X is 50 mg.", "label": "not factual"}],
+}
+
+
+def _source_case():
+    @st.composite
+    def case(draw):
+        mode = draw(st.sampled_from(sorted(SOURCE_TEMPLATES)))
+        templates = SOURCE_TEMPLATES[mode]
+        fmt = draw(st.sampled_from(["jsonl", "csv"]))
+        if fmt == "jsonl":
+            data = draw(jsonl(templates, max_lines=6))
+        else:
+            fields = list(templates[0])
+            rows = draw(st.lists(mutated(templates), max_size=6))
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(fields)
+            for r in rows:
+                w.writerow([r.get(f, "") if isinstance(r, dict) else r for f in fields])
+            data = draw(damaged(buf.getvalue().encode("utf-8", "surrogatepass")))
+        return mode, fmt, data, draw(st.booleans())
+    return case()
+
+
+def _run_source(case, work: Path) -> str:
+    """`rounds pairs --from-columns` / `--from-labels` on a generated source file."""
+    mode, fmt, data, kto = case
+    f = work / f"source.{fmt}"
+    f.write_bytes(data)
+    args = ["--from-columns", str(f), "--prompt", "question", "--chosen", "good", "--rejected", "bad",
+            "--context", "context", "--id", "id"] if mode == "columns" else \
+        ["--from-labels", str(f), "--group", "group", "--text", "text", "--label", "label"]
+    rc = rounds("--sessions", str(work / "sessions"), "pairs", *args, "--out", str(work / "out"),
+                *(["--kto"] if kto and mode == "columns" else []))
+    return "refused" if rc else "read"
+
+
 def _config_case():
     @st.composite
     def case(draw):
@@ -416,6 +459,7 @@ def _run_events(case, work: Path) -> str:
 
 READERS: dict[str, Reader] = {r.name: r for r in (
     Reader("data", "data files (JSONL/JSON/CSV/TSV) for validate and import", _data_case(), _run_data),
+    Reader("sources", "pair sources (pairs --from-columns / --from-labels)", _source_case(), _run_source),
     Reader("config", "config.json and safetensors header (plan, model pre-check)", _config_case(), _run_config),
     Reader("session", "session.json (Home, Monitor, report)", _session_case(), _run_session),
     Reader("events", "events.jsonl (Monitor, Home)", jsonl(EVENTS, max_lines=8), _run_events),

@@ -43,10 +43,31 @@ def result_problem(rec: dict) -> str | None:
     samples = rec.get("samples")
     if samples is not None and not (isinstance(samples, list) and all(_text(x) for x in samples)):
         return "'samples' is not a list of texts"
-    for k, kind in (("flags", dict), ("generation", dict)):
-        if rec.get(k) is not None and not isinstance(rec[k], kind):
-            return f"{k!r} is {type(rec[k]).__name__}, not an object"
     return None
+
+
+_FLAG_TYPES = {"count": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+               "numbers_absent": lambda v: isinstance(v, list) and all(_text(x) for x in v),
+               "terms_absent": lambda v: isinstance(v, list) and all(_text(x) for x in v),
+               "empty": lambda v: isinstance(v, bool), "truncated": lambda v: isinstance(v, bool),
+               "repetitive": lambda v: isinstance(v, bool),
+               "length_ratio": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e9}
+
+
+def clean_bookkeeping(rec: dict) -> dict:
+    """The pre-screen flags and generation details are derived (they order and highlight, never
+    decide): a part of the wrong type is dropped, the answer kept."""
+    flags = rec.get("flags")
+    rec["flags"] = {k: v for k, v in flags.items() if k in _FLAG_TYPES and _FLAG_TYPES[k](v)} \
+        if isinstance(flags, dict) else {}
+    if not isinstance(rec.get("generation"), (dict, type(None))):
+        rec["generation"] = None
+    if not (rec.get("new_tokens") is None or (isinstance(rec["new_tokens"], int)
+                                              and not isinstance(rec["new_tokens"], bool))):
+        rec["new_tokens"] = None
+    if not isinstance(rec.get("truncated", False), bool):
+        rec["truncated"] = False
+    return rec
 
 
 def read_results(session: Path, problems: list[str] | None = None) -> list[dict]:
@@ -76,7 +97,7 @@ def read_results(session: Path, problems: list[str] | None = None) -> list[dict]
                     why = result_problem(rec)
                     if why is None:
                         rec["id"] = str(rec["id"])
-                        out.append(rec)
+                        out.append(clean_bookkeeping(rec))
             if why and problems is not None:
                 problems.append(f"{path}, line {n}: {why}; the line is skipped")
     return out
