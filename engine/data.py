@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import os
+import re
 import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -184,6 +185,22 @@ def detect_format(path: Path) -> str:
     return "csv"
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # a \uD800-\uDFFF escape in the raw text
+LONE_SURROGATE = "text with an unpaired surrogate escape (\\ud800-\\udfff): not a character, cannot be written as UTF-8"
+LONE_SURROGATE_HINT = "fix or remove that escape (a pair like \\ud83d\\ude00 is one character and is fine)"
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """A text anywhere in ``value`` holding half of a UTF-16 pair (json.loads lets one through)."""
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
 def read_records(path: Path, fmt: str, report: DataReport) -> Iterator[tuple[int, Any]]:
     """(line number, parsed record) pairs; parse problems go to the report."""
     if fmt == "jsonl":
@@ -198,6 +215,9 @@ def read_records(path: Path, fmt: str, report: DataReport) -> Iterator[tuple[int
                 continue
             except RecursionError:
                 report.add("JSON nested too deeply to read", line=n, hint="a record is an object of text fields")
+                continue
+            if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(rec):
+                report.add(LONE_SURROGATE, line=n, hint=LONE_SURROGATE_HINT)
                 continue
             yield n, rec
     elif fmt == "json":
@@ -219,7 +239,11 @@ def read_records(path: Path, fmt: str, report: DataReport) -> Iterator[tuple[int
             report.add("the file is JSON but not an array of records",
                        hint="use JSONL (one object per line) or a JSON array of objects")
             return
+        check = bool(_SURROGATE_ESCAPE.search(text))
         for i, rec in enumerate(data):
+            if check and _lone_surrogate(rec):
+                report.add(LONE_SURROGATE, line=i + 1, hint=LONE_SURROGATE_HINT)
+                continue
             yield i + 1, rec  # "line" means record number in a JSON array
     else:
         yield from _csv_records(path, "\t" if fmt == "tsv" else ",", report)

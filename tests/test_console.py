@@ -312,6 +312,12 @@ def test_home_text_snapshots(size, kind):
             end = time.monotonic() + 120
             while not home.shown and time.monotonic() < end:
                 await pilot.pause(0.05)
+            # the table lays its rows out over more than one refresh: wait until both rows are on the
+            # screen (a busy machine can take a while), never a fixed pause
+            text = screen_text(app.export_screenshot())
+            while not ("sft-demo" in text and f"{stage}-run" in text) and time.monotonic() < end:
+                await pilot.pause(0.05)
+                text = screen_text(app.export_screenshot())
             await pilot.pause(0.1)
             return screen_text(app.export_screenshot())
 

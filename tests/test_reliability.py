@@ -456,3 +456,17 @@ def test_two_pairs_builders_do_not_write_one_folder_at_once(tmp_path):
     r = run_rounds("--sessions", str(tmp_path / "s"), "pairs", "--from-columns", str(src), *args)
     assert r.returncode == 0, r.stderr
     assert (out / "train_dpo.jsonl").exists()
+
+
+def test_a_lone_surrogate_escape_is_a_named_problem(tmp_path):
+    """Fuzz: a JSONL source with `"\\ud800"` in a text crashed `rounds pairs` (UnicodeEncodeError
+    while hashing); now the row is reported by line and skipped, in validate and pairs alike."""
+    src = tmp_path / "cols.jsonl"
+    rows = [{"question": "Q1\ud800?", "good": "A.", "bad": "B."}, {"question": "Q2 \U0001F600?", "good": "C.", "bad": "D."}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = run_rounds("--sessions", str(tmp_path / "s"), "pairs", "--from-columns", str(src), "--prompt", "question",
+                   "--chosen", "good", "--rejected", "bad", "--out", str(tmp_path / "out"), "--val-fraction", "0")
+    assert r.returncode == 0, r.stderr
+    train = (tmp_path / "out" / "train_dpo.jsonl").read_text().splitlines()
+    assert len(train) == 1 and "\U0001F600" in json.loads(train[0])["prompt"]  # a real pair is one character
+    assert "unpaired surrogate" in (tmp_path / "out" / "pairs_report.md").read_text()
