@@ -462,7 +462,8 @@ def test_a_lone_surrogate_escape_is_a_named_problem(tmp_path):
     """Fuzz: a JSONL source with `"\\ud800"` in a text crashed `rounds pairs` (UnicodeEncodeError
     while hashing); now the row is reported by line and skipped, in validate and pairs alike."""
     src = tmp_path / "cols.jsonl"
-    rows = [{"question": "Q1\ud800?", "good": "A.", "bad": "B."}, {"question": "Q2 \U0001F600?", "good": "C.", "bad": "D."}]
+    rows = [{"question": "Q1\ud800?", "good": "A.", "bad": "B."},
+            {"question": "Q2 \U0001F600?", "good": "C.", "bad": "D."}]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = run_rounds("--sessions", str(tmp_path / "s"), "pairs", "--from-columns", str(src), "--prompt", "question",
                    "--chosen", "good", "--rejected", "bad", "--out", str(tmp_path / "out"), "--val-fraction", "0")
