@@ -30,7 +30,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import re
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,6 +134,8 @@ class Device:
     name: str = ""
     calibrated: bool = False
     margin: float = 0.10  # kept free
+    probe: dict | None = None  # the cached probe the throughput came from (when, where, under what load)
+    typical: str | None = None  # an unprobed GPU: the kind of card its typical throughput is for
 
     @property
     def width(self) -> int:
@@ -159,11 +163,15 @@ def parse_size(text: str, what: str = "--gpu-mem") -> int:
                         hint="write it like 12GiB, 12GB, 12000MiB or 12G (G means GiB)")
     value, unit = float(m.group(1)), m.group(2).upper()
     if unit in ("", "B"):
-        return int(value)
-    prefix = unit[0]
-    power = "KMGT".index(prefix) + 1
-    decimal = unit.endswith("B") and "I" not in unit
-    return int(value * (1000**power if decimal else 1024**power))
+        size = int(value)
+    else:
+        power = "KMGT".index(unit[0]) + 1
+        decimal = unit.endswith("B") and "I" not in unit
+        size = int(value * (1000**power if decimal else 1024**power))
+    if size < 2**20:
+        raise UserError(f"{text!r} is {human_bytes(size)}: too little memory to plan for", field=what,
+                        hint="give the device's memory with a unit, e.g. 12GiB (a bare number is bytes)")
+    return size
 
 
 def _probe_cache() -> Path:
@@ -190,18 +198,57 @@ def matmul_flops(device: str = "cpu", dtype: str = "fp32", n: int = 1024, repeat
     return 2 * n**3 / best
 
 
+PROBE_MAX_AGE = 7 * 86400  # a probe older than this is taken again
+BUSY = 0.5  # load average per core above which a probe is "taken on a busy machine"
+
+
+def machine() -> dict:
+    """What a probe result depends on: the CPU model, its cores, the host, and the load now."""
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()[0] / max(1, os.cpu_count() or 1)
+    except OSError:
+        load = 0.0
+    return {"cpu_model": model, "cores": os.cpu_count(), "host": socket.gethostname(), "load": round(load, 2)}
+
+
+def probe_is_stale(result: dict, now: float | None = None, here: dict | None = None) -> str | None:
+    """Why a cached probe must be taken again, or None: too old, another machine (a home folder shared
+    between hosts), or taken busy while the machine is quiet now."""
+    now = time.time() if now is None else now
+    here = here or machine()
+    taken = result.get("time")
+    if not isinstance(taken, (int, float)) or now - taken > PROBE_MAX_AGE:
+        return "older than 7 days"
+    for k in ("cpu_model", "cores", "host"):
+        if result.get(k) != here.get(k):
+            return f"taken on another machine ({k} {result.get(k)!r})"
+    was, is_ = result.get("load"), here.get("load", 0.0)
+    if isinstance(was, (int, float)) and was > BUSY and is_ < was - 0.25:
+        return f"taken on a busy machine (load {was:.2f} a core; now {is_:.2f})"
+    return None
+
+
 def _cached_probe(key: str, measure, refresh: bool = False) -> dict:
-    """The probe result stored under ``key`` in the cache file, measured (and stored) when absent.
-    A damaged or unwritable cache never stops a plan: the probe is then simply re-run."""
+    """The probe result stored under ``key`` in the cache file, measured (and stored) when absent,
+    stale (``probe_is_stale``) or ``refresh``; it carries when, where and under what load it was
+    taken. A damaged or unwritable cache never stops a plan: the probe is then simply re-run."""
     cache = _probe_cache()
     data = {}
     if cache.exists():
         try:
             data = json.loads(cache.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, RecursionError):
             data = {}
-    if refresh or not isinstance(data.get(key), dict) or not data[key].get("flops"):
-        result = {**measure(), "time": time.time()}
+    data = data if isinstance(data, dict) else {}
+    old = data.get(key)
+    if refresh or not isinstance(old, dict) or not old.get("flops") or probe_is_stale(old):
+        result = {**machine(), **measure(), "time": time.time()}
         if not result.get("flops"):
             return result  # a probe that could not run is not remembered
         data[key] = result
@@ -220,7 +267,7 @@ def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Dev
     if budget_bytes is None:
         budget_bytes = psutil.virtual_memory().available
     return Device("cpu", budget_bytes, "fp32", probe["flops"], name=f"CPU ({os.cpu_count()} cores)",
-                  calibrated=True)
+                  calibrated=True, probe=probe)
 
 
 def _probe_cuda() -> dict:
@@ -243,8 +290,36 @@ def calibrate_cuda(budget_bytes: int, name: str, refresh: bool = False) -> Devic
     return cuda_device(budget_bytes, name=name, bf16=probe.get("bf16", True), flops=probe["flops"])
 
 
+# Typical dense bf16 matmul throughput people get (about 60 % of the datasheet's), for a GPU that is
+# named or sized but not here to be probed; labelled "typical" wherever it is used.
+TYPICAL_GPUS = [  # (name contains, memory at most GiB, label, FLOP/s)
+    ("H100", None, "H100", 600e12), ("H200", None, "H200", 600e12), ("A100", None, "A100", 190e12),
+    ("4090", None, "RTX 4090", 100e12), ("3090", None, "RTX 3090", 45e12), ("4080", None, "RTX 4080", 60e12),
+    ("4070", None, "RTX 4070", 35e12), ("3060", None, "RTX 3060", 15e12), ("4060", None, "RTX 4060", 18e12),
+    ("", 8, "an 8 GB consumer card", 15e12), ("", 12, "a 12 GB consumer card", 20e12),
+    ("", 16, "a 16 GB consumer card", 35e12), ("", 24, "a 24 GB card (RTX 3090/4090 class)", 70e12),
+    ("", 48, "a 48 GB workstation card", 90e12), ("", 80, "an 80 GB A100/H100", 300e12),
+]
+
+
+def typical_gpu(name: str, budget_bytes: int) -> tuple[str, float]:
+    """(what it was taken as, FLOP/s) for a GPU by its name, else by its memory."""
+    for key, _mem, label, flops in TYPICAL_GPUS:
+        if key and key.lower() in name.lower():
+            return label, flops
+    gib = budget_bytes / 2**30
+    for key, mem, label, flops in TYPICAL_GPUS:
+        if not key and gib <= mem * 1.05:
+            return label, flops
+    return TYPICAL_GPUS[-1][2], TYPICAL_GPUS[-1][3]
+
+
 def cuda_device(budget_bytes: int, name: str = "GPU", bf16: bool = True, flops: float = 0.0) -> Device:
-    return Device("cuda", budget_bytes, "bf16" if bf16 else "fp32", flops, name=name, calibrated=flops > 0)
+    typical = None
+    if not flops:
+        typical, flops = typical_gpu(name, budget_bytes)
+    return Device("cuda", budget_bytes, "bf16" if bf16 else "fp32", flops, name=name, calibrated=typical is None,
+                  typical=typical)
 
 
 # --------------------------------------------------------------------------- memory
@@ -295,7 +370,7 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     # backward, after the LM head's tiles are freed. SFT keeps the adapters' dropout too: each
     # adapted linear saves its dropped-out input and the mask (TRL's DPO turns dropout off).
     coef = ACT[s.plan]
-    dropout = N * sum(i for i, _ in shape.linear_dims()) * (wb + 1) if (f.adapter_dropout and not full) else 0
+    dropout = N * shape.linear_in_active / L * (wb + 1) if (f.adapter_dropout and not full) else 0
     if s.gradient_checkpointing:
         act = N * coef["inputs"] * L * h * wb
         act_layer = N * coef["layer"] * h * wb + dropout
@@ -391,7 +466,7 @@ LARGE_WEIGHT_BYTES = 32 * 2**20  # a dequantized fp32 weight beyond this no long
 
 def _quantized_weights(shape: ModelShape, large: bool) -> int:
     """4-bit weights in linear layers whose dequantized copy is (not) larger than LARGE_WEIGHT_BYTES."""
-    return shape.layers * sum(i * o for i, o in shape.linear_dims() if (i * o * 4 > LARGE_WEIGHT_BYTES) == large)
+    return sum(size * n for size, n in shape.linear_sizes() if (size * 4 > LARGE_WEIGHT_BYTES) == large)
 
 
 def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = False) -> dict:
@@ -411,7 +486,7 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = 
     logit_passes = 2 + ref  # forward and backward of the log-softmax, reference forward
     if forward_only:
         body_passes = head_passes = layer_passes = logit_passes = 1
-    body = 2 * N * shape.params_linear * body_passes
+    body = 2 * N * shape.params_linear_active * body_passes  # a MoE: the routed experts only
     head = 2 * N * shape.vocab * shape.hidden * head_passes
     logits = N * shape.vocab * logit_passes
     adapters = not full and not forward_only  # the reference forward runs with the adapters off
@@ -419,13 +494,13 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = 
         "dense": head + (0 if m.quantize else body),
         "q4": body if m.quantize else 0,
         "attention": 2 * N * shape.layers * seq * shape.q_out * (body_passes + 1),
-        "weight_read": shape.params_linear * (body_passes + (1 if adapters else 0)),
+        "weight_read": shape.params_matrices * (body_passes + (1 if adapters else 0)),
         "dequant": _quantized_weights(shape, large=False) * layer_passes if m.quantize else 0,
         "dequant_large": _quantized_weights(shape, large=True) * layer_passes if m.quantize else 0,
         "elementwise": N * (shape.hidden + shape.intermediate) * shape.layers * layer_passes,
-        "lora_elementwise": N * sum(o for _, o in shape.linear_dims()) * shape.layers * layer_passes
+        "lora_elementwise": N * shape.linear_out_active * layer_passes
         if adapters else 0,
-        "dropout": N * sum(i for i, _ in shape.linear_dims()) * shape.layers * (1 + gc)
+        "dropout": N * shape.linear_in_active * (1 + gc)
         if (adapters and f.adapter_dropout and not forward_only) else 0,
         "layer_pass": layer_passes * shape.layers,
         "lora_layer_pass": layer_passes * shape.layers if adapters else 0,
@@ -503,6 +578,7 @@ class PlanResult:
     strategies: list[StrategyResult] = field(default_factory=list)
     recommended: StrategyResult | None = None
     note: str | None = None  # why the recommendation is not simply the fastest plan
+    refused: str | None = None  # why nothing is recommended although something fits (an unknown architecture)
 
     @property
     def usable_bytes(self) -> int:
@@ -514,8 +590,20 @@ class PlanResult:
                 "strategies": [r.to_json() for r in self.strategies],
                 "gpus": self.workload.gpus, "shard": self.workload.shard,
                 "recommended": self.recommended.strategy.name if self.recommended else None,
-                "note": self.note,
+                "note": self.note, "refused": self.refused, "warnings": self.warnings(),
                 "time_uncertainty": time_uncertainty(self.device)}
+
+    def warnings(self) -> list[str]:
+        """What the plan had to assume, and inputs past what the model can take."""
+        out = [f"assumed {a}" for a in self.shape.assumed]
+        if not self.shape.supported:
+            out.append(f"{self.shape.model_type!r} is not an architecture rounds knows: the layers are a "
+                       "Llama-style estimate")
+        top = self.shape.max_positions
+        if top and self.workload.max_length > top:
+            out.append(f"--max-length {self.workload.max_length} is more than the model's context "
+                       f"(max_position_embeddings {top:,}): examples that long will fail or degrade")
+        return out
 
     def table(self, model: str, show_all: bool = False) -> str:
         """The text `rounds plan` prints: every plan's best strategy (``show_all``: every strategy),
@@ -525,6 +613,7 @@ class PlanResult:
         size = f"{w.examples:,} {stages.get(w.stage).unit} x {w.epochs:g} epoch" if w.examples else \
             "no data size given (--pairs N or --data FILE for a total)"
         lines.append(f"{model}: {shape.describe()}")
+        lines += [f"warning: {x}" for x in self.warnings()]
         lines.append(f"{w.stage.upper()} on {d.name or d.kind}: {human_bytes(d.budget_bytes)}, "
                      f"{human_bytes(result.usable_bytes)} usable ({d.margin:.0%} kept free); "
                      f"max length {w.max_length}, batch {w.batch}, {size}")
@@ -550,12 +639,12 @@ class PlanResult:
                 fit = [r for r in group if r.fits]
                 rows.append(min(fit, key=lambda r: r.seconds_per_step) if fit
                             else min(group, key=lambda r: r.peak_bytes))
-        lines.append(f"  {'strategy':<20}{'peak':>10}  {'fits':<5}{'s/step':>9}{'total':>9}  why")
+        lines.append(f"  {'strategy':<20}{'peak':>10}  {'fits':<5}{'s/step':>9} {'total':>11}  why")
         for r in rows:
             mark = "*" if r is result.recommended else " "
             lines.append(f"{mark} {r.strategy.name:<20}{human_bytes(r.peak_bytes):>10}  "
-                         f"{'yes' if r.fits else 'no':<5}{format_seconds(r.seconds_per_step):>9}"
-                         f"{format_seconds(r.total_seconds):>9}  {r.why}")
+                         f"{'yes' if r.fits else 'no':<5}{format_seconds(r.seconds_per_step):>9} "
+                         f"{format_seconds(r.total_seconds):>11}  {r.why}")
         if result.recommended:
             rec = result.recommended
             c = rec.components
@@ -569,20 +658,30 @@ class PlanResult:
                          + (f"   (per GPU, {w.gpus} processes)" if w.gpus > 1 else "   (or --plan auto)"))
             if result.note:
                 lines.append(f"  note: {result.note}")
+        elif result.refused:
+            lines.append(f"{result.refused}: {GENERIC_HINT}")
         else:
             lines.append("nothing fits this budget: shorten --max-length, or use a bigger device")
         lines.append(f"times: {time_uncertainty(d)}")
         return "\n".join(lines)
 
 
-def time_uncertainty(d: Device) -> str:
+def time_uncertainty(d: Device, now: float | None = None) -> str:
     if d.kind == "cpu" and d.calibrated:
-        return ("±20% (matmul throughput measured on this CPU; step model fitted to real steps, worst error "
+        text = ("±20% (matmul throughput measured on this CPU; step model fitted to real steps, worst error "
                 "15% on a fresh run of bench/plan_accuracy.py; models far larger than its ≤ 60 M-parameter "
                 "shapes are an extrapolation)")
+        p = d.probe or {}
+        if isinstance(p.get("time"), (int, float)):
+            age = format_seconds(max(0.0, (time.time() if now is None else now) - p["time"]))
+            text += f"; probe taken {age} ago at load {p.get('load', '?')} a core (--refresh-probe to take it again)"
+            if isinstance(p.get("load"), (int, float)) and p["load"] > BUSY:
+                text += " — taken on a busy machine: times may be too long"
+        return text
     if d.calibrated:
         return "±40% (GPU throughput measured; GPU step model not yet checked against runs)"
-    return "±60% (no throughput measured for this device: a typical figure was assumed)"
+    return (f"±60% (no throughput measured for this GPU: the typical throughput of {d.typical or 'a GPU'} "
+            f"({d.flops / 1e12:.0f} TFLOP/s) was assumed)")
 
 
 def human_params(n: float) -> str:
@@ -615,8 +714,17 @@ def explain(shape: ModelShape, r: StrategyResult, w: Workload, usable: int) -> s
                                             else ")"))
 
 
+def generic_refusal(shape: ModelShape) -> str:
+    return (f"rounds does not know the {shape.model_type!r} architecture: its layers were estimated as a "
+            "Llama-style decoder's, so no plan is recommended")
+
+
+GENERIC_HINT = ("pass --assume-generic to take the estimate anyway (check the first steps' memory in the "
+                "Monitor), or choose a plan yourself with --plan")
+
+
 def plan(shape: ModelShape, w: Workload, d: Device, plans=tuple(methods.METHODS),
-         max_micro_batch: int | None = None) -> PlanResult:
+         max_micro_batch: int | None = None, assume_generic: bool = False) -> PlanResult:
     result = PlanResult(shape, w, d)
     if w.gpus < 1:
         raise UserError("--gpus must be at least 1", field="--gpus")
@@ -654,6 +762,9 @@ def plan(shape: ModelShape, w: Workload, d: Device, plans=tuple(methods.METHODS)
                 result.note = (f"{fastest.strategy.name} is predicted faster ({fast} vs {exact_s}) but quantizes "
                                "the weights to 4 bits; within the estimate's error that is not worth it "
                                "(--plan qlora to insist)")
+    if not shape.supported and not assume_generic:
+        result.refused = generic_refusal(shape)
+        result.recommended = None
     return result
 
 
@@ -674,7 +785,7 @@ def nearest_fitting(result: PlanResult, wanted: Strategy) -> StrategyResult | No
 
 # --------------------------------------------------------------------------- devices and training
 
-def detect_device(device: str = "auto", budget_bytes: int | None = None) -> Device:
+def detect_device(device: str = "auto", budget_bytes: int | None = None, refresh: bool = False) -> Device:
     """The device a run will use, from NVML (no torch import): the first GPU's memory, or the
     available RAM on CPU. ``budget_bytes`` overrides the memory (e.g. to act as a 12 GB card)."""
     if device in ("auto", "cuda"):
@@ -683,11 +794,11 @@ def detect_device(device: str = "auto", budget_bytes: int | None = None) -> Devi
         gpus = SystemProbe().gpus()
         if gpus and gpus[0].get("mem_total"):
             gpu = gpus[0]
-            return calibrate_cuda(budget_bytes or gpu["mem_total"], name=gpu.get("name", "GPU"))
+            return calibrate_cuda(budget_bytes or gpu["mem_total"], name=gpu.get("name", "GPU"), refresh=refresh)
         if device == "cuda":
             raise UserError("--device cuda, but no NVIDIA GPU is visible (NVML found none)", field="--device",
                             hint="check `nvidia-smi`, or plan for --device cpu")
-    return calibrate_cpu(budget_bytes)
+    return calibrate_cpu(budget_bytes, refresh=refresh)
 
 
 def strategy_result(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> StrategyResult:

@@ -59,6 +59,7 @@ class TrainSpec:
     launcher: str = "python"  # or "accelerate": `accelerate launch` with num_processes ranks
     num_processes: int = 1
     accelerate_config: str | None = None
+    assume_generic: bool = False  # --plan auto for an architecture the planner only estimates
 
     @property
     def stage_impl(self) -> stages.Stage:

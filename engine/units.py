@@ -50,7 +50,8 @@ def format_seconds(seconds: float | None) -> str:
         return f"{minutes:.0f} min"
     if minutes < 72 * 60:
         return f"{minutes / 60:.1f} h"
-    return f"{minutes / 1440:.0f} days"
+    days = minutes / 1440
+    return f"{days:.0f} days" if days < 1000 else f"{days / 365.25:,.1f} years"
 
 
 def parse_time(text: str | None) -> float | None:

@@ -34,17 +34,73 @@ def test_parameter_count_is_exact(name):
     assert s.params_total == PUBLISHED[name]
 
 
-@pytest.mark.parametrize("name", ["llama-3.2-1b", "qwen2.5-0.5b", "gemma-2-2b", "phi-3-mini-4k"])
+ALL_CONFIGS = sorted(f.stem for f in FIXTURES.glob("*.json"))
+KNOWN_LAYERS = {"mixtral-8x7b": "mixtral", "qwen1.5-moe-a2.7b": "qwen2_moe", "pythia-1b": "gpt_neox",
+                "gpt2": "gpt2", "falcon-7b": "falcon", "qwen3-8b": "qwen3", "olmo-2-7b": "olmo2",
+                "llava-1.5-7b": "llama", "qwen2-vl-2b": "qwen2", "gemma-3-4b": "gemma3_text"}
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_count_matches_the_model_instantiated_on_meta(name):
+    """Every fixture — dense, mixture-of-experts, non-gated MLPs, vision-language — counted as
+    transformers builds it (on the meta device: no weights, no memory)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from engine.shapes import read_shape
 
     raw = json.loads((FIXTURES / f"{name}.json").read_text())
     cfg = AutoConfig.for_model(**{k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype",
                                                                           "transformers_version")})
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    assert sum(p.numel() for p in model.parameters()) == shape(name).params_total
+        model = (AutoModelForImageTextToText if "vision_config" in raw else AutoModelForCausalLM).from_config(cfg)
+    s = read_shape(FIXTURES / f"{name}.json")
+    assert sum(p.numel() for p in model.parameters()) == s.params_total
+    assert s.supported and s.model_type == KNOWN_LAYERS.get(name, s.model_type)
+
+
+def test_new_families_say_what_they_are():
+    from engine.shapes import read_shape
+
+    mix = read_shape(FIXTURES / "mixtral-8x7b.json")
+    assert mix.experts == 8 and mix.experts_active == 2
+    assert round(mix.params_active / 1e9, 1) == 12.9  # Mixtral-8x7B's published 12.9 B active
+    assert "8 experts, 2 a token: 12.88 B active" in mix.describe()
+    # transformers 5 keeps experts as fused tensors: 4-bit quantizes the attention only
+    assert mix.params_linear < 2e9 and mix.params_total - mix.params_linear > 44e9
+    moe = read_shape(FIXTURES / "qwen1.5-moe-a2.7b.json")
+    assert round(moe.params_active / 1e9, 1) == 2.7  # "A2.7B"
+    pythia = read_shape(FIXTURES / "pythia-1b.json")
+    assert not pythia.gated and pythia.params_total == 1_011_781_632  # no longer +28 % as a gated MLP
+    llava = read_shape(FIXTURES / "llava-1.5-7b.json")
+    assert llava.container == "llava" and llava.params_extra > 3e8
+    assert llava.describe().startswith("llava (language model llama), 7.06 B parameters; with vision tower")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "pythia-1b", "falcon-7b", "phi-3-mini-4k", "mixtral-8x7b",
+                                  "qwen1.5-moe-a2.7b", "llama-3-8b", "qwen3-8b", "gemma-2-2b"])
+def test_lora_count_matches_peft_on_a_built_model(name):
+    """LoRA on all linear layers, as PEFT counts it on the real (shrunk) architecture: fused qkv and
+    gate_up (Phi-3, GPT-2, GPT-NeoX, Falcon), Mixtral's fused experts (adapted), Qwen2-MoE's (not)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = json.loads((FIXTURES / f"{name}.json").read_text())
+    cfg.update(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=40000)
+    if name == "gpt2":
+        cfg.update(n_embd=64, n_layer=2, n_head=4, n_inner=96)
+    if name == "falcon-7b":
+        cfg.update(ffn_hidden_size=96)
+    for k, v in (("num_key_value_heads", 2), ("head_dim", 16), ("ffn_hidden_size", 96)):
+        if k in cfg:
+            cfg[k] = v
+    if name.startswith("qwen1.5"):
+        cfg.update(moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=6)
+    s = ModelShape.from_config(cfg)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
+    assert sum(p.numel() for p in model.parameters()) == s.params_total
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    assert peft.get_nb_trainable_parameters()[0] == s.lora_params(4)
 
 
 def test_tiny_model_count_matches_its_weights(tiny_model):
@@ -129,12 +185,12 @@ def test_component_arithmetic():
 
 
 @pytest.mark.parametrize("text,expected", [("12GiB", 12 * GiB), ("12 GB", 12 * 10**9), ("12G", 12 * GiB),
-                                           ("512MiB", 512 * 2**20), ("1.5GiB", int(1.5 * GiB)), ("100", 100)])
+                                           ("512MiB", 512 * 2**20), ("1.5GiB", int(1.5 * GiB)), ("2097152", 2 * 2**20)])
 def test_parse_size(text, expected):
     assert pl.parse_size(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["12XB", "twelve", "", "-3GiB"])
+@pytest.mark.parametrize("bad", ["12XB", "twelve", "", "-3GiB", "0", "12", "0GiB"])  # #20: "0" planned for the CPU
 def test_parse_size_rejects_nonsense(bad):
     with pytest.raises(UserError) as e:
         pl.parse_size(bad)
@@ -357,5 +413,100 @@ def test_a_visible_gpu_is_probed_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(SystemProbe, "gpus", lambda self: [{"name": "Card Y", "mem_total": 8 * GiB}])
     monkeypatch.setattr(pl, "_probe_cuda", lambda: {"flops": 0.0, "bf16": True})
     d = pl.detect_device("auto")
-    assert not d.calibrated and "typical figure was assumed" in pl.time_uncertainty(d)
+    assert not d.calibrated and "the typical throughput of an 8 GB consumer card" in pl.time_uncertainty(d)
     assert "cuda:Card Y" not in json.loads((tmp_path / "rounds" / "device_probe.json").read_text())
+
+
+def test_an_unknown_architecture_is_never_silently_recommended(tmp_path, tiny_model):
+    """#20: an architecture the planner only estimates gets no recommendation (`rounds plan` exits 1
+    and says why), `--assume-generic` takes the estimate, and `rounds train --plan auto` is refused
+    before any session; an explicit --plan is the user's choice."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "mystery", "hidden_size": 64, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "vocab_size": 100}))
+    r = run_rounds("plan", "--model", str(cfg), "--stage", "sft", "--gpu-mem", "12GiB")
+    assert r.returncode == 1
+    assert "rounds does not know the 'mystery' architecture" in r.stdout and "--assume-generic" in r.stdout
+    assert "warning: assumed intermediate_size 4 x hidden = 256 (the config has none)" in r.stdout
+    r = run_rounds("plan", "--model", str(cfg), "--stage", "sft", "--gpu-mem", "12GiB", "--assume-generic")
+    assert r.returncode == 0 and "recommended:" in r.stdout
+    model = tmp_path / "m"
+    import shutil
+
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**meta, "model_type": "olmo"}))  # transformers knows it; we do not
+    data = str(ROOT / "engine" / "demo_data" / "sft_train.jsonl")
+    r = run_rounds("--sessions", str(tmp_path / "s"), "train", "sft", "--model", str(model), "--data", data)
+    assert r.returncode == 1 and "does not know the 'olmo' architecture" in r.stderr
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+@pytest.mark.parametrize("verb,flag,value", [
+    ("plan", "--max-length", "0"), ("plan", "--pairs", "-5"), ("plan", "--epochs", "-1"),
+    ("plan", "--lora-rank", "-8"), ("plan", "--batch", "0"), ("plan", "--gpus", "0"), ("plan", "--epochs", "nan"),
+    ("train", "--max-length", "0"), ("train", "--epochs", "-1"), ("train", "--lora-rank", "-8"),
+    ("train", "--batch", "0"), ("train", "--grad-accum", "0"), ("train", "--lr", "-0.1"), ("train", "--max-steps", "0"),
+    ("train", "--save-steps", "0"),
+])
+def test_every_number_flag_is_checked(tmp_path, verb, flag, value):
+    """#20: `--max-length 0`, `--pairs -5`, `--epochs -1`, `--lora-rank -8` used to run."""
+    args = ["plan", "--model", str(FIXTURES / "llama-2-7b.json"), "--stage", "dpo"] if verb == "plan" else \
+        ["--sessions", str(tmp_path / "s"), "train", "sft", "--model", str(tmp_path), "--data", "x.jsonl"]
+    r = run_rounds(*args, flag, value)
+    assert r.returncode == 2 and f"argument {flag}" in r.stderr, r.stderr
+    assert "must be" in r.stderr or "is not a" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_max_length_past_the_context_is_warned_and_long_totals_stay_readable():
+    r = run_rounds("plan", "--model", str(FIXTURES / "llama-2-7b.json"), "--stage", "dpo", "--device", "cpu",
+                   "--pairs", "8484", "--max-length", "8192")
+    assert "warning: --max-length 8192 is more than the model's context (max_position_embeddings 4,096)" in r.stdout
+    from engine.units import format_seconds
+
+    assert format_seconds(1046 * 86400) == "2.9 years" and format_seconds(999 * 86400) == "999 days"
+    header = next(line for line in r.stdout.splitlines() if "strategy" in line and "total" in line)
+    gap = header.index("total") - 7  # the space between the s/step column and the 11-wide total column
+    rows = [line for line in r.stdout.splitlines() if line[2:].startswith(("full", "lora", "qlora"))]
+    assert rows and all(line[gap] == " " and line[gap - 1] != " " for line in rows), rows
+
+
+def test_the_probe_is_taken_again_when_stale_and_says_when_it_was_taken(tmp_path, monkeypatch):
+    """#20: the CPU probe was cached for good, so a figure from a busy or another machine was reused."""
+    monkeypatch.setattr(pl, "_probe_cache", lambda: tmp_path / "probe.json")
+    here = {"cpu_model": "X", "cores": 2, "host": "h", "load": 0.1}
+    monkeypatch.setattr(pl, "machine", lambda: dict(here))
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"flops": 1e11}
+
+    now = 1.8e9
+    monkeypatch.setattr(pl.time, "time", lambda: now)
+    pl._cached_probe("cpu:2", measure)
+    pl._cached_probe("cpu:2", measure)
+    assert len(calls) == 1  # cached
+    base = {**here, "flops": 1e11, "time": now}
+    assert pl.probe_is_stale(base, now, here) is None
+    assert pl.probe_is_stale(base, now + 8 * 86400, here) == "older than 7 days"
+    assert "another machine" in pl.probe_is_stale({**base, "cpu_model": "Y"}, now, here)
+    assert "busy machine" in pl.probe_is_stale({**base, "load": 0.9}, now, here)
+    assert pl.probe_is_stale({**base, "load": 0.9}, now, {**here, "load": 0.8}) is None  # still busy: keep it
+    now += 8 * 86400
+    pl._cached_probe("cpu:2", measure)
+    assert len(calls) == 2  # a week later: taken again
+    pl._cached_probe("cpu:2", measure, refresh=True)
+    assert len(calls) == 3  # --refresh-probe
+    d = pl.Device("cpu", 2**34, flops=1e11, calibrated=True, probe={**base, "time": now - 3 * 3600, "load": 0.9})
+    text = pl.time_uncertainty(d, now)
+    assert "probe taken 3.0 h ago at load 0.9 a core" in text and "busy machine" in text
+
+
+def test_an_unprobed_gpu_is_taken_as_a_typical_card_and_labelled():
+    d = pl.cuda_device(12 * GiB, name="GPU with 12GiB")
+    assert d.typical == "a 12 GB consumer card" and not d.calibrated
+    assert "typical throughput of a 12 GB consumer card (20 TFLOP/s)" in pl.time_uncertainty(d)
+    assert pl.typical_gpu("NVIDIA H100 80GB HBM3", 80 * GiB)[0] == "H100"
+    assert pl.typical_gpu("GPU", 24 * GiB)[1] > pl.typical_gpu("GPU", 8 * GiB)[1]

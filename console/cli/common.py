@@ -24,6 +24,28 @@ def _terminal_width() -> int:
         return 100
 
 
+def at_least(least: float, kind=int, strict: bool = False):
+    """An argparse type: a number of ``kind`` that is at least ``least`` (``strict``: more than it);
+    NaN and infinities are refused. The message names the flag (argparse adds it)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+        ok = value > least if strict else value >= least
+        if not ok or value == float("inf"):  # NaN fails every comparison
+            raise argparse.ArgumentTypeError(f"must be {'more than' if strict else 'at least'} {least:g} "
+                                             f"(got {text})")
+        return value
+    parse.__name__ = "whole number" if kind is int else "number"
+    return parse
+
+
+POSITIVE = at_least(1)
+POSITIVE_NUMBER = at_least(0, float, strict=True)
+
+
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     """Options every verb accepts, before or after the verb."""
     default = None if top else argparse.SUPPRESS

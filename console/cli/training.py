@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from console.cli.common import _session_path, _verb
+from console.cli.common import POSITIVE, POSITIVE_NUMBER, _session_path, _verb
 from console.cli.data import _data_fields, _data_kinds
 from engine.errors import UserError
 from engine.session.layout import RUN_LOG
@@ -26,18 +26,24 @@ def add_verbs(sub) -> None:
     budget.add_argument("--gpu-mem", metavar="SIZE", help="plan for a GPU with this much memory (12GiB, 16GB, ...)")
     budget.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="plan for this machine's GPU (auto) or its CPU and free RAM")
-    p.add_argument("--max-length", type=int, default=1024, metavar="N", help="tokens per example (default 1024)")
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="effective batch; micro-batches 1..N are tried")
+    p.add_argument("--max-length", type=POSITIVE, default=1024, metavar="N", help="tokens per example (default 1024)")
+    p.add_argument("--batch", type=POSITIVE, default=1, metavar="N",
+                   help="effective batch; micro-batches 1..N are tried")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--pairs", "--examples", type=int, dest="examples", metavar="N", help="training examples")
+    size.add_argument("--pairs", "--examples", type=POSITIVE, dest="examples", metavar="N", help="training examples")
     size.add_argument("--data", metavar="FILE", help="count the examples of this data file")
-    p.add_argument("--epochs", type=float, default=1.0, metavar="N")
-    p.add_argument("--lora-rank", type=int, default=16, metavar="R")
-    p.add_argument("--gpus", type=int, default=1, metavar="N",
+    p.add_argument("--epochs", type=POSITIVE_NUMBER, default=1.0, metavar="N")
+    p.add_argument("--lora-rank", type=POSITIVE, default=16, metavar="R")
+    p.add_argument("--gpus", type=POSITIVE, default=1, metavar="N",
                    help="data-parallel GPUs (accelerate/torchrun); memory is per GPU, --batch the global batch")
     p.add_argument("--shard", choices=["none", "fsdp", "zero3"], default="none",
                    help="with --gpus: none = DDP (a full copy per GPU); fsdp / zero3 split weights, gradients "
                         "and optimizer state across the GPUs")
+    p.add_argument("--assume-generic", action="store_true",
+                   help="recommend a plan for an architecture rounds only estimates (a Llama-style guess)")
+    p.add_argument("--refresh-probe", action="store_true",
+                   help="measure this machine's matmul throughput again (it is cached, and re-taken by itself "
+                        "after 7 days, on another machine, or when it was taken on a busy one)")
     p.add_argument("--all", action="store_true", help="show every strategy, not the best of each plan")
     p.add_argument("--json", action="store_true", help="machine-readable output (stable schema)")
     p.set_defaults(func=cmd_plan)
@@ -58,16 +64,20 @@ def add_verbs(sub) -> None:
                    help="training plan; auto (default) takes `rounds plan`'s recommendation")
     p.add_argument("--mem-budget", metavar="SIZE",
                    help="memory the run may use (default: the GPU's memory, or the free RAM on CPU)")
+    p.add_argument("--assume-generic", action="store_true",
+                   help="--plan auto for an architecture the planner only estimates (Llama-style layers)")
     p.add_argument("--ignore-plan", action="store_true",
                    help="start an explicit plan even when the planner predicts it will not fit")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, default=1.0, metavar="N", help="passes over the data (default 1)")
-    length.add_argument("--max-steps", type=int, default=-1, metavar="N", help="optimizer steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, metavar="X", help="learning rate (default depends on stage and plan)")
-    p.add_argument("--batch", type=int, default=None, metavar="N",
+    length.add_argument("--epochs", type=POSITIVE_NUMBER, default=1.0, metavar="N",
+                        help="passes over the data (default 1)")
+    length.add_argument("--max-steps", type=POSITIVE, default=-1, metavar="N",
+                        help="optimizer steps (overrides --epochs)")
+    p.add_argument("--lr", type=POSITIVE_NUMBER, metavar="X", help="learning rate (default depends on stage and plan)")
+    p.add_argument("--batch", type=POSITIVE, default=None, metavar="N",
                    help="micro-batch per step (default: the stage's least, 1; KTO 2)")
-    p.add_argument("--grad-accum", type=int, default=1, metavar="N", help="gradient accumulation (default 1)")
-    p.add_argument("--max-length", type=int, default=512, metavar="N", help="tokens per example (default 512)")
+    p.add_argument("--grad-accum", type=POSITIVE, default=1, metavar="N", help="gradient accumulation (default 1)")
+    p.add_argument("--max-length", type=POSITIVE, default=512, metavar="N", help="tokens per example (default 512)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--precompute-ref", action="store_true",
                    help="stages with a reference (" + ", ".join(n for n in _stage_names()
@@ -76,17 +86,20 @@ def add_verbs(sub) -> None:
     for opt, _takers in _stage_options().values():
         p.add_argument(opt.flag, dest=f"opt_{opt.name}", type=opt.type, default=None, metavar="X", help=opt.help)
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="faster, more activation memory")
-    p.add_argument("--lora-rank", type=int, default=16, metavar="R")
-    p.add_argument("--lora-alpha", type=int, default=32, metavar="A")
-    p.add_argument("--save-steps", type=int, default=100, metavar="N", help="checkpoint every N steps (default 100)")
-    p.add_argument("--save-minutes", type=float, default=30.0, metavar="M", help="and every M minutes (default 30)")
-    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K", help="keep the last K (default 3)")
-    p.add_argument("--logging-steps", type=int, default=1, metavar="N", help="a metrics event every N steps")
-    p.add_argument("--eval-steps", type=int, metavar="N", help="with --val: evaluate every N steps")
+    p.add_argument("--lora-rank", type=POSITIVE, default=16, metavar="R")
+    p.add_argument("--lora-alpha", type=POSITIVE, default=32, metavar="A")
+    p.add_argument("--save-steps", type=POSITIVE, default=100, metavar="N",
+                   help="checkpoint every N steps (default 100)")
+    p.add_argument("--save-minutes", type=POSITIVE_NUMBER, default=30.0, metavar="M",
+                   help="and every M minutes (default 30)")
+    p.add_argument("--keep-checkpoints", type=POSITIVE, default=3, metavar="K", help="keep the last K (default 3)")
+    p.add_argument("--logging-steps", type=POSITIVE, default=1, metavar="N", help="a metrics event every N steps")
+    p.add_argument("--eval-steps", type=POSITIVE, metavar="N", help="with --val: evaluate every N steps")
     p.add_argument("--merge", action="store_true", help="also write a merged model folder (next stage's --model)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
-    p.add_argument("--system-interval", type=float, default=2.0, metavar="S", help="system sample every S seconds")
+    p.add_argument("--system-interval", type=POSITIVE_NUMBER, default=2.0, metavar="S",
+                   help="system sample every S seconds")
     for fld in _data_fields(exclude=("reference",)):
         p.add_argument(f"--{fld}", dest=f"col_{fld}", metavar="COL", help=argparse.SUPPRESS)
     p.add_argument("--detach", action="store_true", help="run in its own process session; output to run.log")
@@ -162,10 +175,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if Path(args.model).is_dir():
             lengths = example_lengths(args.model, rows, kind)
     budget = pl.parse_size(args.gpu_mem) if args.gpu_mem else None
-    device = pl.cuda_device(budget, name=f"GPU with {args.gpu_mem}") if budget else pl.detect_device(args.device)
+    device = pl.cuda_device(budget, name=f"GPU with {args.gpu_mem}") if budget else \
+        pl.detect_device(args.device, refresh=args.refresh_probe)
     work = pl.Workload(args.stage, args.max_length, max(1, args.batch), examples, args.epochs, args.lora_rank,
                        gpus=args.gpus, shard=args.shard, lengths=lengths)
-    result = pl.plan(shape, work, device)
+    result = pl.plan(shape, work, device, assume_generic=args.assume_generic)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
         return 0 if result.recommended else 1
@@ -234,6 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         columns=columns,
         launcher=args.launcher, num_processes=_num_processes(args),
         accelerate_config=str(Path(args.accelerate_config).resolve()) if args.accelerate_config else None,
+        assume_generic=args.assume_generic,
     )
     from engine.plan import parse_size
 

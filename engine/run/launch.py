@@ -66,8 +66,11 @@ def resolve_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None
                        spec.lora_rank, gpus=gpus, shard=_sharding(spec.accelerate_config) if gpus > 1 else "none",
                        lengths=lengths)
     chosen_by = "user"
+    warnings = pl.PlanResult(shape, work, device).warnings()
     if spec.plan == "auto":
-        result = pl.plan(shape, work, device)
+        result = pl.plan(shape, work, device, assume_generic=spec.assume_generic)
+        if result.refused:
+            raise UserError(result.refused, field="--plan", hint=pl.GENERIC_HINT)
         if result.recommended is None:
             smallest = min(result.strategies, key=lambda r: r.peak_bytes)
             raise UserError(f"no plan fits {pl.human_bytes(result.usable_bytes)}: the smallest, "
@@ -102,7 +105,8 @@ def resolve_plan(spec: TrainSpec, examples: int, budget_bytes: int | None = None
               "predicted_peak_bytes": r.peak_bytes, "components": r.components, "moment": r.moment,
               "budget_bytes": device.budget_bytes, "usable_bytes": int(device.budget_bytes * (1 - device.margin)),
               "device": device.kind, "predicted_seconds_per_step": r.seconds_per_step,
-              "predicted_total_seconds": r.total_seconds, "planned_for": work.summary().get("lengths") or
+              "predicted_total_seconds": r.total_seconds, "warnings": warnings,
+              "model": shape.describe(), "planned_for": work.summary().get("lengths") or
               {"longest": spec.max_length, "assumed": "every example --max-length tokens"}}
     return spec, record
 
@@ -114,7 +118,8 @@ def describe_plan(record: dict) -> str:
     return (f"plan {record['name']}{' +precompute-ref' if record['precompute_ref'] else ''}, micro-batch "
             f"{record['micro_batch']} x {record['grad_accum']}, gradient checkpointing "
             f"{'on' if record['gradient_checkpointing'] else 'off'} ({record['chosen_by']}); predicted peak "
-            f"{human_bytes(record['predicted_peak_bytes'])} of {human_bytes(record['usable_bytes'])} usable")
+            f"{human_bytes(record['predicted_peak_bytes'])} of {human_bytes(record['usable_bytes'])} usable"
+            + "".join(f"\n  warning: {w}" for w in record.get("warnings") or []))
 
 
 def _sharding(config: str | None) -> str:
