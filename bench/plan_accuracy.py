@@ -50,13 +50,25 @@ SHAPES = {
              "num_key_value_heads": 8, "vocab_size": 4096},
     "bigvocab": {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 3, "num_attention_heads": 6,
                  "num_key_value_heads": 2, "vocab_size": 32000},
+    # real models' proportions, small: a small vocabulary (so a layer's own moment sets the peak, as it
+    # does on a 7 B model on a GPU), and one with a large vocabulary
+    "llama3": {"hidden_size": 768, "intermediate_size": 2688, "num_hidden_layers": 2, "num_attention_heads": 12,
+               "num_key_value_heads": 3, "vocab_size": 1024},  # Llama-3: MLP 3.5 x hidden, GQA 4:1
+    "qwen25": {"hidden_size": 640, "intermediate_size": 3392, "num_hidden_layers": 2, "num_attention_heads": 10,
+               "num_key_value_heads": 2, "vocab_size": 1024},  # Qwen2.5: MLP 5.3 x hidden
+    "gemma2": {"hidden_size": 576, "intermediate_size": 2304, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "head_dim": 128, "vocab_size": 1024},  # Gemma-2: MLP 4 x, wide heads
+    "phi3": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 2, "num_attention_heads": 12,
+             "num_key_value_heads": 12, "vocab_size": 1024},  # Phi-3: MLP 2.7 x hidden, no GQA
+    "llama3v": {"hidden_size": 768, "intermediate_size": 2688, "num_hidden_layers": 2, "num_attention_heads": 12,
+                "num_key_value_heads": 3, "vocab_size": 32000},  # Llama-3 proportions, a large vocabulary
     # GPU only (--device cuda --shapes 1b,7b): random weights in real models' shapes
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
            "num_key_value_heads": 8, "vocab_size": 32000},
     "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
            "num_key_value_heads": 32, "vocab_size": 32000},
 }
-CPU_SHAPES = ["tiny", "small", "wide", "bigvocab"]
+CPU_SHAPES = ["tiny", "small", "wide", "bigvocab", "llama3", "qwen25", "gemma2", "phi3", "llama3v"]
 
 
 def build_shapes(tmp: Path, names: list[str]) -> dict[str, Path]:

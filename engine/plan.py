@@ -47,19 +47,25 @@ TOKEN_TILE = 4096  # TRL's fused LM head: tokens per tile
 MAX_TILE_WIDTH = 32768
 
 # Activation elements per token, fitted by non-negative least squares (relative error) to the
-# measured live-tensor peaks of 2 x 56 real TRL steps on CPU (transformers' Llama, SDPA
-# attention, four shapes with vocabularies of 1.5 k to 32 k; bench/plan_accuracy.py --raw, then
-# bench/plan_fit.py), checked by leaving each shape out of the fit in turn and on held-back
-# points. With gradient checkpointing: "inputs" x hidden per layer for the inputs checkpointing
-# keeps, and "layer" x hidden for the one layer being recomputed during backward (no measured
-# point peaks then, so "layer" keeps an earlier fit's value); without it: "nogc" x hidden per
-# layer. "tiles": copies of the LM head's logits tile alive at once (TRL's chunked log-softmax
-# and its torch fallback on CPU keep about eight). QLoRA without checkpointing was not measured
-# and takes LoRA's figure.
+# measured live-tensor peaks of real TRL steps on CPU (transformers' Llama, SDPA attention;
+# bench/plan_accuracy.py --raw, then bench/plan_fit.py): nine shapes — the original four (vocabularies
+# of 1.5 k to 32 k) and five with real models' proportions; 153 points (Llama-3: MLP 3.5 x hidden, GQA; Qwen2.5:
+# 5.3 x; Gemma-2: 4 x with wide heads; Phi-3: 2.7 x; Llama-3 with a 32 k vocabulary) — checked by
+# leaving each shape out of the fit in turn and on held-back points. With gradient checkpointing:
+# "inputs" x hidden per layer for the inputs checkpointing keeps, and, for the one layer being
+# recomputed during backward, "layer" x hidden (its attention side) + "layer_mlp" x intermediate
+# (its MLP: gate, up, their product and the gradients of each; "layer_mlp_dpo" when chosen and
+# rejected go through together) — the MLP term is what the earlier fit, on shapes whose MLP was
+# under 3 x hidden, could not see; without checkpointing: "nogc" x hidden per layer. "tiles": copies
+# of the LM head's logits tile alive at once (TRL's chunked log-softmax and its torch fallback on
+# CPU keep about eight). QLoRA without checkpointing was not measured and takes LoRA's figure.
 ACT = {
-    "full": {"layer": 0.0, "inputs": 2.12, "nogc": 21.9, "tiles_sft": 8.22, "tiles_dpo": 8.22},
-    "lora": {"layer": 3.93, "inputs": 1.47, "nogc": 19.58, "tiles_sft": 8.34, "tiles_dpo": 8.34},
-    "qlora": {"layer": 3.61, "inputs": 1.34, "nogc": 30.57, "tiles_sft": 8.42, "tiles_dpo": 8.38},
+    "full": {"layer": 0.0, "layer_mlp": 3.78, "layer_mlp_dpo": 5.88, "inputs": 1.5, "nogc": 21.51, "tiles_sft": 8.35,
+             "tiles_dpo": 8.35},
+    "lora": {"layer": 6.79, "layer_mlp": 5.47, "layer_mlp_dpo": 6.02, "inputs": 1.41, "nogc": 20.67, "tiles_sft": 8.28,
+             "tiles_dpo": 8.35},
+    "qlora": {"layer": 5.23, "layer_mlp": 3.41, "layer_mlp_dpo": 5.88, "inputs": 1.24, "nogc": 30.57,
+              "tiles_sft": 8.43, "tiles_dpo": 8.41},
 }
 OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the gradients
 CUDA_CONTEXT = 600 * 2**20
@@ -373,7 +379,10 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     dropout = N * shape.linear_in_active / L * (wb + 1) if (f.adapter_dropout and not full) else 0
     if s.gradient_checkpointing:
         act = N * coef["inputs"] * L * h * wb
-        act_layer = N * coef["layer"] * h * wb + dropout
+        # the layer being recomputed: its attention side scales with the width, its MLP side
+        # (gate, up, their product and the gradients of each) with the MLP's own width
+        mlp = coef["layer_mlp_dpo" if f.sequences > 1 else "layer_mlp"]  # pairs: chosen and rejected together
+        act_layer = N * (coef["layer"] * h + mlp * shape.intermediate) * wb + dropout
     else:
         act = N * coef["nogc"] * L * h * wb + dropout * L
         act_layer = 0
@@ -387,7 +396,8 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     optimizer_step = grads * (1 + OPTIMIZER_STEP_TEMPS)
     at = {  # what is alive at each moment besides the weights and the optimizer state (ties: the first)
         "start of backward": dict(gradients=head_grad, activations=act, logits=tile, quantization_buffers=0),
-        "backward through a layer": dict(gradients=0, activations=act + act_layer, logits=0,
+        # the last layers' backward (the first layers of the model): nearly every gradient already exists
+        "backward through a layer": dict(gradients=grads, activations=act + act_layer, logits=0,
                                          quantization_buffers=quant),
         "optimizer step": dict(gradients=optimizer_step, activations=0, logits=0, quantization_buffers=0),
     }

@@ -372,7 +372,7 @@ def test_results_fields_of_the_wrong_type_are_named_problems(tmp_path):
     ("hidden_size", "big", "hidden_size is \"big\""),
     ("vocab_size", -5, "vocab_size is -5"),
     ("num_key_value_heads", 64, "num_key_value_heads 64 is more than num_attention_heads 32"),
-    ("tie_word_embeddings", "false", "tie_word_embeddings is 'false', not true or false"),
+    ("tie_word_embeddings", "false", 'tie_word_embeddings is "false", not true or false'),
 ])
 def test_config_fields_of_the_wrong_type_or_size_are_refused_by_name(tmp_path, field, value, message):
     """Fuzz (and #20): a list, zero, text or a negative size was an internal error or planned a

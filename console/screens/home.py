@@ -20,6 +20,9 @@ COLOURS = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red
            "stopped": "yellow", "unreadable": "red", "planned": "white"}
 
 
+COLUMNS = ("name", "kind", "stage", "status", "progress", "started", "time", "halluc.")
+
+
 class HomeScreen(Screen):
     DEFAULT_CSS = """
     #host { height: 1; background: $primary-darken-2; padding: 0 1; }
@@ -52,7 +55,7 @@ class HomeScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(id="host")
         table = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
-        table.add_columns("name", "kind", "stage", "status", "progress", "started", "time", "halluc.")
+        table.add_columns(*COLUMNS)
         yield table
         yield Static(f"sessions in {self.root} · enter opens one", id="hint")
         yield Footer()
@@ -104,7 +107,12 @@ class HomeScreen(Screen):
         self._last_rows = rows
         table = self.query_one(DataTable)
         keep = table.cursor_row
-        table.clear()
+        # the columns' widths are set here from the rows: a DataTable measures new rows only when its
+        # message pump next goes idle, and a table filled during its first frame could keep its header's
+        # widths (names cut to four letters) until something else changed it
+        table.clear(columns=True)
+        for i, label in enumerate(COLUMNS):
+            table.add_column(label, width=max([len(label)] + [len(str(cells[i])) for _, cells in rows]))
         for key, (name, kind, stage, status, progress, started_text, duration_text, rate) in rows:
             table.add_row(name, kind, stage, Text(status, style=COLOURS.get(status, "")), progress, started_text,
                           duration_text, rate, key=key)
