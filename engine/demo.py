@@ -318,7 +318,7 @@ def demo_lock(root: Path):
     would train at once on one CPU and share the demo's cache and state file."""
     from engine.session import WriterLock
 
-    return WriterLock(Path(root) / DEMO_REQUEST, "demo", message=f"a demo is already running in {root}",
+    return WriterLock(Path(root) / DEMO_REQUEST, "demo", message=f"a demo is already running in {Path(root).resolve()}",
                       hint="watch it with `rounds` (Home), or wait until it finishes; "
                            "--sessions DIR runs another demo in another folder")
 
