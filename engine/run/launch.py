@@ -195,6 +195,10 @@ def resume(session: Path, detach: bool = False) -> tuple[SessionWriter, subproce
     holder = _wait_for_exit(session, meta)
     if holder:  # a worker started by another `rounds resume` a moment ago, not yet in session.json
         raise UserError(holder, hint="watch it (rounds watch), or stop it first")
+    now = read_session_json(session)
+    if now.get("status") != status or now.get("pid") != meta.get("pid"):  # another resume ran while we waited
+        raise UserError(f"{session.name} is already being run by another process (resumed while this one waited; "
+                        f"now {now.get('status')})", hint="watch it (rounds watch)")
     writer = SessionWriter.reopen(session)
     writer.event(EVENT, kind=RESUME_REQUESTED, previous_status=status)
     writer.update(launcher="detached" if detach else "foreground")
