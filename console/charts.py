@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.units import _finite as finite
+from engine.units import finite
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 

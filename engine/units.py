@@ -6,7 +6,7 @@ import datetime as _dt
 import math
 
 
-def _finite(x) -> bool:
+def finite(x) -> bool:
     """A real number that can be shown (not None, text, a boolean, NaN, an infinity or too big for a float)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return False
@@ -18,7 +18,7 @@ def _finite(x) -> bool:
 
 def human_bytes(n: float | None) -> str:
     """Binary units, as GPU memory is sold and shown: 12.0 GiB, 206 MiB; N/A for None."""
-    if not _finite(n):
+    if not finite(n):
         return "N/A"
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= size:
@@ -29,7 +29,7 @@ def human_bytes(n: float | None) -> str:
 
 def format_duration(seconds: float | None) -> str:
     """'4m05s', '2h13m', '3d04h'; '--' when unknown."""
-    if not _finite(seconds):
+    if not finite(seconds):
         return "--"
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
@@ -41,7 +41,7 @@ def format_duration(seconds: float | None) -> str:
 
 def format_seconds(seconds: float | None) -> str:
     """'1.6 s', '12 min', '3.5 h', '57 days' (plan tables); '-' when unknown."""
-    if not _finite(seconds):
+    if not finite(seconds):
         return "-"
     if seconds < 60:
         return f"{seconds:.1f} s"

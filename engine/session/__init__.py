@@ -28,6 +28,7 @@ from typing import Any
 from engine.errors import FormatVersionError, SessionLockedError, UserError
 from engine.session import layout
 from engine.session.layout import EVENTS, SESSION_JSON
+from engine.units import finite
 
 FORMAT = 1
 KINDS = ("train", "eval", "assess", "pairs")
@@ -427,12 +428,6 @@ _EVENT_PARTS = {  # nested objects of a system record -> their numeric fields
 _GPU_NUMBERS = ("index", "mem_used", "mem_total", "util", "temp_c", "power_w", "power_limit_w")
 
 
-def _number(v) -> bool:
-    from engine.units import _finite
-
-    return _finite(v)
-
-
 def _integer(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and -2**53 <= v <= 2**53
 
@@ -442,26 +437,26 @@ def clean_event(rec: dict) -> dict:
     (a hand edit, another tool's writer, a damaged line that still parses) is dropped, the rest
     kept. Metric values stay as written (a NaN loss is news); the screens skip non-numbers."""
     out = dict(rec)
-    if "time" in out and not (_number(out["time"]) and 0 <= out["time"] < 2**33):  # seconds since 1970, < 2242
+    if "time" in out and not (finite(out["time"]) and 0 <= out["time"] < 2**33):  # seconds since 1970, < 2242
         del out["time"]
-    for keys, ok in ((_EVENT_NUMBERS, _number), (_EVENT_INTS, _integer), (_EVENT_TEXT, _is_text)):
+    for keys, ok in ((_EVENT_NUMBERS, finite), (_EVENT_INTS, _integer), (_EVENT_TEXT, is_text)):
         for k in keys:
             if k in out and not ok(out[k]):
                 del out[k]
     for part, fields in _EVENT_PARTS.items():
         if part in out:
             if isinstance(out[part], dict):
-                out[part] = {k: v for k, v in out[part].items() if k not in fields or _number(v)}
+                out[part] = {k: v for k, v in out[part].items() if k not in fields or finite(v)}
             else:
                 del out[part]
     if "gpus" in out:
         gpus = out["gpus"] if isinstance(out["gpus"], list) else []
-        out["gpus"] = [{k: v for k, v in g.items() if k not in _GPU_NUMBERS or _number(v)}
+        out["gpus"] = [{k: v for k, v in g.items() if k not in _GPU_NUMBERS or finite(v)}
                        for g in gpus if isinstance(g, dict) and _integer(g.get("index", 0))]
     return out
 
 
-def _is_text(v) -> bool:
+def is_text(v) -> bool:
     if not isinstance(v, str):
         return False
     try:

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from engine.session import append_lines, file_mode
+from engine.session import append_lines, file_mode, is_text
 from engine.session.layout import ASSESSMENTS, ASSESSMENTS_CSV, RESULTS, RESULTS_CSV
 
 CSV_FIELDS = ["id", "question", "context", "reference", "answer", "model", "truncated", "new_tokens",
@@ -20,35 +20,25 @@ REQUIRED_RESULT_FIELDS = ("id", "question", "reference")
 OPTIONAL_TEXT_FIELDS = ("answer", "context", "model", "adapter")  # text or null
 
 
-def _text(v) -> bool:
-    if not isinstance(v, str):
-        return False
-    try:
-        v.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate (a \\ud800 escape): cannot be shown or written back
-        return False
-    return True
-
-
 def result_problem(rec: dict) -> str | None:
     """Why a results record cannot be used (a field named), or None. Every reader of results
     (report, pairs, the assessment screen) relies on these types."""
     for k in REQUIRED_RESULT_FIELDS:
         v = rec.get(k)
-        if not (_text(v) or (k == "id" and isinstance(v, int) and not isinstance(v, bool))):
+        if not (is_text(v) or (k == "id" and isinstance(v, int) and not isinstance(v, bool))):
             return f"no text {k!r}" if v is None else f"{k!r} is {type(v).__name__}, not text"
     for k in OPTIONAL_TEXT_FIELDS:
-        if rec.get(k) is not None and not _text(rec[k]):
+        if rec.get(k) is not None and not is_text(rec[k]):
             return f"{k!r} is {type(rec[k]).__name__}, not text"
     samples = rec.get("samples")
-    if samples is not None and not (isinstance(samples, list) and all(_text(x) for x in samples)):
+    if samples is not None and not (isinstance(samples, list) and all(is_text(x) for x in samples)):
         return "'samples' is not a list of texts"
     return None
 
 
 _FLAG_TYPES = {"count": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-               "numbers_absent": lambda v: isinstance(v, list) and all(_text(x) for x in v),
-               "terms_absent": lambda v: isinstance(v, list) and all(_text(x) for x in v),
+               "numbers_absent": lambda v: isinstance(v, list) and all(is_text(x) for x in v),
+               "terms_absent": lambda v: isinstance(v, list) and all(is_text(x) for x in v),
                "empty": lambda v: isinstance(v, bool), "truncated": lambda v: isinstance(v, bool),
                "repetitive": lambda v: isinstance(v, bool),
                "length_ratio": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e9}
