@@ -151,3 +151,29 @@ def test_auto_plan_on_cpu_gives_each_rank_its_share_of_the_ram(tiny_model):
         return resolve_plan(spec, 100, budget_bytes=8 * 2**30)[1]["usable_bytes"]
 
     assert usable(launcher="accelerate", num_processes=2) == usable() // 2
+
+
+def test_a_rank_destroys_its_process_group_before_it_exits(tmp_path, tiny_model):
+    """Left to interpreter finalisation, gloo's threads can abort a rank that finished (SIGABRT,
+    "terminate called without an active exception"), and the launcher reports the run failed."""
+    import shutil
+    import subprocess
+    import sys
+
+    data = tmp_path / "pairs.jsonl"
+    shutil.copy(DEMO / "dpo_train.jsonl", data)
+    root = tmp_path / "sessions"
+    r = run_rounds("--sessions", str(root), "train", "dpo", "--model", str(tiny_model), "--data", str(data),
+                   "--plan", "lora", "--batch", "2", "--max-steps", "1", "--prepare-only")
+    assert r.returncode == 0, r.stderr
+    s = only_session(root)
+    data.unlink()  # the run fails as soon as it reads its data: the quickest way through its ending
+    code = ("import sys, torch.distributed as dist\n"
+            f"dist.init_process_group('gloo', init_method={(tmp_path / 'store').as_uri()!r}, rank=0, world_size=1)\n"
+            "from pathlib import Path\nfrom engine.run.worker import run_session\n"
+            f"rc = run_session(Path({str(s)!r}))\n"
+            "print('rc', rc, 'initialized', dist.is_initialized())\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent)
+    assert "rc 1 initialized False" in p.stdout, p.stdout + p.stderr
+    assert read_session_json(s)["status"] == "failed"

@@ -402,6 +402,20 @@ def run_session(session: Path) -> int:
         if sampler:
             sampler.stop()
         writer.close()
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Destroy the process group before the interpreter exits: left to finalisation, gloo's worker
+    threads can abort the rank (SIGABRT, "terminate called without an active exception") after a
+    run that finished, and the launcher then reports the whole run failed."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # nothing left to protect: the run's outcome is already written
+        pass
 
 
 
