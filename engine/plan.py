@@ -68,6 +68,14 @@ ACT = {
               "tiles_sft": 8.43, "tiles_dpo": 8.41},
 }
 OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the gradients
+# CUDA, a padded batch: with an attention mask, transformers' SDPA path repeats a GQA model's keys
+# and values to every head, and PyTorch runs attention by its math kernel, which keeps the softmaxed
+# scores (sequences x heads x length x length) for backward; without a mask (one sequence, or all of
+# one length) the flash kernel keeps neither. Measured on an H200 (bench/gpu_check.py: a
+# Llama-3.2-1B-shaped DPO step without checkpointing kept 0.68 GiB more at micro-batch 1 and 2.5 GiB
+# more at 4 than the CPU-fitted activations, where this term gives 0.63 and 2.5). On the CPU,
+# PyTorch's flash kernel takes the mask, and the fit already holds what is kept there.
+MASKED_ATTENTION_SCORES = 1.0  # copies of the scores kept, in the compute dtype
 CUDA_CONTEXT = 600 * 2**20
 ALLOCATOR_SLACK = 0.08  # reserved beyond allocated on CUDA, as a fraction of the dynamic part
 
@@ -122,6 +130,15 @@ class Workload:
         k, n = micro_batch * self.factors.sequences, len(self.lengths)
         return sum(min(v, self.max_length) * ((i / n) ** k - ((i - 1) / n) ** k)
                    for i, v in enumerate(self.lengths, start=1))
+
+    def padded(self, micro_batch: int) -> bool:
+        """Whether a micro-batch has padding (an attention mask): more than one sequence in it (DPO's
+        chosen and rejected go together) and examples of different lengths, or lengths unknown."""
+        if micro_batch * self.factors.sequences <= 1:
+            return False
+        if not self.lengths:
+            return True
+        return min(self.lengths[0], self.max_length) != min(self.lengths[-1], self.max_length)
 
     def summary(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "lengths"}
@@ -377,14 +394,18 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     # adapted linear saves its dropped-out input and the mask (TRL's DPO turns dropout off).
     coef = ACT[s.plan]
     dropout = N * shape.linear_in_active / L * (wb + 1) if (f.adapter_dropout and not full) else 0
+    masked = 0.0  # per layer, kept for backward (see MASKED_ATTENTION_SCORES)
+    if d.kind == "cuda" and w.padded(s.micro_batch):
+        repeated = 2 * shape.heads * shape.head_dim if shape.kv_heads < shape.heads else 0
+        masked = N * (MASKED_ATTENTION_SCORES * shape.heads * w.peak_length() + repeated) * wb
     if s.gradient_checkpointing:
         act = N * coef["inputs"] * L * h * wb
         # the layer being recomputed: its attention side scales with the width, its MLP side
         # (gate, up, their product and the gradients of each) with the MLP's own width
         mlp = coef["layer_mlp_dpo" if f.sequences > 1 else "layer_mlp"]  # pairs: chosen and rejected together
-        act_layer = N * (coef["layer"] * h + mlp * shape.intermediate) * wb + dropout
+        act_layer = N * (coef["layer"] * h + mlp * shape.intermediate) * wb + dropout + masked
     else:
-        act = N * coef["nogc"] * L * h * wb + dropout * L
+        act = N * coef["nogc"] * L * h * wb + (dropout + masked) * L
         act_layer = 0
     width = min(MAX_TILE_WIDTH, -(-shape.vocab // 64) * 64)
     # on CUDA, TRL's Triton path keeps one tile; its torch fallback on CPU keeps several temporaries
