@@ -161,6 +161,9 @@ def attention_kernels(device: str = "cuda") -> str:
     q, k, v = (torch.randn(b, h, n, d, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     mask = torch.ones(n, n, dtype=torch.bool, device=device).tril().expand(b, 1, n, n).clone()
     mask[1, :, :, -64:] = False  # the second sequence is padded
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*(kernel not used|not support|runtime disabled).*")
     kept = {}
     for name, backends in [("default", None), ("flash", [SDPBackend.FLASH_ATTENTION]),
                            ("efficient", [SDPBackend.EFFICIENT_ATTENTION]), ("math", [SDPBackend.MATH])]:

@@ -23,8 +23,8 @@ On a GPU, ``--device cuda [--gpu-mem 12GiB] [--shapes tiny,small,1b,7b]`` runs t
 on the card (capped with torch.cuda.set_per_process_memory_fraction to act as a smaller one)
 and compares the predicted allocated bytes with torch.cuda.max_memory_allocated, printing
 the driver's view of the process (pynvml) beside it; a point predicted to fit that runs out
-of memory fails the run. That path was written without a GPU and has never run: no GPU has
-been available to this project yet.
+of memory fails the run. That path has not been run yet: bench/gpu_check.py is the GPU check
+that has (real 1B/8B shapes on a card capped to 12 GiB).
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a third of the grid")
     ap.add_argument("--raw", help="also write every point's measurements here, a JSON line each")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                    help="cuda: measure on the GPU (never run yet; see _run_point_cuda)")
+                    help="cuda: measure on the GPU (not run yet; bench/gpu_check.py has been)")
     ap.add_argument("--gpu-mem", help="with --device cuda: cap memory to act as a card of this size, e.g. 12GiB")
     ap.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--shapes", help="comma-separated subset of: " + ",".join(SHAPES))

@@ -68,13 +68,15 @@ ACT = {
               "tiles_sft": 8.43, "tiles_dpo": 8.41},
 }
 OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the gradients
-# CUDA, a padded batch: with an attention mask, transformers' SDPA path repeats a GQA model's keys
-# and values to every head, and PyTorch runs attention by its math kernel, which keeps the softmaxed
-# scores (sequences x heads x length x length) for backward; without a mask (one sequence, or all of
-# one length) the flash kernel keeps neither. Measured on an H200 (bench/gpu_check.py: a
+# CUDA, a padded batch (an attention mask): measured on an H200 (bench/gpu_check.py), a
 # Llama-3.2-1B-shaped DPO step without checkpointing kept 0.68 GiB more at micro-batch 1 and 2.5 GiB
-# more at 4 than the CPU-fitted activations, where this term gives 0.63 and 2.5). On the CPU,
-# PyTorch's flash kernel takes the mask, and the fit already holds what is kept there.
+# more at 4 than the CPU-fitted activations, growing as tokens x heads x length per layer: what
+# PyTorch's math attention kernel keeps (the softmaxed scores) plus transformers' GQA keys and values
+# repeated to every head, which is what this term counts (0.63 and 2.5 GiB there; the two points then
+# come within 1.3 %). Which kernel runs is not yet confirmed: in isolation PyTorch picked its
+# memory-efficient kernel for such a mask, and a padded SFT step at micro-batch 4 measured 17 % below
+# a prediction with this term. It is kept for every padded batch, on the side of predicting too much,
+# until a GPU run settles it. On the CPU, PyTorch's flash kernel takes the mask, and the fit holds it.
 MASKED_ATTENTION_SCORES = 1.0  # copies of the scores kept, in the compute dtype
 CUDA_CONTEXT = 600 * 2**20
 ALLOCATOR_SLACK = 0.08  # reserved beyond allocated on CUDA, as a fraction of the dynamic part
@@ -202,15 +204,19 @@ def _probe_cache() -> Path:
     return Path(base) / "rounds" / "device_probe.json"
 
 
-def matmul_flops(device: str = "cpu", dtype: str = "fp32", n: int = 1024, repeats: int = 3) -> float:
-    """Measured FLOP/s of an n x n x n matmul on this device (best of a few)."""
+def matmul_flops(device: str = "cpu", dtype: str = "fp32", n: int = 1024, repeats: int = 3,
+                 min_seconds: float = 0.0) -> float:
+    """Measured FLOP/s of an n x n x n matmul on this device (best of ``repeats``, and of as many
+    more as ``min_seconds`` takes)."""
     import torch
 
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dt)
     b = torch.randn(n, n, device=device, dtype=dt)
     best = float("inf")
-    for _ in range(repeats + 1):
+    start, done = time.perf_counter(), 0
+    while done < repeats + 1 or time.perf_counter() - start < min_seconds:
+        done += 1
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -240,6 +246,23 @@ def machine() -> dict:
     return {"cpu_model": model, "cores": os.cpu_count(), "host": socket.gethostname(), "load": round(load, 2)}
 
 
+def others_busy(measure) -> tuple[dict, float]:
+    """Run ``measure()`` and say how busy the rest of the machine was meanwhile: the CPU time every
+    other process took, as a fraction of all cores over the probe's wall time. The load average
+    lags by a minute; this sees a build or a training run that started just before the probe."""
+    import psutil
+
+    def busy(t) -> float:
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    me = psutil.Process()
+    t0, sys0, own0 = time.perf_counter(), psutil.cpu_times(), sum(me.cpu_times()[:2])
+    out = measure()
+    wall = time.perf_counter() - t0
+    others = busy(psutil.cpu_times()) - busy(sys0) - (sum(me.cpu_times()[:2]) - own0)
+    return out, max(0.0, min(1.0, others / max(1e-9, wall * (os.cpu_count() or 1))))
+
+
 def probe_is_stale(result: dict, now: float | None = None, here: dict | None = None) -> str | None:
     """Why a cached probe must be taken again, or None: too old, another machine (a home folder shared
     between hosts), or taken busy while the machine is quiet now."""
@@ -254,6 +277,9 @@ def probe_is_stale(result: dict, now: float | None = None, here: dict | None = N
     was, is_ = result.get("load"), here.get("load", 0.0)
     if isinstance(was, (int, float)) and was > BUSY and is_ < was - 0.25:
         return f"taken on a busy machine (load {was:.2f} a core; now {is_:.2f})"
+    others = result.get("others_busy")
+    if isinstance(others, (int, float)) and others > BUSY and is_ < others - 0.25:
+        return f"taken while other processes used {others:.0%} of the CPU (load now {is_:.2f} a core)"
     return None
 
 
@@ -271,7 +297,8 @@ def _cached_probe(key: str, measure, refresh: bool = False) -> dict:
     data = data if isinstance(data, dict) else {}
     old = data.get(key)
     if refresh or not isinstance(old, dict) or not old.get("flops") or probe_is_stale(old):
-        result = {**machine(), **measure(), "time": time.time()}
+        measured, busy = others_busy(measure)
+        result = {**machine(), **measured, "others_busy": round(busy, 2), "time": time.time()}
         if not result.get("flops"):
             return result  # a probe that could not run is not remembered
         data[key] = result
@@ -286,7 +313,8 @@ def _cached_probe(key: str, measure, refresh: bool = False) -> dict:
 def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Device:
     import psutil
 
-    probe = _cached_probe(f"cpu:{os.cpu_count()}", lambda: {"flops": matmul_flops("cpu", "fp32")}, refresh)
+    probe = _cached_probe(f"cpu:{os.cpu_count()}",
+                          lambda: {"flops": matmul_flops("cpu", "fp32", min_seconds=0.5)}, refresh)
     if budget_bytes is None:
         budget_bytes = psutil.virtual_memory().available
     return Device("cpu", budget_bytes, "fp32", probe["flops"], name=f"CPU ({os.cpu_count()} cores)",
@@ -474,7 +502,8 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 # TRL runs on this 2-core machine (two runs of bench/plan_accuracy.py --raw, then
 # bench/plan_fit.py), four shapes with vocabularies of 1.5 k to 32 k; the grid's held-back
 # points and a third, fresh run check it. "dequant" came out 0: at these sizes the 4-bit layers'
-# cost is per call (q4_layer_pass). CUDA: typical figures, not yet measured (no GPU was available).
+# cost is per call (q4_layer_pass). CUDA: typical figures, not fitted; checked once, on an H200
+# (bench/gpu_check.py): 8 B-class steps took 0.6-1.8x the prediction, a 1 B model's up to 4x.
 TIME = {
     "cpu": {"dense": 0.932, "q4": 0.932, "attention": 2.56, "weight_read": 4.67e-10, "dequant": 0.0,
             "dequant_large": 9.9e-10, "elementwise": 2.4e-10, "lora_elementwise": 1.32e-9, "dropout": 5.0e-9,
@@ -705,12 +734,16 @@ def time_uncertainty(d: Device, now: float | None = None) -> str:
         p = d.probe or {}
         if isinstance(p.get("time"), (int, float)):
             age = format_seconds(max(0.0, (time.time() if now is None else now) - p["time"]))
-            text += f"; probe taken {age} ago at load {p.get('load', '?')} a core (--refresh-probe to take it again)"
-            if isinstance(p.get("load"), (int, float)) and p["load"] > BUSY:
+            others = p.get("others_busy")
+            busy = f", other processes using {others:.0%} of the CPU" if isinstance(others, (int, float)) else ""
+            text += (f"; probe taken {age} ago at load {p.get('load', '?')} a core{busy} "
+                     "(--refresh-probe to take it again)")
+            if any(isinstance(p.get(k), (int, float)) and p[k] > BUSY for k in ("load", "others_busy")):
                 text += " — taken on a busy machine: times may be too long"
         return text
     if d.calibrated:
-        return "±40% (GPU throughput measured; GPU step model not yet checked against runs)"
+        return ("GPU throughput measured, but the GPU step costs are typical values, not fitted: on an H200 "
+                "(bench/gpu_check.py) 8 B-class steps took 0.6-1.8x the prediction and a 1 B model's up to 4x")
     return (f"±60% (no throughput measured for this GPU: the typical throughput of {d.typical or 'a GPU'} "
             f"({d.flops / 1e12:.0f} TFLOP/s) was assumed)")
 

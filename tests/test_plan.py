@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -512,3 +513,66 @@ def test_an_unprobed_gpu_is_taken_as_a_typical_card_and_labelled():
     assert "typical throughput of a 12 GB consumer card (20 TFLOP/s)" in pl.time_uncertainty(d)
     assert pl.typical_gpu("NVIDIA H100 80GB HBM3", 80 * GiB)[0] == "H100"
     assert pl.typical_gpu("GPU", 24 * GiB)[1] > pl.typical_gpu("GPU", 8 * GiB)[1]
+
+
+# --------------------------------------------------------------------------- padded batches on CUDA
+
+def test_a_batch_is_padded_when_it_holds_sequences_of_different_lengths():
+    dpo, sft = pl.Workload(stage="dpo", max_length=512), pl.Workload(stage="sft", max_length=512)
+    assert dpo.padded(1) and sft.padded(2)  # lengths unknown: assume padding
+    assert not sft.padded(1)  # one sequence: no mask
+    assert not pl.Workload(stage="sft", max_length=512, lengths=[300, 300, 300]).padded(4)
+    assert pl.Workload(stage="sft", max_length=512, lengths=[200, 300]).padded(4)
+    # everything longer than --max-length is cut to it: all one length again
+    assert not pl.Workload(stage="dpo", max_length=256, lengths=[300, 900]).padded(2)
+
+
+def test_a_padded_batch_on_cuda_adds_the_attention_scores_and_repeated_keys_per_layer():
+    s = shape("llama-3.2-1b")
+    d, cpu = pl.cuda_device(12 * pl.GiB, "NVIDIA GeForce RTX 4070"), pl.Device("cpu", 64 * pl.GiB)
+    strat = pl.Strategy("lora", precompute_ref=True, gradient_checkpointing=False, micro_batch=4)
+    padded = pl.Workload(stage="dpo", max_length=512)
+    even = pl.Workload(stage="dpo", max_length=512, lengths=[512] * 8)
+    extra = (pl.predict_memory(s, strat, padded, d)["components"]["activations"]
+             - pl.predict_memory(s, strat, even, d)["components"]["activations"])
+    tokens = 4 * 2 * 512
+    per_layer = tokens * (s.heads * 512 + 2 * s.heads * s.head_dim) * 2  # bf16; GQA: keys and values repeated
+    assert extra == pytest.approx(per_layer * s.layers, rel=1e-6)
+    # with checkpointing only the layer being recomputed keeps them
+    gc = pl.Strategy("lora", precompute_ref=True, gradient_checkpointing=True, micro_batch=4)
+    assert (pl.predict_memory(s, gc, padded, d)["components"]["activations"]
+            - pl.predict_memory(s, gc, even, d)["components"]["activations"]) == pytest.approx(per_layer, rel=1e-6)
+    # the CPU's fit already holds what its attention keeps
+    on_cpu = [pl.predict_memory(s, strat, w, cpu)["peak_bytes"] for w in (padded, even)]
+    assert on_cpu[0] == on_cpu[1]
+
+
+def test_a_probe_taken_while_other_processes_were_busy_is_taken_again_once_it_is_quiet():
+    here = {"cpu_model": "X", "cores": 2, "host": "h", "load": 0.1}
+    taken = {**here, "time": 1000.0, "flops": 1e9}
+    assert pl.probe_is_stale({**taken, "others_busy": 0.1}, now=2000.0, here=here) is None
+    why = pl.probe_is_stale({**taken, "others_busy": 0.9}, now=2000.0, here=here)
+    assert why and "other processes used 90%" in why
+    # still busy now: the figure is as good as any, and the label says it was taken busy
+    assert pl.probe_is_stale({**taken, "others_busy": 0.9}, now=2000.0, here={**here, "load": 0.9}) is None
+    d = pl.Device("cpu", 2**30, flops=1e9, calibrated=True, probe={**taken, "others_busy": 0.9})
+    assert "other processes using 90% of the CPU" in pl.time_uncertainty(d, now=2000.0)
+    assert "taken on a busy machine" in pl.time_uncertainty(d, now=2000.0)
+
+
+def test_the_probe_records_how_busy_the_rest_of_the_machine_was():
+    import subprocess
+    import sys
+
+    burn = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<60: pass"])
+    try:
+        time.sleep(0.5)  # let it start burning
+        _, busy = pl.others_busy(lambda: time.sleep(1.0))  # the probe itself idles: only the burner is busy
+    finally:
+        burn.kill()
+        burn.wait()
+    import os
+
+    assert busy >= 0.5 / (os.cpu_count() or 1)  # one core of this machine's, at least half the time
+    _, quiet = pl.others_busy(lambda: sum(range(3_000_000)))  # our own work is not counted
+    assert quiet < busy
