@@ -310,11 +310,59 @@ def _cached_probe(key: str, measure, refresh: bool = False) -> dict:
     return data[key]
 
 
+def q4_probe() -> dict:
+    """bitsandbytes' 4-bit layers on this CPU, which vary far more between CPUs than matmuls do (the
+    kernels lean on AVX-512-BF16 where it exists): seconds of a small NF4 layer's forward+backward
+    (a call, the fixed cost the step model's q4_layer_pass counts), and seconds per element to
+    dequantize a 7 B model's 4096 x 11008 weight. {} where bitsandbytes cannot run."""
+    try:
+        import logging
+        import statistics
+
+        import torch
+
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bf
+
+        torch.manual_seed(0)
+        layer = bnb.nn.Linear4bit(256, 704, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+        layer.load_state_dict({"weight": torch.randn(704, 256)})
+        layer = layer.to("cpu")
+        x = torch.randn(2, 64, 256, requires_grad=True)
+        calls = []
+        for _ in range(30):
+            t = time.perf_counter()
+            layer(x).sum().backward()
+            calls.append(time.perf_counter() - t)
+        big = torch.randn(4096, 11008)
+        q, state = bf.quantize_4bit(big, quant_type="nf4", compress_statistics=True)
+        deq = []
+        for _ in range(5):
+            t = time.perf_counter()
+            bf.dequantize_4bit(q, state)
+            deq.append(time.perf_counter() - t)
+        return {"q4_call": statistics.median(calls[5:]), "q4_element": statistics.median(deq) / big.numel()}
+    except Exception:  # no bitsandbytes, or it cannot run here: the reference machine's costs are used
+        return {}
+
+
+# q4_probe() on the machine the CPU step model was fitted on (TIME["cpu"]); another CPU's 4-bit
+# costs are scaled by its own probe against these
+Q4_REFERENCE = {"q4_call": 8.75e-4, "q4_element": 1.12e-9}  # median of 5, quiet, 2026-11-30
+
+
+def _cpu_probe() -> dict:
+    return {"flops": matmul_flops("cpu", "fp32", min_seconds=0.5), **q4_probe()}
+
+
 def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Device:
     import psutil
 
-    probe = _cached_probe(f"cpu:{os.cpu_count()}",
-                          lambda: {"flops": matmul_flops("cpu", "fp32", min_seconds=0.5)}, refresh)
+    key = f"cpu:{os.cpu_count()}"
+    probe = _cached_probe(key, _cpu_probe, refresh)
+    if "q4_call" not in probe and not refresh:  # cached before the 4-bit probe existed
+        probe = _cached_probe(key, _cpu_probe, True)
     if budget_bytes is None:
         budget_bytes = psutil.virtual_memory().available
     return Device("cpu", budget_bytes, "fp32", probe["flops"], name=f"CPU ({os.cpu_count()} cores)",
@@ -574,6 +622,11 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = 
 def time_terms(shape: ModelShape, s: Strategy, w: Workload, d: Device, forward_only: bool = False) -> dict:
     """Predicted seconds of one micro-step (or of one forward), by term (the keys of TIME)."""
     k = TIME[d.kind]
+    q4 = (d.probe or {}) if d.kind == "cpu" else {}
+    if q4.get("q4_call") and q4.get("q4_element"):  # this CPU's own 4-bit costs
+        k = dict(k, q4_layer_pass=k["q4_layer_pass"] * q4["q4_call"] / Q4_REFERENCE["q4_call"],
+                 dequant_large=q4["q4_element"],
+                 dequant=k["dequant"] * q4["q4_element"] / Q4_REFERENCE["q4_element"])
     rate = d.flops or (2e11 if d.kind == "cpu" else 2e14)
     work = step_work(shape, s, w, forward_only)
     return {name: work[name] * (cost / rate if name in FLOP_TERMS else cost) for name, cost in k.items()}
@@ -738,6 +791,9 @@ def time_uncertainty(d: Device, now: float | None = None) -> str:
             busy = f", other processes using {others:.0%} of the CPU" if isinstance(others, (int, float)) else ""
             text += (f"; probe taken {age} ago at load {p.get('load', '?')} a core{busy} "
                      "(--refresh-probe to take it again)")
+            if isinstance(p.get("q4_call"), (int, float)):
+                text += (f"; 4-bit layers probed too: {p['q4_call'] / Q4_REFERENCE['q4_call']:.1f}x the cost on "
+                         "the machine the step model was fitted on")
             if any(isinstance(p.get(k), (int, float)) and p[k] > BUSY for k in ("load", "others_busy")):
                 text += " — taken on a busy machine: times may be too long"
         return text

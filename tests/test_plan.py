@@ -576,3 +576,27 @@ def test_the_probe_records_how_busy_the_rest_of_the_machine_was():
     assert busy >= 0.5 / (os.cpu_count() or 1)  # one core of this machine's, at least half the time
     _, quiet = pl.others_busy(lambda: sum(range(3_000_000)))  # our own work is not counted
     assert quiet < busy
+
+
+def test_a_cpu_whose_4bit_layers_are_slower_gets_slower_qlora_steps_and_the_same_lora_ones():
+    s, w = shape("llama-2-7b"), pl.Workload(stage="dpo", max_length=512)
+    ref = {"flops": 2e11, **pl.Q4_REFERENCE}
+    here = pl.Device("cpu", 64 * pl.GiB, flops=2e11, calibrated=True, probe=ref)
+    slow = pl.Device("cpu", 64 * pl.GiB, flops=2e11, calibrated=True,
+                     probe={"flops": 2e11, "q4_call": 3 * ref["q4_call"], "q4_element": 3 * ref["q4_element"]})
+    qlora, lora = pl.Strategy("qlora"), pl.Strategy("lora")
+    a, b = pl.time_terms(s, qlora, w, here), pl.time_terms(s, qlora, w, slow)
+    assert b["q4_layer_pass"] == pytest.approx(3 * a["q4_layer_pass"])
+    assert b["dequant_large"] == pytest.approx(3 * a["dequant_large"]) and a["dequant_large"] > 0
+    assert b["dense"] == a["dense"]  # after dequantization the matmul is the probed fp32 one
+    assert pl.predict_seconds(s, lora, w, slow) == pl.predict_seconds(s, lora, w, here)
+    # no 4-bit probe (bitsandbytes could not run): the reference machine's costs
+    bare = pl.Device("cpu", 64 * pl.GiB, flops=2e11, calibrated=True, probe={"flops": 2e11})
+    assert pl.predict_seconds(s, qlora, w, bare) == pytest.approx(
+        sum(w_ * pl.TIME["cpu"][k] / (2e11 if k in pl.FLOP_TERMS else 1)
+            for k, w_ in pl.step_work(s, qlora, w).items() if k in pl.TIME["cpu"]))
+
+
+def test_the_4bit_probe_measures_this_cpu():
+    q = pl.q4_probe()
+    assert 0 < q["q4_call"] < 1 and 0 < q["q4_element"] < 1e-6
