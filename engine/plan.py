@@ -312,12 +312,11 @@ def _cached_probe(key: str, measure, refresh: bool = False) -> dict:
 
 def q4_probe() -> dict:
     """bitsandbytes' 4-bit layers on this CPU, which vary far more between CPUs than matmuls do (the
-    kernels lean on AVX-512-BF16 where it exists): seconds of a small NF4 layer's forward+backward
+    kernels lean on AVX-512-BF16 where it exists): seconds (best of 40) of a small NF4 layer's forward+backward
     (a call, the fixed cost the step model's q4_layer_pass counts), and seconds per element to
     dequantize a 7 B model's 4096 x 11008 weight. {} where bitsandbytes cannot run."""
     try:
         import logging
-        import statistics
 
         import torch
 
@@ -331,7 +330,7 @@ def q4_probe() -> dict:
         layer = layer.to("cpu")
         x = torch.randn(2, 64, 256, requires_grad=True)
         calls = []
-        for _ in range(30):
+        for _ in range(50):  # the best of the last 40 (the first calls warm the kernels up)
             t = time.perf_counter()
             layer(x).sum().backward()
             calls.append(time.perf_counter() - t)
@@ -342,14 +341,14 @@ def q4_probe() -> dict:
             t = time.perf_counter()
             bf.dequantize_4bit(q, state)
             deq.append(time.perf_counter() - t)
-        return {"q4_call": statistics.median(calls[5:]), "q4_element": statistics.median(deq) / big.numel()}
+        return {"q4_call": min(calls[10:]), "q4_element": min(deq) / big.numel()}
     except Exception:  # no bitsandbytes, or it cannot run here: the reference machine's costs are used
         return {}
 
 
 # q4_probe() on the machine the CPU step model was fitted on (TIME["cpu"]); another CPU's 4-bit
 # costs are scaled by its own probe against these
-Q4_REFERENCE = {"q4_call": 8.75e-4, "q4_element": 1.12e-9}  # median of 5, quiet, 2026-11-30
+Q4_REFERENCE = {"q4_call": 8.45e-4, "q4_element": 1.19e-9}  # median of 5 fresh processes, quiet, 2026-11-30
 
 
 def _cpu_probe() -> dict:
