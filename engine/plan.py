@@ -545,17 +545,20 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 #   per_logit       a vocabulary logit scored (the LM head's log-softmax, forward and backward)
 #   per_logit_tile  the same, scaled by the tile's token count / 4096 (large tiles are slower)
 #   per_trainable   a trainable parameter's optimizer update
-# CPU: fitted by non-negative least squares on relative error to 2 x 56 measured steps of real
-# TRL runs on this 2-core machine (two runs of bench/plan_accuracy.py --raw, then
-# bench/plan_fit.py), four shapes with vocabularies of 1.5 k to 32 k; the grid's held-back
-# points and a third, fresh run check it. "dequant" came out 0: at these sizes the 4-bit layers'
-# cost is per call (q4_layer_pass). CUDA: typical figures, not fitted; checked once, on an H200
-# (bench/gpu_check.py): 8 B-class steps took 0.6-1.8x the prediction, a 1 B model's up to 4x.
+# CPU: fitted by non-negative least squares on relative error to 153 measured steps of real TRL
+# runs on this 2-core AMD EPYC (bench/plan_accuracy.py --raw, 6 steps a point, then
+# bench/plan_fit.py), nine shapes with vocabularies of 1 k to 32 k and real models' proportions; the
+# fit before it (four shapes, another day's machine) was 18 % low on the median point of that fresh
+# run. The grid's held-back points, each shape left out in turn, and a fresh run check it. The 4-bit
+# costs are this machine's and are scaled by each machine's own probe (q4_probe). The per-call
+# costs (layer_pass and the like) are seconds on this machine. CUDA: typical figures, not fitted;
+# checked once, on an H200 (bench/gpu_check.py): 8 B-class steps took 0.6-1.8x the prediction, a
+# 1 B model's up to 4x.
 TIME = {
-    "cpu": {"dense": 0.932, "q4": 0.932, "attention": 2.56, "weight_read": 4.67e-10, "dequant": 0.0,
-            "dequant_large": 9.9e-10, "elementwise": 2.4e-10, "lora_elementwise": 1.32e-9, "dropout": 5.0e-9,
-            "layer_pass": 2.44e-3, "lora_layer_pass": 8.95e-4, "q4_layer_pass": 1.93e-3, "per_logit": 1.14e-8,
-            "per_logit_tile": 4.97e-9, "per_trainable": 1.69e-9},
+    "cpu": {"dense": 0.986, "q4": 0.986, "attention": 1.72, "weight_read": 5.0e-10, "dequant": 3.99e-10,
+            "dequant_large": 9.9e-10, "elementwise": 1.25e-9, "lora_elementwise": 2.65e-9, "dropout": 5.96e-9,
+            "layer_pass": 4.0e-3, "lora_layer_pass": 1.34e-3, "q4_layer_pass": 2.43e-3, "per_logit": 1.34e-8,
+            "per_logit_tile": 7.79e-9, "per_trainable": 4.01e-9},
     "cuda": {"dense": 2.2, "q4": 2.2, "attention": 2.2, "weight_read": 0.0, "dequant": 3e-12,
              "dequant_large": 3e-12, "elementwise": 1e-11, "lora_elementwise": 5e-12, "dropout": 1e-11,
              "layer_pass": 1.5e-4, "lora_layer_pass": 5e-5, "q4_layer_pass": 5e-5, "per_logit": 1e-11,
@@ -780,9 +783,9 @@ class PlanResult:
 
 def time_uncertainty(d: Device, now: float | None = None) -> str:
     if d.kind == "cpu" and d.calibrated:
-        text = ("±20% (matmul throughput measured on this CPU; step model fitted to real steps, worst error "
-                "15% on a fresh run of bench/plan_accuracy.py; models far larger than its ≤ 60 M-parameter "
-                "shapes are an extrapolation)")
+        text = ("±30% (matmul throughput measured on this CPU; step model fitted to real steps of nine shapes: "
+                "worst error 19% in the fit, 29% on a shape left out of it; models far larger than its "
+                "≤ 60 M-parameter shapes are an extrapolation)")
         p = d.probe or {}
         if isinstance(p.get("time"), (int, float)):
             age = format_seconds(max(0.0, (time.time() if now is None else now) - p["time"]))

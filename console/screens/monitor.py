@@ -173,9 +173,10 @@ class MonitorScreen(Screen):
         if meta.get("status") != "running":
             self.notify("this run is not running", severity="warning")
             return
+        then = ("your script decides what happens after trainer.train() returns" if meta.get("control") == "requests"
+                else f"it can be resumed with `rounds resume {meta.get('id')}`")
         self.app.push_screen(Confirm(f"Stop {meta.get('name')} gracefully? It saves a checkpoint at the end of "
-                                     f"the current step and can be resumed with `rounds resume {meta.get('id')}`."),
-                             self._do_stop)
+                                     f"the current step; {then}."), self._do_stop)
 
     def _do_stop(self, yes: bool | None) -> None:
         if not yes:
@@ -183,7 +184,9 @@ class MonitorScreen(Screen):
         meta = self.state.meta
         request_stop(self.session)
         pid = meta.get("pid")
-        if pid and meta.get("host") == socket.gethostname():
+        # a run from the user's own script (engine.callback) acts on the request file alone: a signal
+        # would meet the script's own handlers, or none, and could kill it mid-step
+        if pid and meta.get("host") == socket.gethostname() and meta.get("control") != "requests":
             try:
                 os.kill(pid, signal.SIGTERM)
             except (ProcessLookupError, PermissionError) as e:
