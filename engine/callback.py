@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -67,6 +68,7 @@ class RoundsCallback(TrainerCallback):
         self._sampler = None
         self._lock = None
         self._stopping: str | None = None
+        self._save: tuple[float, str] | None = None  # when the coming save was decided, and why
         self._ended = False
         self._previous_hook = None
 
@@ -105,24 +107,28 @@ class RoundsCallback(TrainerCallback):
         if self.writer is None:
             return
         self._telemetry.on_step_end(args, state, control)
+        reason = "the trainer's own save schedule"
         waiting = session_requests.pending(self.session)
-        if not waiting:
-            return
         if CHECKPOINT_REQUEST in waiting:
             session_requests.clear(self.session, CHECKPOINT_REQUEST)
             control.should_save = True
-            self.writer.event(EVENT, kind=CHECKPOINT, step=state.global_step, reason="checkpoint requested",
-                              message=f"checkpoint requested: saving at step {state.global_step}")
+            reason = "checkpoint requested"
         if STOP_REQUEST in waiting and not self._stopping:
             session_requests.clear(self.session, STOP_REQUEST)
             self._stopping = "stop requested"
             control.should_save = True
             control.should_training_stop = True
+            reason = "stop requested"
+        if control.should_save:  # the trainer saves right after the step's callbacks
+            self._save = (time.monotonic(), reason)
 
     def on_save(self, args, state, control, **kwargs):
         if self.writer is not None:
+            started, reason = self._save or (None, "the trainer's own save schedule")
+            self._save = None
             path = Path(args.output_dir).resolve() / f"checkpoint-{state.global_step}"
-            self.writer.event(EVENT, kind=CHECKPOINT, step=state.global_step, path=str(path), saved=True)
+            self.writer.event(EVENT, kind=CHECKPOINT, step=state.global_step, path=str(path), reason=reason,
+                              seconds=round(time.monotonic() - started, 3) if started else None)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.writer is not None:

@@ -132,7 +132,7 @@ def test_a_trl_dpo_script_is_followed_live_and_stops_when_asked(tmp_path, tiny_m
         first = [e for e in events(s) if e["type"] == "metrics"][0]
         assert first["step"] == 1 and "rewards/margins" in first and "loss" in first  # TRL's own logs
         request_checkpoint(s, who="the test")
-        wait_for(lambda: any(e.get("kind") == "checkpoint" and e.get("saved") for e in events(s)), timeout=300,
+        wait_for(lambda: any(e.get("reason") == "checkpoint requested" for e in events(s)), timeout=300,
                  what="the requested checkpoint")
         assert read_session_json(s)["status"] == "running"  # a checkpoint does not stop the run
         request_stop(s, who="the test")
@@ -145,8 +145,11 @@ def test_a_trl_dpo_script_is_followed_live_and_stops_when_asked(tmp_path, tiny_m
     meta = read_session_json(s)
     steps = [e["step"] for e in events(s) if e["type"] == "metrics"]
     assert meta["status"] == "stopped" and meta["reason"] == "stop requested" and steps[-1] < 500
-    saved = [e["path"] for e in events(s) if e.get("kind") == "checkpoint" and e.get("saved")]
-    assert len(saved) >= 2 and all(Path(x).is_dir() for x in saved)  # the requested one, and the stop's
+    saves = [e for e in events(s) if e.get("kind") == "checkpoint"]
+    assert [e["reason"] for e in saves] == ["checkpoint requested", "stop requested"]  # save_strategy "no"
+    assert all(e["seconds"] >= 0 for e in saves)  # the Monitor's "saved in N s"
+    saved = [e["path"] for e in saves]
+    assert all(Path(x).is_dir() for x in saved)
     assert Path(saved[-1]).name == f"checkpoint-{steps[-1]}"
     assert not (s / "requests" / "stop").exists() and not (s / "requests" / "checkpoint").exists()
 
@@ -197,3 +200,15 @@ def test_the_monitor_does_not_signal_a_script_it_did_not_start(tmp_path, monkeyp
 
     asyncio.run(go())
     assert (w.path / "requests" / "stop").exists() and not [s for s in sent if s[1] != 0]
+
+
+def test_the_monitor_header_names_a_run_from_the_users_own_script():
+    from console.screens.monitor import header_text
+    from console.state import MonitorState
+
+    meta = {"kind": "train", "stage": "dpo", "name": "stage-b", "status": "finished", "control": "requests",
+            "plan": None}
+    title, _, _ = header_text(MonitorState(meta=meta), "stage-b", 0.0, 100)
+    assert "your own script" in title.plain and "plan -" not in title.plain
+    title, _, _ = header_text(MonitorState(meta={**meta, "control": None, "plan": {"name": "qlora"}}), "x", 0.0, 100)
+    assert "plan qlora" in title.plain
