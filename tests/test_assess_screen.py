@@ -350,3 +350,27 @@ async def test_judges_verdicts_beside_the_answer_most_doubtful_first_and_filter_
         assert [m.items[i]["id"] for i in m.visible()] == ["q5"]
     async with app_for(s, annotator="bob", blind=True).run_test(size=(100, 30)) as pilot:
         assert "judge" not in str(pilot.app.screen.query_one("#marks").render())  # blind hides judges too
+
+
+async def test_the_key_list_names_keys_as_they_are_pressed_and_scrolls_at_80_by_24(tmp_path):
+    from textual.containers import VerticalScroll
+
+    from console.screens.dialogs import KeyHelp
+
+    s = make_session(tmp_path)
+    app = app_for(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, KeyHelp)
+        text = str(app.screen.query_one("Static").render())
+        assert "question_mark" not in text and "escape" not in text and "slash" not in text
+        assert " ? " in text or "? " in text
+        box = app.screen.query_one(VerticalScroll)
+        assert box.max_scroll_y > 0  # the Assess list is longer than 24 rows: it scrolls
+        for _ in range(40):
+            await pilot.press("down")
+        await pilot.pause(0.2)
+        assert box.scroll_y == box.max_scroll_y  # its last line ("esc closes this") can be reached
+        await pilot.press("escape")
+        assert isinstance(app.screen, AssessScreen)

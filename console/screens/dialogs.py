@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -30,11 +30,27 @@ class Confirm(ModalScreen[bool]):
         self.dismiss(yes)
 
 
+# what a person presses, for Textual's key names
+KEY_NAMES = {"question_mark": "?", "escape": "esc", "slash": "/", "full_stop": ".", "comma": ",", "plus": "+",
+             "minus": "-", "left_square_bracket": "[", "right_square_bracket": "]", "less_than_sign": "<",
+             "greater_than_sign": ">", "up": "↑", "down": "↓", "left": "←", "right": "→", "pageup": "pgup",
+             "pagedown": "pgdn"}
+
+
+def key_label(keys: str) -> str:
+    """``escape,question_mark`` -> ``esc / ?``; ``ctrl+slash`` -> ``ctrl+/``."""
+    def one(key: str) -> str:
+        *mods, name = key.strip().split("+")
+        return "+".join([*mods, KEY_NAMES.get(name, name)])
+
+    return " / ".join(one(k) for k in keys.split(",") if k.strip())
+
+
 class KeyHelp(ModalScreen[None]):
     DEFAULT_CSS = """
     KeyHelp { align: center middle; }
-    KeyHelp > Vertical { width: 64; height: auto; max-height: 90%; border: thick $primary; padding: 1 2;
-                         background: $surface; }
+    KeyHelp > VerticalScroll { width: 64; max-width: 100%; height: auto; max-height: 90%; border: thick $primary;
+                               padding: 0 1; background: $surface; }
     """
     BINDINGS = [Binding("escape,question_mark,q", "close", "close", id="help.close")]
 
@@ -46,9 +62,9 @@ class KeyHelp(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         lines = [f"[b]{self.title_text}: keys[/b]", ""]
         for b in self.keys:
-            lines.append(f"  [b]{b.key:<14}[/b] {b.description}")
-        lines += ["", "  [b]ctrl+p[/b]         command palette", "", "esc closes this"]
-        with Vertical():
+            lines.append(f"  [b]{key_label(b.key):<14}[/b] {b.description}")
+        lines += ["", "  [b]ctrl+p[/b]         command palette", "", "esc closes this (↑ ↓ scroll)"]
+        with VerticalScroll():
             yield Static("\n".join(lines))
 
     def action_close(self) -> None:
