@@ -352,7 +352,8 @@ Q4_REFERENCE = {"q4_call": 8.45e-4, "q4_element": 1.19e-9}  # median of 5 fresh 
 
 
 def _cpu_probe() -> dict:
-    return {"flops": matmul_flops("cpu", "fp32", min_seconds=0.5), **q4_probe()}
+    # "q4_probed": the 4-bit probe was tried (it gives nothing where bitsandbytes cannot run)
+    return {"flops": matmul_flops("cpu", "fp32", min_seconds=0.5), **q4_probe(), "q4_probed": True}
 
 
 def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Device:
@@ -360,7 +361,7 @@ def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Dev
 
     key = f"cpu:{os.cpu_count()}"
     probe = _cached_probe(key, _cpu_probe, refresh)
-    if "q4_call" not in probe and not refresh:  # cached before the 4-bit probe existed
+    if not probe.get("q4_probed") and not refresh:  # cached before the 4-bit probe existed
         probe = _cached_probe(key, _cpu_probe, True)
     if budget_bytes is None:
         budget_bytes = psutil.virtual_memory().available
