@@ -19,15 +19,19 @@ training (``control.should_training_stop``) — your script decides what happens
 marks it stopped; a process killed outright shows as ``lost`` in Home.
 
 Importing this module does not import Textual; it needs transformers (which your trainer has).
-Under a multi-process launch only the main process writes the session.
+Under a multi-process launch only the main process writes the session; a stop or checkpoint it
+reads is passed to every rank at the same step. If the callback itself fails (a full disk), it
+warns once and stops recording: your training goes on.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -35,11 +39,19 @@ from transformers import TrainerCallback
 from engine.errors import UserError
 from engine.session import SessionWriter, check_name, run_lock, sessions_root
 from engine.session import requests as session_requests
-from engine.session.layout import CHECKPOINT, CHECKPOINT_REQUEST, EVENT, FINISHED, STOP_REQUEST, STOPPED
+from engine.session.layout import (
+    CHECKPOINT,
+    CHECKPOINT_REQUEST,
+    CONTROL_REQUESTS,
+    EVENT,
+    FINISHED,
+    STOP_REQUEST,
+    STOPPED,
+)
 
 # the argument classes of TRL's trainers -> the stage `rounds` knows them as
 STAGE_OF_ARGS = {"DPOConfig": "dpo", "SFTConfig": "sft", "KTOConfig": "kto"}
-CONTROL = "requests"  # session.json "control": the run acts on request files only (no signals)
+SCHEDULE = "the trainer's own save schedule"
 
 
 def rounds_callback(name: str | None = None, *, sessions: str | os.PathLike | None = None,
@@ -48,6 +60,23 @@ def rounds_callback(name: str | None = None, *, sessions: str | os.PathLike | No
     session's name (letters, digits, ``.``, ``_``, ``-``); ``stage``: ``dpo``, ``sft``, ``kto``
     or any label (default: from the trainer's arguments class, e.g. ``DPOConfig`` -> ``dpo``)."""
     return RoundsCallback(name, sessions=sessions, stage=stage, system_interval=system_interval)
+
+
+def _guarded(hook):
+    """A hook whose own failure (a full disk, a sessions folder gone) never reaches the user's
+    training: it is reported once, and the callback stops recording for the rest of the run."""
+
+    @functools.wraps(hook)
+    def run(self, *args, **kwargs):
+        if self._broken:
+            return None
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - anything; the training must go on
+            self._break(f"{type(e).__name__}: {e}")
+            return None
+
+    return run
 
 
 class RoundsCallback(TrainerCallback):
@@ -62,6 +91,11 @@ class RoundsCallback(TrainerCallback):
             raise ValueError(f"system_interval must be a positive number of seconds, not {system_interval!r}")
         self.name, self.stage, self.system_interval = name, stage, system_interval
         self.root = sessions_root(sessions)
+        self.sessions: list[Path] = []  # one a call of trainer.train()
+        self._previous_hook = None
+        self._reset()
+
+    def _reset(self) -> None:
         self.writer: SessionWriter | None = None
         self.session: Path | None = None
         self._telemetry = None
@@ -70,13 +104,18 @@ class RoundsCallback(TrainerCallback):
         self._stopping: str | None = None
         self._save: tuple[float, str] | None = None  # when the coming save was decided, and why
         self._ended = False
-        self._previous_hook = None
+        self._broken = False
 
     # ------------------------------------------------------------------ the trainer's events
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero or self.writer is not None:
-            return
+        if self.writer is not None and self._ended:  # a second trainer.train(): a session of its own
+            self._reset()
+        if state.is_world_process_zero and self.writer is None:
+            self._begin(args, state, control, model)
+
+    @_guarded
+    def _begin(self, args, state, control, model) -> None:
         from engine.probe import SystemSampler
         from engine.telemetry import TelemetryCallback
 
@@ -90,50 +129,68 @@ class RoundsCallback(TrainerCallback):
                   "epochs": float(args.num_train_epochs), "world_size": world}
         self.writer = SessionWriter.create(self.root, "train", name=self.name, stage=stage, config=config)
         self.session = self.writer.path
+        self.sessions.append(self.session)
         self._lock = run_lock(self.session).acquire()
         info = _stage_info(stage)
-        self.writer.update(control=CONTROL, **({"stage_info": info} if info else {}))
+        self.writer.update(control=CONTROL_REQUESTS, **({"stage_info": info} if info else {}))
         self.writer.event(EVENT, kind="started", message=f"training started by {Path(sys.argv[0]).name or 'python'} "
                           f"(pid {os.getpid()}): its checkpoints go to {config['output_dir']}")
         self.writer.set_status("running")
         self._telemetry = TelemetryCallback(self.writer, samples_per_step=per_step)
         self._telemetry.on_train_begin(args, state, control)
         self._sampler = SystemSampler(self.writer, self.system_interval).start()
-        self._previous_hook = sys.excepthook
-        sys.excepthook = self._on_uncaught
+        if sys.excepthook != self._on_uncaught:
+            self._previous_hook = sys.excepthook
+            sys.excepthook = self._on_uncaught
         atexit.register(self._at_exit)
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._save = None  # a save decided at an earlier step that the trainer did not make
+
     def on_step_end(self, args, state, control, **kwargs):
-        if self.writer is None:
-            return
+        save, stop = self._after_step(args, state, control) or (False, False)
+        # every rank must take the same decision, or a stopped rank 0 leaves the others in a collective
+        save, stop = _agree(args, save, stop)
+        if save:
+            control.should_save = True
+        if stop:
+            control.should_training_stop = True
+        if control.should_save and not self._broken and self.writer is not None:
+            self._save = (time.monotonic(), "stop requested" if stop else
+                          "checkpoint requested" if save else SCHEDULE)
+
+    @_guarded
+    def _after_step(self, args, state, control) -> tuple[bool, bool]:
+        """Rank 0's telemetry for the step and the requests waiting: (save now, stop now)."""
+        if self.writer is None or self._ended:
+            return False, False
         self._telemetry.on_step_end(args, state, control)
-        reason = "the trainer's own save schedule"
+        save = stop = False
         waiting = session_requests.pending(self.session)
         if CHECKPOINT_REQUEST in waiting:
             session_requests.clear(self.session, CHECKPOINT_REQUEST)
-            control.should_save = True
-            reason = "checkpoint requested"
+            save = True
         if STOP_REQUEST in waiting and not self._stopping:
             session_requests.clear(self.session, STOP_REQUEST)
             self._stopping = "stop requested"
-            control.should_save = True
-            control.should_training_stop = True
-            reason = "stop requested"
-        if control.should_save:  # the trainer saves right after the step's callbacks
-            self._save = (time.monotonic(), reason)
+            save = stop = True
+        return save, stop
 
+    @_guarded
     def on_save(self, args, state, control, **kwargs):
-        if self.writer is not None:
-            started, reason = self._save or (None, "the trainer's own save schedule")
+        if self.writer is not None and not self._ended:
+            started, reason = self._save or (None, SCHEDULE)
             self._save = None
             path = Path(args.output_dir).resolve() / f"checkpoint-{state.global_step}"
             self.writer.event(EVENT, kind=CHECKPOINT, step=state.global_step, path=str(path), reason=reason,
                               seconds=round(time.monotonic() - started, 3) if started else None)
 
+    @_guarded
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.writer is not None:
+        if self.writer is not None and not self._ended:
             self._telemetry.on_log(args, state, control, logs=logs)
 
+    @_guarded
     def on_train_end(self, args, state, control, **kwargs):
         if self.writer is None or self._ended:
             return
@@ -149,34 +206,70 @@ class RoundsCallback(TrainerCallback):
 
     def _on_uncaught(self, kind, value, tb):
         try:
-            if self.writer is not None and not self._ended:
+            if self.writer is not None and not self._ended and not self._broken:
                 if issubclass(kind, KeyboardInterrupt):
                     reason = "interrupted (Ctrl-C) before training ended"
                     self.writer.event(EVENT, kind=STOPPED, reason=reason)
                     self._end("stopped", reason=reason)
                 else:
                     self._end("failed", error=f"{kind.__name__}: {value}".splitlines()[0][:500])
+        except Exception:  # noqa: BLE001 - the user's own traceback matters more
+            pass
         finally:
             (self._previous_hook or sys.__excepthook__)(kind, value, tb)
 
     def _at_exit(self) -> None:
-        if self.writer is not None and not self._ended:
-            self._end("failed", error="the script ended before training did (no on_train_end)")
+        try:
+            if self.writer is not None and not self._ended and not self._broken:
+                self._end("failed", error="the script ended before training did (no on_train_end)")
+        except Exception:  # noqa: BLE001 - nothing to tell at exit
+            pass
+
+    def _break(self, why: str) -> None:
+        """The callback itself failed: say so once, stop recording, let go of the session."""
+        self._broken = True
+        where = f" for session {self.session}" if self.session else ""
+        warnings.warn(f"rounds_callback: recording stopped{where}: {why}. Training goes on; the session "
+                      "stays as it was (Home will show it lost once this process ends).", RuntimeWarning,
+                      stacklevel=3)
+        for let_go in (lambda: self._sampler and self._sampler.stop(), lambda: self._lock and self._lock.release()):
+            try:
+                let_go()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
 
     def _end(self, status: str, **fields) -> None:
         self._ended = True
         if self._sampler:
             self._sampler.stop()
-        if status == "failed":
-            self.writer.fail(fields["error"])
-        else:
-            self.writer.set_status(status, **fields)
-        self.writer.close()
-        if self._lock:
-            self._lock.release()
-        if sys.excepthook == self._on_uncaught:
-            sys.excepthook = self._previous_hook or sys.__excepthook__
-        atexit.unregister(self._at_exit)
+        try:
+            if status == "failed":
+                self.writer.fail(fields["error"])
+            else:
+                self.writer.set_status(status, **fields)
+            self.writer.close()
+        finally:
+            if self._lock:
+                self._lock.release()
+            if sys.excepthook == self._on_uncaught:
+                sys.excepthook = self._previous_hook or sys.__excepthook__
+            atexit.unregister(self._at_exit)
+
+
+def _agree(args, save: bool, stop: bool) -> tuple[bool, bool]:
+    """Under a multi-process launch, rank 0's decision for this step, on every rank."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch without distributed
+        return save, stop
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return save, stop
+    import torch
+
+    device = args.device if dist.get_backend() == "nccl" else "cpu"
+    flags = torch.tensor([int(save), int(stop)], dtype=torch.int32, device=device)
+    dist.broadcast(flags, src=0)
+    return bool(flags[0].item()), bool(flags[1].item())
 
 
 def _stage_info(stage: str | None) -> dict:

@@ -67,7 +67,8 @@ class TelemetryCallback(TrainerCallback):
         if any(k.startswith("eval_") for k in logs):
             self.writer.event(EVAL, step=state.global_step, max_steps=state.max_steps, **logs)
             return
-        if "train_runtime" in logs:  # the trainer's end-of-run summary
+        if "train_runtime" in logs and "train_loss" in logs:  # the trainer's end-of-run summary
+            # (with include_num_input_tokens_seen every step's logs carry train_runtime too)
             self.final = logs
             return
         record = {"step": state.global_step, "max_steps": state.max_steps, **logs}

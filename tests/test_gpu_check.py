@@ -37,9 +37,21 @@ def test_the_cpu_path_measures_each_point_against_the_plan(tmp_path):
 def test_a_point_predicted_to_fit_that_runs_out_of_memory_fails_the_script():
     r = gpu_check("--stages", "sft", env={"ROUNDS_FAULT_OOM_AT_STEP": "1"})
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "predicted to fit, but ran out of memory" in r.stdout and "FAILED: 2 point(s)" in r.stdout
+    rows = [line for line in r.stdout.splitlines() if line.startswith("cpu sft ")]
+    assert "predicted to fit, but ran out of memory" in r.stdout and f"FAILED: {len(rows)} point(s)" in r.stdout
 
 
 def test_bad_arguments_are_refused_before_anything_is_built():
     r = gpu_check("--stages", "ppo")
     assert r.returncode == 2 and "unknown stage(s) ppo" in r.stderr
+
+
+def test_a_point_that_takes_too_long_fails_the_script_instead_of_hanging_it():
+    r = gpu_check("--stages", "sft", "--point-timeout", "0.01")  # not even Python's start-up fits in 10 ms
+    assert r.returncode == 1, r.stdout + r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("cpu sft ")]
+    assert all("TIMED OUT after 0.01 s (--point-timeout)" in row for row in rows) and rows, r.stdout
+    assert f"FAILED: {len(rows)} point(s)" in r.stdout
+    # micro-batches 1 and 4, and the recommended plan's own whatever it is: it is always run
+    assert {" mb1 ", " mb4 "} <= {w for row in rows for w in (" mb1 ", " mb4 ") if w in row + " "}, r.stdout
+    assert sum("(rec)" in row for row in rows) == 1, r.stdout

@@ -23,7 +23,7 @@ from console.widgets.eventlog import EventLog
 from console.widgets.memory import MemoryPanel
 from console.widgets.system import SystemPanel
 from engine.session import EVENTS, SESSION_JSON, EventTail, liveness, read_session_json
-from engine.session.layout import RUN_LOG
+from engine.session.layout import RUN_LOG, from_own_script
 from engine.session.requests import request_checkpoint, request_stop
 from engine.units import format_duration, parse_time
 
@@ -173,7 +173,7 @@ class MonitorScreen(Screen):
         if meta.get("status") != "running":
             self.notify("this run is not running", severity="warning")
             return
-        then = ("your script decides what happens after trainer.train() returns" if meta.get("control") == "requests"
+        then = ("your script decides what happens after trainer.train() returns" if from_own_script(meta)
                 else f"it can be resumed with `rounds resume {meta.get('id')}`")
         self.app.push_screen(Confirm(f"Stop {meta.get('name')} gracefully? It saves a checkpoint at the end of "
                                      f"the current step; {then}."), self._do_stop)
@@ -186,7 +186,7 @@ class MonitorScreen(Screen):
         pid = meta.get("pid")
         # a run from the user's own script (engine.callback) acts on the request file alone: a signal
         # would meet the script's own handlers, or none, and could kill it mid-step
-        if pid and meta.get("host") == socket.gethostname() and meta.get("control") != "requests":
+        if pid and meta.get("host") == socket.gethostname() and not from_own_script(meta):
             try:
                 os.kill(pid, signal.SIGTERM)
             except (ProcessLookupError, PermissionError) as e:
@@ -216,7 +216,7 @@ def header_text(st: MonitorState, name: str, now: float, width: int, loaded: boo
               "stopped": "yellow"}.get(status, "white")
     title = Text.assemble(("rounds ", "bold"), f"· {meta.get('name', name)} · ",
                           f"{meta.get('stage') or meta.get('kind', '')} · ",
-                          ("your own script · " if meta.get("control") == "requests" else
+                          ("your own script · " if from_own_script(meta) else
                            f"plan {plan.get('name', '-')}{'+pre' if plan.get('precompute_ref') else ''} · "
                            if meta.get("kind", "train") == "train" else ""),
                           (status, f"bold {colour}"), f" · {format_duration(elapsed)}",

@@ -37,6 +37,14 @@ CHECKPOINT_COMPLETE = "rounds-complete.json"  # inside a checkpoint: it was writ
 ADAPTER, MODEL, MERGED = "adapter", "model", "merged"  # training outputs
 REQUESTS = "requests"  # files a run acts on at its next step (engine.session.requests)
 STOP_REQUEST, CHECKPOINT_REQUEST, OOM_REQUEST = "stop", "checkpoint", "oom.json"
+# session.json "control" of a run the user's own script started (engine.callback): it acts on
+# request files only, so nothing may signal its process
+CONTROL_REQUESTS = "requests"
+
+
+def from_own_script(meta: dict) -> bool:
+    """Whether this session is a run from the user's own script (stop and checkpoint by request file only)."""
+    return meta.get("control") == CONTROL_REQUESTS
 
 # record types (the ``type`` field)
 METRICS, EVAL, PROGRESS, SYSTEM, STATUS, EVENT = "metrics", "eval", "progress", "system", "status", "event"
