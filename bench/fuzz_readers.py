@@ -4,7 +4,7 @@
     python bench/fuzz_readers.py --cases 500 --reader marks
 
 A *reader* is everything a user's command or screen does with one kind of file: ``data`` is
-``rounds validate`` and ``rounds assess FILE`` (import) on JSONL/JSON/CSV/TSV files of every data
+``rounds validate`` and ``rounds assess FILE`` (import) on JSONL/JSON/CSV/TSV/Parquet files of every data
 kind; ``sources`` is ``rounds pairs --from-columns`` / ``--from-labels`` on a CSV or JSONL source;
 ``config`` is ``rounds plan`` and the model-folder pre-check on a ``config.json`` (and a
 safetensors header); ``session`` is Home's listing and rows, the Monitor's title, and ``rounds
@@ -248,9 +248,12 @@ def _data_case():
     @st.composite
     def case(draw):
         kind = draw(st.sampled_from(sorted(DATA_TEMPLATES)))
-        fmt = draw(st.sampled_from(["jsonl", "json", "csv", "tsv"]))
+        fmt = draw(st.sampled_from(["jsonl", "json", "csv", "tsv", "parquet"]))
         templates = DATA_TEMPLATES[kind]
-        if fmt == "jsonl":
+        if fmt == "parquet":  # records of any shape pyarrow will write, then the bytes damaged or not
+            recs = [r for r in draw(st.lists(mutated(templates), max_size=4)) if isinstance(r, dict)]
+            data = draw(damaged(_parquet_bytes(recs)))
+        elif fmt == "jsonl":
             data = draw(jsonl(templates))
         elif fmt == "json":
             recs = draw(st.lists(mutated(templates), max_size=4))
@@ -269,6 +272,22 @@ def _data_case():
             data = draw(damaged(buf.getvalue().encode("utf-8", "surrogatepass")))
         return kind, fmt, data
     return case()
+
+
+def _parquet_bytes(recs: list[dict]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pa.Table.from_pylist(recs)
+    except Exception:  # noqa: BLE001 - values pyarrow cannot type together: each as its JSON text
+        table = pa.Table.from_pylist([{str(k): dumps(v) for k, v in r.items()} for r in recs])
+    buf = pa.BufferOutputStream()
+    try:
+        pq.write_table(table, buf)
+    except Exception:  # noqa: BLE001 - e.g. a struct with no fields: an empty file instead
+        pq.write_table(pa.table({"x": pa.array([], pa.string())}), buf)
+    return buf.getvalue().to_pybytes()
 
 
 def _run_data(case, work: Path) -> str:
@@ -458,7 +477,7 @@ def _run_events(case, work: Path) -> str:
 
 
 READERS: dict[str, Reader] = {r.name: r for r in (
-    Reader("data", "data files (JSONL/JSON/CSV/TSV) for validate and import", _data_case(), _run_data),
+    Reader("data", "data files (JSONL/JSON/CSV/TSV/Parquet) for validate and import", _data_case(), _run_data),
     Reader("sources", "pair sources (pairs --from-columns / --from-labels)", _source_case(), _run_source),
     Reader("config", "config.json and safetensors header (plan, model pre-check)", _config_case(), _run_config),
     Reader("session", "session.json (Home, Monitor, report)", _session_case(), _run_session),

@@ -1,11 +1,15 @@
 """Data files: reading, column mapping and validation that names every problem.
 
-Kinds of file (CSV, TSV, JSONL or a JSON array), one ``Kind`` each in ``KINDS``:
+Files: JSONL, a JSON array, CSV, TSV, Parquet, or a folder written by ``datasets``'
+``save_to_disk`` (a ``DatasetDict``'s ``train`` split unless the split's own folder is given).
+Kinds of data, one ``Kind`` each in ``KINDS``:
 
 - ``sft``:  ``question``, ``answer``; optional ``context``, ``id``
 - ``test``: ``question``, ``reference``; optional ``context``, ``id``, ``answer``
 - ``dpo``:  TRL's preference format, ``prompt``/``chosen``/``rejected`` as strings, or
-  conversational (lists of ``{"role", "content"}`` messages); optional ``id``
+  conversational (lists of ``{"role", "content"}`` messages); optional ``id``. TRL's
+  implicit-prompt layout (``chosen``/``rejected`` only, each the whole conversation) is read
+  too: the prompt is their common beginning, as TRL's ``extract_prompt`` takes it.
 
 A training stage with data of its own registers its kind with ``register_kind`` from its
 module (``engine/stages/kto.py`` does: unpaired ``prompt``/``completion``/``label``).
@@ -13,16 +17,20 @@ module (``engine/stages/kto.py`` does: unpaired ``prompt``/``completion``/``labe
 Real files name their columns differently, so each canonical field can be mapped to a
 column of the file (``columns={"question": "Question", "answer": "Response"}``).
 
-Files are read a line at a time with a cap on the line length, so a 2 GB line is
-reported, not loaded. Every problem carries the file, line and field, and a hint.
+Files are read a line (a Parquet/Arrow batch) at a time with a cap on the line length, so a
+2 GB line is reported, not loaded. Every problem carries the file, line (row) and field, and a
+hint. ``validate_file(..., keep_rows=False)`` keeps a sample of the valid rows instead of all
+of them, so a file of any size is validated in bounded memory.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
+import random
 import re
 import statistics
 from collections.abc import Callable, Iterator
@@ -47,6 +55,11 @@ class Kind:
     # row -> (prompt messages, [answer messages, ...]): one rendered sequence per answer
     messages: Callable[[dict], tuple[list[dict], list[list[dict]]]]
     text_fields: tuple[str, ...] = ()
+    # (record, column mapping) -> what it filled in, e.g. "implicit prompt", or None: fields a layout
+    # of the kind leaves implicit (TRL's implicit-prompt preference data), filled in before the checks
+    derive: Callable[[dict, dict], str | None] | None = None
+    implicit: tuple[str, ...] = ()  # the fields derive may fill in (a file may lack their column)
+    derive_hint: str | None = None  # added to "missing field" for those when derive could not fill them in
 
 
 KINDS: dict[str, Kind] = {}
@@ -78,11 +91,12 @@ class Problem:
     field: str | None = None
     hint: str | None = None
     severity: str = "error"  # or "warning"
+    unit: str = "line"  # "row" in Parquet and Arrow files
 
     def __str__(self) -> str:
         where = [self.file]
         if self.line is not None:
-            where.append(f"line {self.line}")
+            where.append(f"{self.unit} {self.line}")
         if self.field:
             where.append(f"field {self.field!r}")
         text = f"{', '.join(where)}: {self.severity}: {self.message}"
@@ -103,6 +117,14 @@ class DataReport:
     bytes_read: int = 0  # how far the reader is into the file (progress bars)
     conversational: bool | None = None  # kinds with message-list fields (dpo, kto)
     token_stats: dict | None = None
+    valid: int = 0  # valid rows (``rows`` holds them all, or a sample of them with keep_rows=False)
+    derived: dict = field(default_factory=dict)  # what a layout left implicit -> rows it was filled in for
+    unit: str = "line"
+    notes: list[str] = field(default_factory=list)  # said once, not problems (which split was read)
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.rows) < self.valid
 
     @property
     def errors(self) -> list[Problem]:
@@ -121,12 +143,12 @@ class DataReport:
         if len(self.problems) >= MAX_PROBLEMS_KEPT:
             self.problems_dropped += 1
             return
-        self.problems.append(Problem(message, self.file, line, field, hint, severity))
+        self.problems.append(Problem(message, self.file, line, field, hint, severity, self.unit))
 
     def to_json(self) -> dict:
         return {
             "file": self.file, "kind": self.kind, "format": self.format,
-            "records": self.records_seen, "valid_rows": len(self.rows),
+            "records": self.records_seen, "valid_rows": self.valid, "derived": self.derived, "notes": self.notes,
             "errors": len(self.errors) + self.problems_dropped, "warnings": len(self.warnings),
             "conversational": self.conversational, "token_stats": self.token_stats,
             "problems": [asdict(p) for p in self.problems],
@@ -169,6 +191,8 @@ def _lines(path: Path, report: DataReport) -> Iterator[tuple[int, str]]:
 
 
 def detect_format(path: Path) -> str:
+    if path.is_dir():  # a folder written by `datasets`' save_to_disk (a Dataset, or a DatasetDict)
+        return "arrow"
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
@@ -176,8 +200,13 @@ def detect_format(path: Path) -> str:
         return "csv"
     if suffix == ".tsv":
         return "tsv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
     with open(path, "rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        raw = f.read(4096)
+    if raw.startswith(b"PAR1"):
+        return "parquet"
+    head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"["):
         return "json"
     if head.startswith(b"{"):
@@ -202,7 +231,14 @@ def _lone_surrogate(value: Any) -> bool:
 
 
 def read_records(path: Path, fmt: str, report: DataReport) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed record) pairs; parse problems go to the report."""
+    """(line number, parsed record) pairs; parse problems go to the report. Parquet and Arrow
+    give their column names first as a ``__header__`` record, as CSV does, and number rows."""
+    if fmt == "parquet":
+        yield from _parquet_records(path, report)
+        return
+    if fmt == "arrow":
+        yield from _arrow_records(path, report)
+        return
     if fmt == "jsonl":
         for n, text in _lines(path, report):
             if not text.strip():
@@ -294,19 +330,135 @@ def _csv_records(path: Path, delimiter: str, report: DataReport) -> Iterator[tup
         yield start, dict(zip(header, row, strict=True))
 
 
+BATCH_ROWS = 512  # rows decoded at a time from Parquet and Arrow files
+
+
+def _pyarrow(report: DataReport, what: str):
+    try:
+        import pyarrow as pa
+    except ImportError:
+        report.add(f"reading {what} needs pyarrow", hint="pip install pyarrow (it comes with `datasets`)")
+        return None
+    return pa
+
+
+def _plain(value: Any) -> Any:
+    """A Parquet/Arrow value as JSON has it (dates, decimals and bytes as text), for the rows'
+    extra columns, which an evaluation writes into its results."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _batches(batches, names: list[str], report: DataReport, where: str) -> Iterator[tuple[int, Any]]:
+    yield None, {"__header__": names}
+    n = 0
+    try:
+        for batch in batches:
+            report.bytes_read += batch.nbytes
+            for start in range(0, batch.num_rows, BATCH_ROWS):  # a saved dataset's batches can be big
+                for rec in batch.slice(start, BATCH_ROWS).to_pylist():
+                    n += 1
+                    yield n, {k: _plain(v) for k, v in rec.items()}
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors for a damaged file are many
+        report.add(f"cannot read {where} after row {n}: {str(e).splitlines()[0][:300]}", line=n + 1,
+                   hint="the file is damaged or cut short: write it again")
+
+
+def _parquet_records(path: Path, report: DataReport) -> Iterator[tuple[int, Any]]:
+    report.unit = "row"
+    pa = _pyarrow(report, "Parquet")
+    if pa is None:
+        return
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        names = pf.schema_arrow.names
+    except Exception as e:  # noqa: BLE001
+        report.add(f"not a readable Parquet file: {str(e).splitlines()[0][:300]}",
+                   hint="check it was written completely (pandas `to_parquet`, `datasets` `to_parquet`)")
+        return
+    # one thread: a reader per column in flight would hold their row groups at once (bounded memory)
+    yield from _batches(pf.iter_batches(batch_size=BATCH_ROWS, use_threads=False), names, report, "the Parquet file")
+
+
+def _arrow_records(path: Path, report: DataReport) -> Iterator[tuple[int, Any]]:
+    """A folder `datasets`' ``save_to_disk`` wrote: ``state.json`` names its Arrow stream files;
+    a ``DatasetDict`` folder holds one such folder a split (``train`` is read unless one is given)."""
+    report.unit = "row"
+    folder = path
+    if not (folder / "state.json").is_file() and (path / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+            splits = [str(x) for x in splits]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            report.add(f"dataset_dict.json cannot be read: {e}", field="splits")
+            return
+        if "train" not in splits:
+            report.add(f"a DatasetDict folder without a 'train' split; its splits are: {', '.join(splits)}",
+                       hint=f"give the split's folder: {path / (splits[0] if splits else 'SPLIT')}")
+            return
+        folder = path / "train"
+        if len(splits) > 1:
+            report.notes.append(f"read split 'train' of {', '.join(splits)} (give {path}/SPLIT for another)")
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        files = [folder / str(f["filename"]) for f in state["_data_files"]]
+    except FileNotFoundError:
+        report.add("is a folder, but not one `datasets` saved (no state.json or dataset_dict.json in it)",
+                   hint="give a data file (JSONL, JSON, CSV, TSV, Parquet), or a folder from save_to_disk")
+        return
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        report.add(f"{folder / 'state.json'} cannot be read: {e}", field="_data_files",
+                   hint="save the dataset again with save_to_disk")
+        return
+    pa = _pyarrow(report, "a saved dataset")
+    if pa is None:
+        return
+    missing = [f.name for f in files if not f.is_file() or f.parent != folder]
+    if missing or not files:
+        report.add(f"the dataset's data file(s) are missing: {', '.join(missing) or '(none listed)'}",
+                   hint="copy the whole folder save_to_disk wrote")
+        return
+
+    def batches():
+        for f in files:
+            with pa.memory_map(str(f)) as source:
+                yield from pa.ipc.open_stream(source)
+
+    try:
+        with pa.memory_map(str(files[0])) as source:
+            names = pa.ipc.open_stream(source).schema.names
+    except Exception as e:  # noqa: BLE001
+        report.add(f"{files[0].name} is not an Arrow stream `datasets` wrote: {str(e).splitlines()[0][:300]}",
+                   hint="save the dataset again with save_to_disk")
+        return
+    yield from _batches(batches(), names, report, files[0].name if len(files) == 1 else "the dataset")
+
+
 # --------------------------------------------------------------------------- validation
 
 def _flag(canonical: str) -> str:
     return f"--{canonical}"
 
 
-def validate_file(path: str | os.PathLike, kind: str, columns: dict[str, str] | None = None) -> DataReport:
-    """Read ``path`` as data of ``kind`` and report every problem found."""
+def validate_file(path: str | os.PathLike, kind: str, columns: dict[str, str] | None = None,
+                  keep_rows: bool = True) -> DataReport:
+    """Read ``path`` as data of ``kind`` and report every problem found. ``keep_rows=False``:
+    ``rows`` is a seeded sample of at most ``SAMPLE_ROWS`` valid rows (``valid`` counts them all)."""
     if kind not in kinds():
         raise UserError(f"unknown data kind {kind!r}", field="--kind", hint=f"use one of: {', '.join(KINDS)}")
     path = Path(path)
     report = DataReport(file=str(path), kind=kind)
-    required, optional = KINDS[kind].required, KINDS[kind].optional
+    k = KINDS[kind]
+    required, optional = k.required, k.optional
     mapping = {c: c for c in required + optional}
     for canonical, source in (columns or {}).items():
         if canonical not in mapping:
@@ -316,29 +468,33 @@ def validate_file(path: str | os.PathLike, kind: str, columns: dict[str, str] | 
 
     if not path.exists():
         raise UserError(f"{path}: no such file", hint="check the path")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, not a data file")
-    if path.stat().st_size == 0:
+    if path.is_dir() and not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        raise UserError(f"{path}: is a folder, not a data file",
+                        hint="give a data file (JSONL, JSON, CSV, TSV, Parquet), or a folder `datasets`' "
+                             "save_to_disk wrote")
+    if path.is_file() and path.stat().st_size == 0:
         report.add("the file is empty", hint=f"it needs one record per line with the fields {', '.join(required)}")
         return report
 
     fmt = detect_format(path)
     report.format = fmt
     seen_ids: dict[str, int] = {}
-    seen_rows: dict[tuple, int] = {}
+    seen_rows: dict[int, int] = {}  # a 64-bit digest of a row's content -> its line: bounded memory
     header_missing: list[str] = []
     got_header = False
+    sample = random.Random(0)
 
     for line, rec in read_records(path, fmt, report):
         if isinstance(rec, dict) and "__header__" in rec:
             got_header = True
             header = rec["__header__"]
-            header_missing = [mapping[c] for c in required if mapping[c] not in header]
+            # a layout that leaves a field implicit has no column for it: said row by row if not filled in
+            header_missing = [mapping[c] for c in required if mapping[c] not in header and c not in k.implicit]
             for col in header_missing:
                 canonical = next(c for c in required if mapping[c] == col)
                 alike = [h for h in header if h.lower() == col.lower()]
                 report.add(f"missing column {col!r}; the columns are: {', '.join(header) or '(none)'}",
-                           line=1, field=col,
+                           line=line, field=col,
                            hint=f"map it: {_flag(canonical)} {alike[0]}" if alike
                            else f"rename the column, or map it: {_flag(canonical)} COLUMN")
             if header_missing:
@@ -354,21 +510,30 @@ def validate_file(path: str | os.PathLike, kind: str, columns: dict[str, str] | 
         if "id" in row and row["id"] not in (None, ""):
             rid = str(row["id"])
             if rid in seen_ids:
-                report.add(f"duplicate id {rid!r} (first on line {seen_ids[rid]})", line=line, field=mapping["id"],
-                           hint="ids must be unique: results and marks are joined on them")
+                report.add(f"duplicate id {rid!r} (first on {report.unit} {seen_ids[rid]})", line=line,
+                           field=mapping["id"], hint="ids must be unique: results and marks are joined on them")
                 continue
             seen_ids[rid] = line
-        key = tuple(json.dumps(row.get(c), sort_keys=True) for c in required)
+        key = int.from_bytes(hashlib.blake2b(
+            "\0".join(json.dumps(row.get(c), sort_keys=True) for c in required).encode("utf-8", "surrogatepass"),
+            digest_size=8).digest(), "big")
         if key in seen_rows:
-            report.add(f"same content as line {seen_rows[key]}", line=line, severity="warning",
+            report.add(f"same content as {report.unit} {seen_rows[key]}", line=line, severity="warning",
                        hint="a duplicated example counts twice in training and in rates")
         else:
             seen_rows[key] = line
         row["line"] = line
-        report.rows.append(row)
+        report.valid += 1
+        if keep_rows or len(report.rows) < SAMPLE_ROWS:
+            report.rows.append(row)
+        else:  # reservoir sampling: every valid row equally likely to be in the sample
+            j = sample.randrange(report.valid)
+            if j < SAMPLE_ROWS:
+                report.rows[j] = row
 
-    if fmt in ("csv", "tsv") and got_header and report.records_seen == 0 and not report.errors:
-        report.add("the CSV has a header but no data rows", line=1, hint="add rows below the header")
+    if fmt in ("csv", "tsv", "parquet", "arrow") and got_header and report.records_seen == 0 and not report.errors:
+        what = "the CSV has a header but no data rows" if fmt in ("csv", "tsv") else "the data has columns but no rows"
+        report.add(what, line=1 if fmt in ("csv", "tsv") else None, hint="add rows")
     elif report.records_seen == 0 and not report.errors and not got_header:
         report.add("no records in the file", hint=f"it needs records with the fields {', '.join(required)}")
     return report
@@ -378,12 +543,21 @@ def _check_record(rec: dict, line: int, kind: str, mapping: dict[str, str], repo
     k = KINDS[kind]
     row: dict[str, Any] = {}
     ok = True
+    if k.derive is not None:
+        filled = k.derive(rec, mapping)
+        if filled:
+            report.derived[filled] = report.derived.get(filled, 0) + 1
     for canonical in k.required:
         col = mapping[canonical]
+        if col in rec and rec[col] is None and report.unit == "row":  # a Parquet/Arrow column's null
+            report.add("is null (empty)", line=line, field=col, hint="fill it in, or drop the row")
+            ok = False
+            continue
         if col not in rec:
-            present = ", ".join(k for k in rec) or "(none)"
+            present = ", ".join(k for k, v in rec.items() if v is not None) or "(none)"
             report.add(f"missing field {col!r}; the fields are: {present}", line=line, field=col,
-                       hint=f"add it, or map another field: {_flag(canonical)} NAME")
+                       hint=f"add it, or map another field: {_flag(canonical)} NAME"
+                       + (f"; {k.derive_hint}" if k.derive_hint and canonical in k.implicit else ""))
             ok = False
             continue
         row[canonical] = rec[col]
@@ -481,6 +655,48 @@ def _check_dpo(row: dict, line: int, mapping: dict[str, str], report: DataReport
     return True
 
 
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+
+
+def _common_prefix(a: Any, b: Any) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def implicit_prompt(rec: dict, mapping: dict[str, str]) -> str | None:
+    """TRL's implicit-prompt preference layout: no prompt, ``chosen`` and ``rejected`` each the
+    whole exchange. The prompt is their common beginning (TRL's ``extract_prompt``): the shared
+    messages of two conversations, or the shared text of two strings up to its last space. A
+    text prompt beside conversational answers that repeat it is dropped, as TRL does."""
+    p, c, r = mapping["prompt"], mapping["chosen"], mapping["rejected"]
+    if c not in rec or r not in rec:
+        return None
+    chosen, rejected = rec[c], rec[r]
+    if p in rec and rec[p] is not None and not (isinstance(rec[p], str) and _is_messages(chosen)):
+        return None  # an explicit prompt
+    if _is_messages(chosen) and _is_messages(rejected):
+        n = _common_prefix(chosen, rejected)
+        if n == 0:
+            return None  # said as a missing prompt, with the hint
+        rec[p], rec[c], rec[r] = chosen[:n], chosen[n:], rejected[n:]
+        return "prompt: the messages chosen and rejected begin with"
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        n = _common_prefix(chosen, rejected)
+        cut = chosen.rfind(" ", 0, n + 1) if n < min(len(chosen), len(rejected)) else n
+        if cut <= 0 or not chosen[:cut].strip():
+            return None
+        rec[p], rec[c], rec[r] = chosen[:cut], chosen[cut:], rejected[cut:]
+        return "prompt: the text chosen and rejected begin with"
+    return None
+
+
+IMPLICIT_PROMPT_HINT = ("or write chosen and rejected as whole conversations that share the user's turn "
+                        "(TRL's implicit-prompt layout)")
+
+
 def as_messages(value: Any, role: str) -> list[dict]:
     """A plain-text field as one message; message lists as they are."""
     return value if isinstance(value, list) else [{"role": role, "content": value}]
@@ -498,7 +714,8 @@ register_kind(Kind("test", "test set", ("question", "reference"), ("context", "i
                    _question_messages, text_fields=("question", "reference", "context", "answer")))
 register_kind(Kind("dpo", "DPO pairs", ("prompt", "chosen", "rejected"), ("id",), _check_dpo,
                    lambda r: (as_messages(r["prompt"], "user"),
-                              [as_messages(r["chosen"], "assistant"), as_messages(r["rejected"], "assistant")])))
+                              [as_messages(r["chosen"], "assistant"), as_messages(r["rejected"], "assistant")]),
+                   derive=implicit_prompt, implicit=("prompt",), derive_hint=IMPLICIT_PROMPT_HINT))
 
 
 # --------------------------------------------------------------------------- loading for use
@@ -627,12 +844,17 @@ def format_report(report: DataReport, max_problems: int = 50) -> str:
     """The text ``rounds validate`` prints."""
     out = io.StringIO()
     kind_text = KINDS[report.kind].label if report.kind in KINDS else report.kind
-    fmt = report.format.upper()
+    fmt = {"parquet": "Parquet", "arrow": "save_to_disk folder"}.get(report.format, report.format.upper())
     extra = ""
     if report.conversational is not None:
         extra = ", conversational" if report.conversational else ", plain strings"
-    out.write(f"{report.file}: {kind_text} ({fmt}{extra}): {report.records_seen} records, "
-              f"{len(report.rows)} valid\n")
+    records = "rows" if report.unit == "row" else "records"
+    out.write(f"{report.file}: {kind_text} ({fmt}{extra}): {report.records_seen} {records}, "
+              f"{report.valid} valid\n")
+    for note in report.notes:
+        out.write(f"note: {note}\n")
+    for what, n in report.derived.items():
+        out.write(f"implicit {what} ({n} {records})\n")
     shown = report.problems if max_problems <= 0 else report.problems[:max_problems]
     for p in shown:
         out.write(f"{p}\n")
@@ -640,6 +862,8 @@ def format_report(report: DataReport, max_problems: int = 50) -> str:
     if hidden > 0:
         out.write(f"... {hidden} more problem(s) not shown (use --max-problems 0 or --json for all)\n")
     if report.token_stats:
+        if report.sampled:
+            out.write(f"tokens of a random sample of {len(report.rows)} of the {report.valid} valid rows:\n")
         for part in ("prompt", "answer", "total"):
             s = report.token_stats.get(part)
             if s:

@@ -65,7 +65,7 @@ def _reference_column(path: str) -> dict[str, str]:
     from engine.data import DataReport, detect_format, read_records
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         return {}
     report = DataReport(file=str(p), kind="test")
     for _, rec in read_records(p, detect_format(p), report):

@@ -807,7 +807,7 @@ def _rows(path: Path, report: DataReport, required: tuple[str, ...], counter: li
             if missing:
                 alike = [h for h in header if h.lower() == missing[0].lower()]
                 raise UserError(f"missing column {missing[0]!r}; the columns are: {', '.join(header)}",
-                                file=str(path), line=1, field=missing[0],
+                                file=str(path), line=line, field=missing[0],
                                 hint=f"use {alike[0]!r}" if alike else "check the column flags")
             continue
         counter[0] += 1

@@ -83,7 +83,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from engine.data import format_report, load_tokenizer_folder, token_stats, validate_file
 
     columns = {f: getattr(args, f) for f in _data_fields() if getattr(args, f)}
-    report = validate_file(args.file, args.kind, columns)
+    report = validate_file(args.file, args.kind, columns, keep_rows=False)  # a sample: bounded memory
     if args.model and report.rows:
         token_stats(report, load_tokenizer_folder(args.model), args.max_length)
     if args.json:

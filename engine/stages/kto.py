@@ -42,8 +42,29 @@ def _check(row: dict, line: int, mapping: dict[str, str], report: DataReport) ->
     return True
 
 
+def _implicit_prompt(rec: dict, mapping: dict[str, str]) -> str | None:
+    """TRL's implicit-prompt unpaired layout: no prompt, the ``completion`` the whole conversation;
+    the prompt is every message before its last run of assistant turns."""
+    p, c = mapping["prompt"], mapping["completion"]
+    if (p in rec and rec[p] is not None) or not isinstance(rec.get(c), list) or not rec[c]:
+        return None
+    messages = rec[c]
+    if not all(isinstance(m, dict) for m in messages):
+        return None
+    cut = len(messages)
+    while cut > 0 and messages[cut - 1].get("role") == "assistant":
+        cut -= 1
+    if cut == 0 or cut == len(messages):
+        return None  # said as a missing prompt, with the hint
+    rec[p], rec[c] = messages[:cut], messages[cut:]
+    return "prompt: the messages before the completion's last assistant turn"
+
+
 register_kind(Kind("kto", "KTO examples", ("prompt", "completion", "label"), ("id",), _check,
-                   lambda r: (as_messages(r["prompt"], "user"), [as_messages(r["completion"], "assistant")])))
+                   lambda r: (as_messages(r["prompt"], "user"), [as_messages(r["completion"], "assistant")]),
+                   derive=_implicit_prompt, implicit=("prompt",),
+                   derive_hint="or write the completion as the whole conversation, the user's turn first "
+                               "(TRL's implicit-prompt layout)"))
 
 
 @register
