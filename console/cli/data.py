@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 
@@ -51,6 +52,18 @@ def add_verbs(sub) -> None:
     p.add_argument("--name", metavar="NAME")
     p.set_defaults(func=cmd_import)
 
+    p = _verb(sub, "import-run", "make a finished training session from a Trainer's trainer_state.json",
+              "rounds import-run outputs/stage-b --name stage-b",
+              "Reads DIR/trainer_state.json (or that of its last checkpoint-N, or of a checkpoint folder given)\n"
+              "that every Hugging Face Trainer and TRL trainer writes: its log_history becomes the session's\n"
+              "metrics and evaluations, so Home lists the run and the Monitor draws its curves. Only JSON is\n"
+              "read (never training_args.bin). A run cut short is imported as stopped at its last step.")
+    p.add_argument("dir", metavar="DIR", help="the trainer's output_dir, a checkpoint-N in it, or trainer_state.json")
+    p.add_argument("--name", metavar="NAME", help="the session's name (default: the folder's)")
+    p.add_argument("--stage", metavar="STAGE", help="its stage (default: from the keys it logged: dpo, kto, sft)")
+    p.add_argument("--again", action="store_true", help="import it even if a session already holds this state")
+    p.set_defaults(func=cmd_import_run)
+
 
 def _data_kinds() -> dict:
     from engine.data import kinds
@@ -91,6 +104,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(format_report(report, args.max_problems))
     return 0 if report.ok else 1
+
+
+def cmd_import_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.errors import UserError
+    from engine.run.importrun import find_state, import_run
+    from engine.session import check_name, sessions_root
+
+    name = args.name
+    if name is None:  # the run's folder name, when it makes a valid session name
+        folder = find_state(args.dir).parent
+        folder = folder.parent if folder.name.startswith("checkpoint-") else folder
+        candidate = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(folder).resolve().name).strip("-.")[:64]
+        try:
+            name = check_name(candidate)
+        except UserError:  # a name we cannot use: the session's id names it
+            name = None
+    writer = import_run(args.dir, sessions_root(args.sessions), name=name, stage=args.stage,
+                        shared=args.shared_sessions, command=["rounds", *sys.argv[1:]], again=args.again)
+    meta = writer.meta
+    counts = meta.get("imported") or {}
+    print(f"rounds: imported {meta['config']['imported_from']} into session {writer.id}: "
+          f"{counts.get('metrics', 0)} logged steps, {counts.get('eval', 0)} evaluations, "
+          f"{meta.get('stage') or 'stage unknown'}, {meta['status']} at step {meta['config']['global_step']}"
+          + (f" of {meta['config']['max_steps']}" if meta['config'].get('max_steps') else "")
+          + f"\n  see its curves: rounds watch {writer.id}")
+    return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -216,7 +216,8 @@ def header_text(st: MonitorState, name: str, now: float, width: int, loaded: boo
               "stopped": "yellow"}.get(status, "white")
     title = Text.assemble(("rounds ", "bold"), f"· {meta.get('name', name)} · ",
                           f"{meta.get('stage') or meta.get('kind', '')} · ",
-                          ("your own script · " if from_own_script(meta) else
+                          ("your own script · " if from_own_script(meta) else "imported · "
+                           if meta.get("imported_from") else
                            f"plan {plan.get('name', '-')}{'+pre' if plan.get('precompute_ref') else ''} · "
                            if meta.get("kind", "train") == "train" else ""),
                           (status, f"bold {colour}"), f" · {format_duration(elapsed)}",

@@ -7,6 +7,7 @@ from textual.widgets import Static
 
 from console.charts import bar, finite, sparkline
 from console.state import MonitorState
+from console.widgets.system import no_samples
 from engine.units import human_bytes
 
 
@@ -34,7 +35,7 @@ def memory_text(st: MonitorState | None, predicted: int | None, width: int) -> T
     w = max(10, width - 2)
     predicted = predicted if finite(predicted) and predicted > 0 else None
     if st is None or st.system is None:
-        return Text("waiting for the first system sample…", style="dim")
+        return no_samples(st)
     out = Text()
     gpus = st.system.get("gpus") or []
     gauge = max(6, w - 34)

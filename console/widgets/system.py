@@ -28,10 +28,20 @@ class SystemPanel(Static):
         return system_text(self.state, self.size.width)
 
 
+def no_samples(st: MonitorState | None) -> Text:
+    """What the memory and system panels say before (or without) any system record."""
+    meta = st.meta if st is not None else {}
+    if meta.get("imported_from"):
+        return Text("no system records: this run was imported from its trainer_state.json", style="dim")
+    if meta.get("status") in ("finished", "stopped", "failed"):
+        return Text("no system records in this session", style="dim")
+    return Text("waiting for the first system sample…", style="dim")
+
+
 def system_text(st: MonitorState | None, width: int) -> Text:
     """The panel's text for a panel ``width`` cells wide (no Textual needed)."""
     if st is None or st.system is None:
-        return Text("waiting for the first system sample…", style="dim")
+        return no_samples(st)
     w = max(8, width - 24)
     out = Text()
     gpus = st.system.get("gpus") or []
