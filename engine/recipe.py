@@ -60,6 +60,7 @@ class TrainSpec:
     num_processes: int = 1
     accelerate_config: str | None = None
     assume_generic: bool = False  # --plan auto for an architecture the planner only estimates
+    report_to: list[str] = field(default_factory=list)  # trackers beside the session folder (the trainer's own)
 
     @property
     def stage_impl(self) -> stages.Stage:
@@ -339,7 +340,7 @@ def trainer_config(spec: TrainSpec, rt: Runtime, output_dir: Path, has_eval: boo
         save_total_limit=spec.keep_checkpoints,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=(spec.eval_steps or spec.save_steps) if has_eval else None,
-        report_to="none",
+        report_to=list(spec.report_to) or "none",  # trackers alongside; the session folder is the record
         disable_tqdm=True,
         seed=spec.seed,
         data_seed=spec.seed,

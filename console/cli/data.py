@@ -64,6 +64,16 @@ def add_verbs(sub) -> None:
     p.add_argument("--again", action="store_true", help="import it even if a session already holds this state")
     p.set_defaults(func=cmd_import_run)
 
+    p = _verb(sub, "export", "write a session's records for another tool (TensorBoard)",
+              "rounds export SESSION --tensorboard runs/   (then: tensorboard --logdir runs/)",
+              "Writes every number the session recorded as TensorBoard scalars: train/KEY for each logged\n"
+              "metric, eval/KEY for evaluations, system/... for CPU, RAM and GPU, at their steps and times,\n"
+              "into DIR/SESSION_ID (so several sessions exported to one DIR show side by side). Needs the\n"
+              "tensorboard extra: pip install 'rounds[tensorboard]'. Offline; the session is not changed.")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("--tensorboard", metavar="DIR", required=True, help="TensorBoard log folder to write into")
+    p.set_defaults(func=cmd_export)
+
 
 def _data_kinds() -> dict:
     from engine.data import kinds
@@ -131,6 +141,18 @@ def cmd_import_run(args: argparse.Namespace) -> int:
           f"{meta.get('stage') or 'stage unknown'}, {meta['status']} at step {meta['config']['global_step']}"
           + (f" of {meta['config']['max_steps']}" if meta['config'].get('max_steps') else "")
           + f"\n  see its curves: rounds watch {writer.id}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from console.cli.common import _session_path
+    from engine.session.export import to_tensorboard
+
+    session = _session_path(args, args.session)
+    done = to_tensorboard(session, args.tensorboard)
+    running = " (the run is still going: this is up to now)" if done["status"] == "running" else ""
+    print(f"rounds: wrote {done['points']} points of {len(done['tags'])} scalars (to step {done['last_step']}) "
+          f"into {done['dir']}{running}\n  see them: tensorboard --logdir {args.tensorboard}")
     return 0
 
 

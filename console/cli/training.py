@@ -97,6 +97,10 @@ def add_verbs(sub) -> None:
     p.add_argument("--eval-steps", type=POSITIVE, metavar="N", help="with --val: evaluate every N steps")
     p.add_argument("--merge", action="store_true", help="also write a merged model folder (next stage's --model)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--report-to", metavar="TRACKER", action="append", default=[],
+                   help="also log to this tracker, as the trainer does (tensorboard, wandb, mlflow, ...; "
+                        "repeat for more). The session folder stays the record; TensorBoard's files go into "
+                        "SESSION/tensorboard")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code")
     p.add_argument("--system-interval", type=POSITIVE_NUMBER, default=2.0, metavar="S",
                    help="system sample every S seconds")
@@ -249,6 +253,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         launcher=args.launcher, num_processes=_num_processes(args),
         accelerate_config=str(Path(args.accelerate_config).resolve()) if args.accelerate_config else None,
         assume_generic=args.assume_generic,
+        report_to=[t for arg in args.report_to for t in arg.split(",") if t],
     )
     from engine.plan import parse_size
 

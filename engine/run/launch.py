@@ -140,6 +140,27 @@ def _sharding(config: str | None) -> str:
     return "none"
 
 
+# a tracker -> the module it needs and the extra that installs it
+TRACKERS = {"tensorboard": ("tensorboard", "rounds[tensorboard]"), "wandb": ("wandb", "rounds[wandb]"),
+            "mlflow": ("mlflow", "mlflow"), "trackio": ("trackio", "trackio"), "comet_ml": ("comet_ml", "comet_ml"),
+            "clearml": ("clearml", "clearml"), "dvclive": ("dvclive", "dvclive"), "swanlab": ("swanlab", "swanlab"),
+            "neptune": ("neptune", "neptune"), "codecarbon": ("codecarbon", "codecarbon")}
+
+
+def check_report_to(names: list[str]) -> None:
+    """Each ``--report-to`` tracker is one transformers knows, and installed: said before any session."""
+    import importlib.util
+
+    for name in names:
+        if name not in TRACKERS:
+            raise UserError(f"--report-to {name}: not a tracker rounds can pass to the trainer", field="--report-to",
+                            hint=f"use one or more of: {', '.join(TRACKERS)}")
+        module, extra = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise UserError(f"--report-to {name} needs the {module} package, which is not installed",
+                            field="--report-to", hint=f"pip install '{extra}'")
+
+
 def prepare(spec: TrainSpec) -> dict:
     """Everything that can be checked without loading weights; raises ``UserError``."""
     if spec.plan not in methods.PLAN_CHOICES:
@@ -153,6 +174,7 @@ def prepare(spec: TrainSpec) -> dict:
     if unknown:
         raise UserError(f"`rounds train {spec.stage}` has no option {unknown[0]!r}", field="--" + unknown[0],
                         hint="its options: " + (", ".join(o.flag for o in stage.options) or "none"))
+    check_report_to(spec.report_to)
     config = check_model_folder(spec.model, spec.trust_remote_code)
     if spec.adapter:
         check_adapter_folder(spec.adapter)

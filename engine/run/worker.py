@@ -49,6 +49,7 @@ from engine.session.layout import (
     STOP_REQUEST,
     STOPPED,
     SYSTEM,
+    TENSORBOARD,
     WARNING,
 )
 from engine.units import format_duration
@@ -298,6 +299,8 @@ def run_session(session: Path) -> int:
     say = print if lead else (lambda *a, **k: None)
     sampler = None
     ckpt_dir = session / CHECKPOINTS
+    if "tensorboard" in spec.report_to:  # TensorBoard's files beside the session's own, unless the user chose
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(session / TENSORBOARD))
     try:
         _quiet_libraries()
         from engine.probe import SystemSampler

@@ -35,6 +35,7 @@ PAIRS_REPORT_MD = "pairs_report.md"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_COMPLETE = "rounds-complete.json"  # inside a checkpoint: it was written completely
 ADAPTER, MODEL, MERGED = "adapter", "model", "merged"  # training outputs
+TENSORBOARD = "tensorboard"  # `rounds train --report-to tensorboard`: the trainer's own event files
 REQUESTS = "requests"  # files a run acts on at its next step (engine.session.requests)
 STOP_REQUEST, CHECKPOINT_REQUEST, OOM_REQUEST = "stop", "checkpoint", "oom.json"
 # session.json "control" of a run the user's own script started (engine.callback): it acts on
