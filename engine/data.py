@@ -190,6 +190,18 @@ def _lines(path: Path, report: DataReport) -> Iterator[tuple[int, str]]:
             yield n, text
 
 
+def is_saved_dataset(path: Path) -> bool:
+    """A folder `datasets`' ``save_to_disk`` wrote (a ``Dataset`` or a ``DatasetDict``)."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def data_size(path: Path) -> int:
+    """Bytes of a data file, or of every file in a saved dataset's folder (for progress)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
 def detect_format(path: Path) -> str:
     if path.is_dir():  # a folder written by `datasets`' save_to_disk (a Dataset, or a DatasetDict)
         return "arrow"
@@ -468,7 +480,7 @@ def validate_file(path: str | os.PathLike, kind: str, columns: dict[str, str] | 
 
     if not path.exists():
         raise UserError(f"{path}: no such file", hint="check the path")
-    if path.is_dir() and not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+    if path.is_dir() and not is_saved_dataset(path):
         raise UserError(f"{path}: is a folder, not a data file",
                         hint="give a data file (JSONL, JSON, CSV, TSV, Parquet), or a folder `datasets`' "
                              "save_to_disk wrote")

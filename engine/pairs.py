@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.data import DataReport, detect_format, prompt_text, read_records
+from engine.data import DataReport, data_size, detect_format, is_saved_dataset, prompt_text, read_records
 from engine.errors import UserError
 from engine.session import SessionWriter, file_mode, read_session_json, write_json_atomic
 from engine.session.layout import (
@@ -837,9 +837,11 @@ def _build(mode: Mode, opts: PairOptions, root: Path | None, *, name: str | None
     src = Path(mode.source)
     if not src.exists():
         raise UserError(f"{src}: no such file", field=f"--from-{mode.name}", hint="check the path")
-    if src.is_dir():
-        raise UserError(f"{src}: is a folder, not a data file", field=f"--from-{mode.name}")
-    if src.stat().st_size == 0:
+    if src.is_dir() and not is_saved_dataset(src):
+        raise UserError(f"{src}: is a folder, not a data file", field=f"--from-{mode.name}",
+                        hint="give a data file (JSONL, JSON, CSV, TSV, Parquet), or a folder `datasets`' "
+                             "save_to_disk wrote")
+    if data_size(src) == 0:
         raise UserError(f"{src}: the file is empty", field=f"--from-{mode.name}",
                         hint="it needs one record per line (or a CSV header and rows)")
     out = _check_out(opts.out)
@@ -854,7 +856,7 @@ def _build(mode: Mode, opts: PairOptions, root: Path | None, *, name: str | None
                                                   **mode.settings, **{k: v for k, v in asdict(opts).items()}})
             writer.set_status("running")
         report = DataReport(file=str(src), kind=f"pairs from {mode.name}")
-        size = src.stat().st_size
+        size = data_size(src)
         n_buckets = max(1, math.ceil(size / BUCKET_BYTES))
         buckets = Buckets(n_buckets, out)
         counter = [0]

@@ -179,3 +179,31 @@ def test_each_layout_trains_on_the_tiny_model(tmp_path, tiny_model, stage, layou
     s = only_session(root)
     assert [m["step"] for m in metrics(s)] == [1, 2]
     assert json.loads((s / "session.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("layout", ["parquet", "save_to_disk"])
+def test_pairs_from_columns_reads_parquet_and_saved_datasets(tmp_path, layout):
+    rows = [{"question": f"What is the dose of drug {i}?", "good": f"{i} mg.", "bad": f"{i * 10 + 1} mg."}
+            for i in range(30)]
+    if layout == "parquet":
+        src = parquet(tmp_path / "cols.parquet", rows)
+    else:
+        from datasets import Dataset
+
+        Dataset.from_list(rows).save_to_disk(str(tmp_path / "cols"))
+        src = tmp_path / "cols"
+    r = run_rounds("--sessions", str(tmp_path / "s"), "pairs", "--from-columns", str(src), "--prompt", "question",
+                   "--chosen", "good", "--rejected", "bad", "--out", str(tmp_path / "out"), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    written = [json.loads(x) for name in ("train_dpo.jsonl", "val_dpo.jsonl")
+               for x in (tmp_path / "out" / name).read_text().splitlines()]
+    assert len(written) == 30 and {w["chosen"] for w in written} == {f"{i} mg." for i in range(30)}
+
+
+def test_eval_reads_a_parquet_test_set(tmp_path, tiny_model):
+    src = parquet(tmp_path / "test.parquet", [{"question": f"Q{i}?", "reference": "A."} for i in range(3)])
+    r = run_rounds("--sessions", str(tmp_path / "s"), "eval", "--model", str(tiny_model), "--data", str(src),
+                   "--max-new-tokens", "4", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (s,) = [p for p in (tmp_path / "s").iterdir()]
+    assert len((s / "results.jsonl").read_text().splitlines()) == 3
