@@ -167,7 +167,7 @@ def test_ids_are_unique_when_many_start_in_the_same_second(tmp_path):
         t.join()
     assert len(set(ids)) == 20
     assert all("-eval-same" in i for i in ids)
-    assert len(list(tmp_path.iterdir())) == 20
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 20
 
 
 def test_session_files_are_private_by_default_and_shared_on_request(tmp_path):
@@ -290,3 +290,52 @@ def test_second_lock_holder_gets_a_clear_error(tmp_path):
     with WriterLock(target, "alice"):  # the kernel released the dead holder's lock
         with pytest.raises(SessionLockedError):
             WriterLock(target, "alice").acquire()  # and it excludes within one process too
+
+
+# ---------------------------------------------------------------------------- where the sessions root is
+
+def test_the_sessions_root_is_found_from_any_folder_below_it_and_is_absolute(tmp_path, monkeypatch):
+    from engine.session import ROOT_MARK, find_sessions_root
+
+    monkeypatch.delenv("ROUNDS_SESSIONS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    project = tmp_path / "project"
+    deep = project / "scripts" / "stage_b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    root, why = find_sessions_root()
+    assert root == tmp_path / "xdg" / "rounds" / "sessions" and "per-user default" in why  # nothing here or above
+    SessionWriter.create(project / "sessions", "train", name="first")  # made where the user asked
+    assert (project / "sessions" / ROOT_MARK).is_file()
+    root, why = find_sessions_root()
+    assert root == project / "sessions" and root.is_absolute() and "nearest" in why
+    monkeypatch.chdir(project)
+    assert find_sessions_root() == (project / "sessions", "./sessions")
+    monkeypatch.setenv("ROUNDS_SESSIONS", "elsewhere")  # the variable, then the flag, win
+    assert find_sessions_root() == (project / "elsewhere", "$ROUNDS_SESSIONS")
+    assert find_sessions_root("flag")[0] == project / "flag"
+
+
+def test_a_sessions_folder_from_before_the_mark_is_found_by_its_sessions(tmp_path, monkeypatch):
+    from engine.session import ROOT_MARK, find_sessions_root
+
+    monkeypatch.delenv("ROUNDS_SESSIONS", raising=False)
+    w = SessionWriter.create(tmp_path / "sessions", "train", name="old")
+    (tmp_path / "sessions" / ROOT_MARK).unlink()
+    (tmp_path / "sessions" / "unrelated").mkdir()  # and a plain folder called sessions is not taken
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert find_sessions_root()[0] == w.path.parent
+    (tmp_path / "other" / "sessions").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "other")
+    assert find_sessions_root()[0] == w.path.parent  # other/sessions holds no session: not a root
+
+
+def test_rounds_from_another_folder_names_the_root_absolutely_and_how_it_was_chosen(tmp_path):
+    from conftest import run_rounds
+
+    env = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "ROUNDS_SESSIONS": ""}
+    r = run_rounds("watch", cwd=tmp_path, env=env)
+    assert r.returncode != 0
+    assert f"no sessions in {tmp_path / 'xdg' / 'rounds' / 'sessions'} (the per-user default" in r.stderr, r.stderr
+    assert "--sessions DIR or $ROUNDS_SESSIONS" in r.stderr

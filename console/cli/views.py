@@ -93,15 +93,17 @@ def cmd_home(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from console.app import run_console
-    from engine.session import list_sessions, sessions_root
+    from engine.session import find_sessions_root, list_sessions
 
-    root = sessions_root(args.sessions)
+    root, why = find_sessions_root(args.sessions)
     if args.session:
         session = _session_path(args, args.session)
     else:
         infos = [i for i in list_sessions(root) if i.status != "unreadable"]
         running = [i for i in infos if i.effective_status == "running"]
         if not infos:
-            raise UserError(f"no sessions in {root}", hint="start one with `rounds train` or `rounds eval`")
+            raise UserError(f"no sessions in {root} ({why})",
+                            hint="start one with `rounds train` or `rounds eval`, or point at yours: "
+                                 "--sessions DIR or $ROUNDS_SESSIONS")
         session = (running or infos)[0].path
     return run_console(root, session)

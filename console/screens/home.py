@@ -121,7 +121,8 @@ class HomeScreen(Screen):
             table.move_cursor(row=min(max(0, keep), len(infos) - 1))
         else:
             self.query_one("#hint", Static).update(
-                f"no sessions in {self.root} yet: start one with `rounds train` or `rounds eval`")
+                f"no sessions in {self.root} yet: start one with `rounds train` or `rounds eval` "
+                "(elsewhere: --sessions DIR or $ROUNDS_SESSIONS)")
 
     def _drawn(self) -> None:
         self.shown = True

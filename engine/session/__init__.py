@@ -42,14 +42,66 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # --------------------------------------------------------------------------- paths
 
-def sessions_root(cli_value: str | os.PathLike | None = None) -> Path:
-    """``--sessions DIR`` wins, then ``$ROUNDS_SESSIONS``, then ``./sessions``."""
-    value = cli_value or os.environ.get("ROUNDS_SESSIONS") or "sessions"
-    root = Path(value).expanduser()
+ROOT_MARK = ".rounds-sessions"  # in a sessions root rounds made, so a walk up from any folder finds it
+
+
+def _is_sessions_root(folder: Path) -> bool:
+    """A ``sessions`` folder rounds made or uses: its mark, or a session in it (roots made before the mark)."""
+    if not folder.is_dir():
+        return False
+    if (folder / ROOT_MARK).exists():
+        return True
+    try:
+        for n, child in enumerate(folder.iterdir()):
+            if (child / SESSION_JSON).is_file():
+                return True
+            if n > 200:
+                break
+    except OSError:
+        return False
+    return False
+
+
+def user_sessions_root() -> Path:
+    """The per-user default: ``$XDG_DATA_HOME/rounds/sessions`` (``~/.local/share/rounds/sessions``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "rounds" / "sessions"
+
+
+def find_sessions_root(cli_value: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The sessions root and why it is that one: ``--sessions DIR`` wins, then
+    ``$ROUNDS_SESSIONS``, then the nearest ``sessions`` folder of rounds' from the working
+    directory up (a checkout's own ``sessions/``), then the per-user default. Always absolute."""
+    if cli_value:
+        root, why = Path(cli_value).expanduser(), "--sessions"
+    elif os.environ.get("ROUNDS_SESSIONS"):
+        root, why = Path(os.environ["ROUNDS_SESSIONS"]).expanduser(), "$ROUNDS_SESSIONS"
+    else:
+        here = Path.cwd()
+        found = next((d / "sessions" for d in (here, *here.parents) if _is_sessions_root(d / "sessions")), None)
+        if found is not None:
+            root, why = found, ("./sessions" if found.parent == here else "the nearest sessions folder above")
+        else:
+            root, why = user_sessions_root(), "the per-user default (no sessions folder here or above)"
+    root = Path(os.path.abspath(root))
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: is a file, not a folder of sessions", field="--sessions",
                         hint="give a folder (made if missing), or unset $ROUNDS_SESSIONS")
-    return root
+    return root, why
+
+
+def sessions_root(cli_value: str | os.PathLike | None = None) -> Path:
+    """The sessions root, absolute (see ``find_sessions_root``)."""
+    return find_sessions_root(cli_value)[0]
+
+
+def _mark_root(root: Path) -> None:
+    mark = root / ROOT_MARK
+    if not mark.exists():
+        try:
+            mark.write_text("a rounds sessions folder: `rounds` run from here or below uses it\n")
+        except OSError:  # a read-only or shared root: found by its sessions instead
+            pass
 
 
 def check_name(name: str) -> str:
@@ -170,6 +222,7 @@ class SessionWriter:
             check_name(name)
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
+        _mark_root(root)
         dir_mode = SHARED_DIR if shared else PRIVATE_DIR
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
         base = f"{stamp}-{kind}-{_slug(name or stage or kind)}"
