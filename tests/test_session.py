@@ -257,7 +257,8 @@ def test_status_changes_are_events_too(tmp_path):
 
 def test_sessions_root_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("ROUNDS_SESSIONS", raising=False)
-    assert str(sessions_root()) == "sessions"
+    monkeypatch.chdir(ROOT / "engine")  # inside the checkout: its own sessions/ (marked), from any folder below
+    assert sessions_root() == ROOT / "sessions"
     monkeypatch.setenv("ROUNDS_SESSIONS", str(tmp_path / "env"))
     assert sessions_root() == tmp_path / "env"
     assert sessions_root(tmp_path / "cli") == tmp_path / "cli"
