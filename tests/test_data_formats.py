@@ -205,5 +205,5 @@ def test_eval_reads_a_parquet_test_set(tmp_path, tiny_model):
     r = run_rounds("--sessions", str(tmp_path / "s"), "eval", "--model", str(tiny_model), "--data", str(src),
                    "--max-new-tokens", "4", timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    (s,) = [p for p in (tmp_path / "s").iterdir()]
+    (s,) = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
     assert len((s / "results.jsonl").read_text().splitlines()) == 3

@@ -307,7 +307,7 @@ def test_the_sessions_root_is_found_from_any_folder_below_it_and_is_absolute(tmp
     root, why = find_sessions_root()
     assert root == tmp_path / "xdg" / "rounds" / "sessions" and "per-user default" in why  # nothing here or above
     SessionWriter.create(project / "sessions", "train", name="first")  # made where the user asked
-    assert (project / "sessions" / ROOT_MARK).is_file()
+    assert not (project / "sessions" / ROOT_MARK).exists()  # found by the session it holds
     root, why = find_sessions_root()
     assert root == project / "sessions" and root.is_absolute() and "nearest" in why
     monkeypatch.chdir(project)
@@ -317,12 +317,11 @@ def test_the_sessions_root_is_found_from_any_folder_below_it_and_is_absolute(tmp
     assert find_sessions_root("flag")[0] == project / "flag"
 
 
-def test_a_sessions_folder_from_before_the_mark_is_found_by_its_sessions(tmp_path, monkeypatch):
+def test_a_plain_folder_called_sessions_is_not_taken_for_a_root(tmp_path, monkeypatch):
     from engine.session import ROOT_MARK, find_sessions_root
 
     monkeypatch.delenv("ROUNDS_SESSIONS", raising=False)
     w = SessionWriter.create(tmp_path / "sessions", "train", name="old")
-    (tmp_path / "sessions" / ROOT_MARK).unlink()
     (tmp_path / "sessions" / "unrelated").mkdir()  # and a plain folder called sessions is not taken
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
@@ -330,6 +329,8 @@ def test_a_sessions_folder_from_before_the_mark_is_found_by_its_sessions(tmp_pat
     (tmp_path / "other" / "sessions").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "other")
     assert find_sessions_root()[0] == w.path.parent  # other/sessions holds no session: not a root
+    (tmp_path / "other" / "sessions" / ROOT_MARK).write_text("")
+    assert find_sessions_root()[0] == tmp_path / "other" / "sessions"  # marked, like a clone's own
 
 
 def test_rounds_from_another_folder_names_the_root_absolutely_and_how_it_was_chosen(tmp_path):

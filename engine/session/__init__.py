@@ -42,11 +42,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # --------------------------------------------------------------------------- paths
 
-ROOT_MARK = ".rounds-sessions"  # in a sessions root rounds made, so a walk up from any folder finds it
+ROOT_MARK = ".rounds-sessions"  # a sessions root before it holds a session (the checkout's own sessions/)
 
 
 def _is_sessions_root(folder: Path) -> bool:
-    """A ``sessions`` folder rounds made or uses: its mark, or a session in it (roots made before the mark)."""
+    """A ``sessions`` folder of rounds': one that holds a session, or carries the mark (the checkout's)."""
     if not folder.is_dir():
         return False
     if (folder / ROOT_MARK).exists():
@@ -93,15 +93,6 @@ def find_sessions_root(cli_value: str | os.PathLike | None = None) -> tuple[Path
 def sessions_root(cli_value: str | os.PathLike | None = None) -> Path:
     """The sessions root, absolute (see ``find_sessions_root``)."""
     return find_sessions_root(cli_value)[0]
-
-
-def _mark_root(root: Path) -> None:
-    mark = root / ROOT_MARK
-    if not mark.exists():
-        try:
-            mark.write_text("a rounds sessions folder: `rounds` run from here or below uses it\n")
-        except OSError:  # a read-only or shared root: found by its sessions instead
-            pass
 
 
 def check_name(name: str) -> str:
@@ -222,7 +213,6 @@ class SessionWriter:
             check_name(name)
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        _mark_root(root)
         dir_mode = SHARED_DIR if shared else PRIVATE_DIR
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
         base = f"{stamp}-{kind}-{_slug(name or stage or kind)}"
