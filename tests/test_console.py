@@ -341,3 +341,28 @@ def test_monitor_snapshots(snap_compare, size, kind):
         await wait_loaded(pilot, pilot.app.screen)
 
     assert snap_compare(app, terminal_size=size, run_before=settle)
+
+
+def test_home_fits_80_columns_and_tells_runs_of_one_name_apart(tmp_path):
+    """At 80x24 every column is on screen (time and halluc. were cut off) and two runs of one name
+    are numbered, the number kept when the name itself has to be cut."""
+    from console.screens.home import COLUMNS, PADDING, home_rows
+    from engine.session import list_sessions
+
+    fixed_session(tmp_path, "stage-b-dpo-medical-specialist", created="2026-11-27T22:00:00+00:00")
+    fixed_session(tmp_path, "stage-b-dpo-medical-specialist", created="2026-11-28T01:00:00+00:00")
+    fixed_session(tmp_path, "sft", stage="sft")
+    infos = list_sessions(tmp_path)
+    rates = {i.id: "43% (32–55)" for i in infos}
+    wide = dict(home_rows(infos, T0, set(), rates))
+    assert sorted(c[0] for c in wide.values()) == ["sft", "stage-b-dpo-medical-specialist #1",
+                                                   "stage-b-dpo-medical-specialist #2"]
+    newest = max((i for i in infos if i.name.startswith("stage")), key=lambda i: i.created)
+    assert wide[newest.id][0].endswith(" #2") and wide[newest.id][3] == "60% 60/100"
+    for width in (80, 100):
+        rows = home_rows(infos, T0, set(), rates, width=width)
+        used = sum(max(len(label), *(len(r[1][k]) for r in rows)) + PADDING for k, label in enumerate(COLUMNS)) + 1
+        assert used <= width, (width, used, rows)
+        assert all(r[1][6] == "43% (32–55)" and r[1][5] for r in rows)  # time and halluc. kept whole
+        numbered = sorted(r[1][0][-3:] for r in rows if "#" in r[1][0])
+        assert numbered == [" #1", " #2"]

@@ -311,7 +311,7 @@ def test_odd_event_fields_and_non_finite_metrics_are_drawn(tmp_path):
         {"time": 1796040710.8, "type": "event", "kind": "oom_recovered", "micro_batch": 3, "step": 3},
     ], plan={"name": "lora", "predicted_peak_bytes": "big"})
     rows = home_rows(list_sessions(tmp_path), 1796040800.0, set(), {})
-    assert rows[0][1][4] == "50% 2/4"  # the last record with a usable max_steps
+    assert rows[0][1][3] == "50% 2/4"  # the last record with a usable max_steps
     st = MonitorState(meta=read_session_json(s))
     st.feed(EventTail(s / "events.jsonl").read())
     assert st.step == 3 and st.max_steps == 4 and st.eta_seconds is None

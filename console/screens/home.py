@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from rich.text import Text
@@ -20,7 +21,8 @@ COLOURS = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red
            "stopped": "yellow", "unreadable": "red", "planned": "white"}
 
 
-COLUMNS = ("name", "kind", "stage", "status", "progress", "started", "time", "halluc.")
+COLUMNS = ("name", "run", "status", "progress", "started", "time", "halluc.")
+PADDING = 2  # a DataTable cell's padding, both sides
 
 
 class HomeScreen(Screen):
@@ -65,6 +67,9 @@ class HomeScreen(Screen):
         self.action_refresh()
         self.set_interval(2.0, self.action_refresh)
 
+    def on_resize(self) -> None:
+        self.action_refresh()  # the rows are fitted to the screen's width
+
     def action_refresh(self) -> None:
         if not self._busy:
             self._busy = True
@@ -101,7 +106,7 @@ class HomeScreen(Screen):
         self._busy = False
         self.infos = infos
         self.query_one("#host", Static).update(self._host_line(host, len(infos)))
-        rows = home_rows(infos, self.clock(), self.marked, rates)
+        rows = home_rows(infos, self.clock(), self.marked, rates, width=self.size.width or None)
         if rows == getattr(self, "_last_rows", None):
             return  # nothing changed: leave the table (and the cursor) alone
         self._last_rows = rows
@@ -113,8 +118,8 @@ class HomeScreen(Screen):
         table.clear(columns=True)
         for i, label in enumerate(COLUMNS):
             table.add_column(label, width=max([len(label)] + [len(str(cells[i])) for _, cells in rows]))
-        for key, (name, kind, stage, status, progress, started_text, duration_text, rate) in rows:
-            table.add_row(name, kind, stage, Text(status, style=COLOURS.get(status, "")), progress, started_text,
+        for key, (name, run, status, progress, started_text, duration_text, rate) in rows:
+            table.add_row(name, run, Text(status, style=COLOURS.get(status, "")), progress, started_text,
                           duration_text, rate, key=key)
         self.call_after_refresh(self._drawn)
         if infos:
@@ -198,17 +203,64 @@ class HomeScreen(Screen):
         self.app.push_screen(KeyHelp("Sessions", [b for b in self.BINDINGS if isinstance(b, Binding)]))
 
 
-def home_rows(infos: list[SessionInfo], now: float, marked: set[str], rates: dict[str, str]) -> list[tuple]:
-    """(session id, the row's cells) for each session, as Home shows them (no Textual needed)."""
+def home_rows(infos: list[SessionInfo], now: float, marked: set[str], rates: dict[str, str],
+              width: int | None = None) -> list[tuple]:
+    """(session id, the row's cells) for each session, as Home shows them (no Textual needed).
+    Runs of one name are numbered oldest first (``#1``, ``#2``); with ``width`` (the screen's cells) the
+    rows are fitted to it: steps dropped from progress, then a shorter start, then names cut."""
+    names = Counter(i.name or i.id for i in infos)
+    order: dict[str, int] = {}
+    seen: Counter = Counter()
+    for i in sorted(infos, key=lambda i: (i.created or "", i.id)):
+        if names[i.name or i.id] > 1:
+            seen[i.name or i.id] += 1
+            order[i.id] = seen[i.name or i.id]
+    today = time.strftime("%Y-%m-%d", time.localtime(now))
     rows = []
     for i in infos:
         status, detail = liveness(i.meta, i.last_event_time, now) if i.meta else (i.status, "")
         started = parse_time(i.started or i.created)
         ended = parse_time(i.ended)
         duration = (ended or now) - started if started and status != "planned" else None
-        progress = f"{100 * i.progress:.0f}% {i.step}/{i.total_steps}" if i.progress is not None else ""
-        name = ("● " if i.id in marked else "") + (i.name or i.id)
-        rows.append((i.id, (name, i.kind, i.stage or "", status, progress,
-                            time.strftime("%m-%d %H:%M", time.localtime(started)) if started else "",
-                            format_duration(duration) if duration is not None else "", rates.get(i.id, ""))))
-    return rows
+        name, tag = i.name or i.id, ""
+        if names[name] > 1:  # runs of one name: numbered oldest first (#1), kept when the name is cut
+            tag = f" #{order[i.id]}"
+        run = i.kind if not i.stage or i.stage == i.kind else f"{i.kind} {i.stage}"
+        rows.append([i.id, (("● " if i.id in marked else "") + name, tag), run, status,
+                     (f"{100 * i.progress:.0f}%", f" {i.step}/{i.total_steps}") if i.progress is not None
+                     else ("", ""),
+                     started, format_duration(duration) if duration is not None else "", rates.get(i.id, "")])
+
+    def need(cells: list[list]) -> int:
+        return sum(max(len(label), *(len(str(c[k + 1])) for c in cells)) + PADDING
+                   for k, label in enumerate(COLUMNS)) + 1  # the table's scrollbar
+
+    def render(short_progress: bool, short_start: bool) -> list[list]:
+        out = []
+        for r in rows:
+            pct, steps = r[4]
+            started = r[5]
+            when = ("" if not started else time.strftime("%H:%M", time.localtime(started))
+                    if short_start and time.strftime("%Y-%m-%d", time.localtime(started)) == today
+                    else time.strftime("%m-%d" if short_start else "%m-%d %H:%M", time.localtime(started)))
+            out.append([r[0], r[1], r[2], r[3], pct + ("" if short_progress else steps), when, r[6], r[7]])
+        return out
+
+    def joined(cells: list[list]) -> list[list]:
+        return [[c[0], c[1][0] + c[1][1], *c[2:]] for c in cells]
+
+    cells = render(False, False)
+    if width:
+        for short in ((True, False), (True, True)):
+            if need(joined(cells)) <= width:
+                break
+            cells = render(*short)
+        over = need(joined(cells)) - width
+        if over > 0 and cells:  # the names give way last, never below 10 cells; a run's #n stays
+            longest = max(len(c[1][0]) + len(c[1][1]) for c in cells)
+            keep = max(10, longest - over)
+            for c in cells:
+                base, tag = c[1]
+                if len(base) + len(tag) > keep:
+                    c[1] = (base[: max(1, keep - len(tag) - 1)] + "…", tag)
+    return [(c[0], tuple(c[1:])) for c in joined(cells)]
