@@ -374,3 +374,16 @@ async def test_the_key_list_names_keys_as_they_are_pressed_and_scrolls_at_80_by_
         assert box.scroll_y == box.max_scroll_y  # its last line ("esc closes this") can be reached
         await pilot.press("escape")
         assert isinstance(app.screen, AssessScreen)
+
+
+async def test_the_active_filter_is_on_screen_at_80x24(tmp_path):
+    """The filter label was appended to the long stats line and fell off an 80-column screen."""
+    s = make_session(tmp_path, name="a-long-session-name-for-small-terminals")
+    async with app_for(s).run_test(size=(80, 24)) as pilot:
+        await pilot.press("h", "h", "f")  # a long stats line: rate, interval, "assess the N left"
+        await pilot.press("F", "F")  # hallucinated
+        await pilot.pause()
+        from test_console import screen_text
+
+        text = screen_text(pilot.app.export_screenshot())
+        assert any("filter: hallucinated (2)" in line and len(line) <= 80 for line in text.splitlines()), text

@@ -111,7 +111,12 @@ class AssessScreen(Screen):
     def redraw(self) -> None:
         m = self.model
         st = m.stats()
-        head = Text.assemble(("assess ", "bold"), f"{m.name} · {m.annotator}",
+        # the filter and order first: a long name or stats line is cut at the screen's edge, they never are
+        head = Text.assemble(("assess ", "bold"),
+                             (f"filter: {m.filter} ({len(m.visible())}) · " if m.filter != "all" else "",
+                              "bold yellow"),
+                             (f"{m.order} · " if m.order != "as listed" else "", "yellow"),
+                             f"{m.name} · {m.annotator}",
                              (" · blind" if m.blind else "", "dim"),
                              (f" · {m.readonly_reason}" if m.readonly_reason else "", "bold yellow"), "\n")
         if st["judged"]:
@@ -125,10 +130,6 @@ class AssessScreen(Screen):
                 head.append(f" · ≈ {st['more']} more for ±10 points")
         else:
             head.append(f"assessed {st['assessed']}/{st['total']} · no item judged yet (h, f, a or u)")
-        if m.filter != "all":
-            head.append(f" · filter: {m.filter} ({len(m.visible())})", style="yellow")
-        if m.order != "as listed":
-            head.append(f" · {m.order}", style="yellow")
         self.query_one("#stats", Static).update(head)
         item = m.item
         body = Text()
