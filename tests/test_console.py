@@ -366,3 +366,19 @@ def test_home_fits_80_columns_and_tells_runs_of_one_name_apart(tmp_path):
         assert all(r[1][6] == "43% (32–55)" and r[1][5] for r in rows)  # time and halluc. kept whole
         numbered = sorted(r[1][0][-3:] for r in rows if "#" in r[1][0])
         assert numbered == [" #1", " #2"]
+
+
+def test_the_monitor_footer_fits_80_columns():
+    """The footer was cut to `q q` at 80 columns: its words are short, the sentences are in `?`."""
+    import asyncio
+
+    app = _snapshot_app("monitor-footer-80", True, "dpo", "monitor")
+
+    async def go():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_loaded(pilot, app.screen, timeout=120)
+            return screen_text(app.export_screenshot()).splitlines()[-1]
+
+    footer = asyncio.run(go())
+    for words in ("c checkpoint", "s stop", "esc sessions", "? keys", "q quit"):
+        assert words in footer, footer

@@ -62,7 +62,7 @@ class KeyHelp(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         lines = [f"[b]{self.title_text}: keys[/b]", ""]
         for b in self.keys:
-            lines.append(f"  [b]{key_label(b.key):<14}[/b] {b.description}")
+            lines.append(f"  [b]{key_label(b.key):<14}[/b] {b.tooltip or b.description}")
         lines += ["", "  [b]ctrl+p[/b]         command palette", "", "esc closes this (↑ ↓ scroll)"]
         with VerticalScroll():
             yield Static("\n".join(lines))

@@ -38,8 +38,10 @@ class MonitorScreen(Screen):
     #charts { grid-size: 2 1; grid-gutter: 0 1; height: 1fr; min-height: 4; }
     """
     BINDINGS = [
-        Binding("c", "checkpoint", "checkpoint now", id="monitor.checkpoint"),
-        Binding("s", "stop", "stop run", id="monitor.stop"),
+        # short words in the footer (80 columns hold them all), the whole sentence in the `?` list
+        Binding("c", "checkpoint", "checkpoint", tooltip="save a checkpoint now (at the next step)",
+                id="monitor.checkpoint"),
+        Binding("s", "stop", "stop", tooltip="stop gracefully (a checkpoint first)", id="monitor.stop"),
         Binding("tab", "next_charts", "charts", id="monitor.charts"),
         Binding("1", "charts(0)", "loss", show=False, id="monitor.charts1"),
         Binding("2", "charts(1)", "charts 2 (a stage's own: rewards, KL)", show=False, id="monitor.charts2"),
@@ -48,7 +50,7 @@ class MonitorScreen(Screen):
         Binding("5", "charts(4)", "charts 5", show=False, id="monitor.charts5"),
         Binding("escape", "back", "sessions", id="monitor.back"),
         Binding("question_mark", "help", "keys", id="monitor.help"),
-        Binding("q", "app.quit", "quit (the run goes on)", id="monitor.quit"),
+        Binding("q", "app.quit", "quit", tooltip="quit the console (the run goes on)", id="monitor.quit"),
     ]
 
     def __init__(self, session: Path, clock=time.time) -> None:
