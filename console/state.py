@@ -112,6 +112,7 @@ class MonitorState:
     step: int | None = None
     max_steps: int | None = None
     unit: str = "step"  # what a step counts: an eval's items, a pairs run's MiB
+    phase: dict | None = None  # the last `progress` record of a pass before the first step, until a step
     eta_seconds: float | None = None
     seconds_per_step: float | None = None
     series: SeriesTable = field(default_factory=SeriesTable)
@@ -136,7 +137,12 @@ class MonitorState:
             t = rec.get("time")
             if isinstance(t, (int, float)):
                 self.last_event_time = t
-            if kind in (L.METRICS, L.PROGRESS):
+            if kind == L.PROGRESS and rec.get("phase"):  # a pass before the first step (reference log-probs)
+                if not self.phase or self.phase.get("phase") != rec["phase"]:
+                    self._line(rec, f"{rec['phase']}: {rec.get('max_steps') or '?'} {rec.get('unit') or 'batches'}")
+                self.phase = rec
+            elif kind in (L.METRICS, L.PROGRESS):
+                self.phase = None
                 self._metrics(rec)
             elif kind == L.EVAL:
                 if isinstance(rec.get("eval_loss"), (int, float)):

@@ -382,3 +382,20 @@ def test_the_monitor_footer_fits_80_columns():
     footer = asyncio.run(go())
     for words in ("c checkpoint", "s stop", "esc sessions", "? keys", "q quit"):
         assert words in footer, footer
+
+
+def test_the_monitor_shows_a_pass_before_the_first_step_with_its_progress():
+    """DPO's reference log-probs are computed before the first step: the Monitor said "no steps yet"."""
+    from console.screens.monitor import header_text
+
+    st = MonitorState(meta={"kind": "train", "stage": "dpo", "name": "b", "status": "running", "pid": os.getpid(),
+                            "host": __import__("socket").gethostname()})
+    st.feed([{"time": T0 - 5, "type": "progress", "phase": "reference log-probs: train dataset", "step": 150,
+              "max_steps": 600, "unit": "batches", "eta_seconds": 90.0}])
+    _, prog, _ = header_text(st, "b", T0, 100)
+    assert "reference log-probs: train dataset 150/600 batches" in prog.plain and "25%" in prog.plain
+    assert "ETA 1m30s" in prog.plain and "no steps yet" not in prog.plain
+    assert st.step is None and any("reference log-probs" in line[2] for line in st.lines)
+    st.feed([{"time": T0, "type": "metrics", "step": 1, "max_steps": 10, "loss": 0.69}])
+    _, prog, _ = header_text(st, "b", T0, 100)
+    assert "step 1/10" in prog.plain and "reference" not in prog.plain  # the phase is over

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_rounds, wait_for
-from engine.session import EventTail, read_session_json
+from engine.session import EventTail, list_sessions, read_session_json
 
 DEMO = ROOT / "engine" / "demo_data"
 
@@ -110,6 +110,16 @@ def test_dpo_every_plan(tmp_path, tiny_sft, plan, precompute):
         assert key in ms[-1], key
     plan_event = next(e for e in events(s) if e.get("kind") == "plan")
     assert plan_event["plan"] == plan and plan_event["precompute_ref"] is precompute
+    # the reference pass before the first step is a phase of its own, with its progress (the Monitor shows it)
+    phases = [e for e in events(s) if e["type"] == "progress" and e.get("phase")]
+    if precompute:
+        first_step = next(i for i, e in enumerate(events(s)) if e["type"] == "metrics")
+        assert phases and phases[-1]["step"] == phases[-1]["max_steps"] and phases[-1]["unit"] == "batches"
+        assert "reference log-probs" in phases[0]["phase"]
+        assert all(events(s).index(p) < first_step for p in phases)
+        assert list_sessions(s.parent)[0].progress == 1.0  # Home's progress is the training's, not the phase's
+    else:
+        assert not phases
 
 
 def test_dpo_from_base_plus_sft_adapter(tmp_path, tiny_model, tiny_sft):

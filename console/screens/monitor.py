@@ -242,6 +242,17 @@ def header_text(st: MonitorState, name: str, now: float, width: int, loaded: boo
             unit = "tok/s" if st.series["tokens_per_second"].last else \
                 f"{st.unit if st.unit in ('rows', 'questions', 'items') else 'items'}/s"
             prog.append(f"  {tps:,.0f} {unit}")
+    elif st.phase and status in ("running", "stalled"):
+        ph = st.phase
+        done, total = ph.get("step"), ph.get("max_steps")
+        prog.append(f"{ph['phase']} ", style="bold")
+        if isinstance(done, int) and isinstance(total, int) and total > 0:
+            prog.append(f"{done:,}/{total:,} {ph.get('unit') or ''} ")
+            prog.append(bar(done / total, width), style="cyan")
+            prog.append(f" {100 * done / total:3.0f}%")
+        if isinstance(ph.get("eta_seconds"), (int, float)):
+            prog.append(f"  ETA {format_duration(ph['eta_seconds'])}")
+        prog.append("  (before the first step)", style="dim")
     else:
         prog.append("no steps yet" if loaded else "reading the history…", style="dim")
     if message:

@@ -19,6 +19,7 @@ to interrupt).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -44,6 +45,7 @@ from engine.session.layout import (
     FINISHED,
     LOADING,
     PLAN,
+    PROGRESS,
     RESUMED,
     SESSION_JSON,
     STOP_REQUEST,
@@ -160,6 +162,63 @@ def _control_callback(writer: SessionWriter, control: RunControl, spec: TrainSpe
             control.clear_checkpoint_request()
 
     return ControlCallback()
+
+
+@contextlib.contextmanager
+def _phase_progress(writer: SessionWriter | None):
+    """TRL's preference trainers compute the reference log-probs (``precompute_ref_log_probs``) in
+    their constructor, a pass over the data with a progress bar from their module's ``tqdm``.
+    While the trainer is built, that bar also writes ``progress`` records with a ``phase`` (what,
+    batch i of n, ETA), so the Monitor shows the pass instead of "no steps yet"."""
+    if writer is None:
+        yield
+        return
+    import importlib
+
+    patched = []
+    for name in PHASE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if callable(getattr(module, "tqdm", None)):
+            patched.append((module, module.tqdm))
+            module.tqdm = _reporting_tqdm(module.tqdm, writer)
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module.tqdm = original
+
+
+PHASE_MODULES = ("trl.trainer.dpo_trainer", "trl.trainer.kto_trainer")
+
+
+def _reporting_tqdm(original, writer: SessionWriter):
+    def tqdm(*args, **kwargs):
+        iterable = kwargs.get("iterable", args[0] if args else None)
+        bar = original(*args, **kwargs)  # the bar in run.log, as before
+        try:
+            total = len(iterable)
+        except TypeError:
+            total = None
+        phase = str(kwargs.get("desc") or "preparing").replace("Computing reference log probs for",
+                                                                 "reference log-probs:")
+
+        def batches():
+            start = last = time.monotonic()
+            for i, item in enumerate(bar, 1):
+                yield item
+                now = time.monotonic()
+                if now - last >= 1.0 or i == total or i == 1:
+                    last = now
+                    eta = (now - start) / i * (total - i) if total else None
+                    writer.event(PROGRESS, phase=phase, step=i, max_steps=total, unit="batches",
+                                 eta_seconds=round(eta, 1) if eta is not None else None)
+
+        return batches()
+
+    return tqdm
 
 
 def _echo_for(stage):
@@ -337,12 +396,13 @@ def run_session(session: Path) -> int:
                          + (f" + adapter {spec.adapter}" if spec.adapter else ""))
             if spec.precompute_ref and stage.factors.reference:
                 writer.event(EVENT, kind=LOADING, message=f"computing the reference log-probs of {len(rows[0]):,} "
-                             "examples once, before the first step (progress in run.log)")
+                             "examples once, before the first step")
             callbacks = [telemetry] if lead else []
-            trainer = build_trainer(spec, rt, ckpt_dir, callbacks + [_control_callback(writer, control, spec)],
-                                    tokenizer, rows)
-            if writer.meta.get("status") != "running":
+            if writer.meta.get("status") != "running":  # loading and any precompute are part of the run
                 writer.set_status("running")
+            with _phase_progress(writer if lead else None):
+                trainer = build_trainer(spec, rt, ckpt_dir, callbacks + [_control_callback(writer, control, spec)],
+                                        tokenizer, rows)
             if resume_from:
                 writer.event(EVENT, kind=RESUMED, checkpoint=resume_from)
                 say(f"rounds: resuming from {resume_from}", flush=True)

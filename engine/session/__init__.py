@@ -435,7 +435,7 @@ def read_session(path: str | os.PathLike) -> SessionInfo:
         if info.last_event_time is None:
             info.last_event_time = rec.get("time")
         total = rec.get("max_steps")
-        if "step" in rec and total:
+        if "step" in rec and total and not rec.get("phase"):  # a phase before training is not its progress
             info.step, info.total_steps = rec["step"], total
             break
     return info
