@@ -246,6 +246,9 @@ def test_sigterm_checkpoints_and_stops_then_resume_continues_the_loss(tmp_path, 
     r = run_rounds("--sessions", str(s.parent), "resume", s.name)  # foreground: follows to the end
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"resuming from {s / 'checkpoints' / f'checkpoint-{stopped_at}'}" in r.stdout
+    # what it prints is the resumed run: not the log from step 1 again (it read like a restart)
+    assert "step 1/12 " not in r.stdout and f"step {stopped_at + 1}/12 " in r.stdout, r.stdout
+    assert "the run's log so far is in" in r.stdout
     assert read_session_json(s)["status"] == "finished"
     ms = metrics(s)
     steps = [m["step"] for m in ms]

@@ -300,8 +300,13 @@ def _finish(session: Path, code: int) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from engine.run.launch import follow, resume
 
-    writer, proc = resume(_session_path(args, args.session), detach=args.detach)
+    session = _session_path(args, args.session)
+    log = session / RUN_LOG
+    start = log.stat().st_size if log.is_file() else 0  # the log so far is not shown again
+    writer, proc = resume(session, detach=args.detach)
     _announce(writer, proc, args.detach, verb="resumed")
     if args.detach:
         return 0
-    return _finish(writer.path, follow(proc, writer.path / RUN_LOG))
+    if start:
+        print(f"rounds: the run's log so far is in {log}; from here on, the resumed run:", flush=True)
+    return _finish(writer.path, follow(proc, log, start=start))

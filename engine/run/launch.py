@@ -246,8 +246,9 @@ def _wait_for_exit(session: Path, meta: dict, seconds: float = 120) -> str | Non
         time.sleep(0.5)
 
 
-def follow(proc: subprocess.Popen, log_path: Path, out=None) -> int:
-    """Show a foreground run's log as it grows until the worker exits. Ctrl-C, SIGTERM and a hang-up
+def follow(proc: subprocess.Popen, log_path: Path, out=None, start: int = 0) -> int:
+    """Show a foreground run's log as it grows, from byte ``start`` (a resume: from where it was
+    when the resume began, not from step 1 again), until the worker exits. Ctrl-C, SIGTERM and a hang-up
     sent to this command are passed on to the worker (in its own process session, it gets each once):
     the first stops it gracefully, with a checkpoint, and we wait for it; a second stops it at once.
     Output that can no longer be shown (the terminal is gone) is dropped; the run.log keeps it."""
@@ -260,7 +261,7 @@ def follow(proc: subprocess.Popen, log_path: Path, out=None) -> int:
             pass
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
-    pos = 0
+    pos = start
     try:
         while True:
             done = proc.poll() is not None
