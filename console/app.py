@@ -11,6 +11,8 @@ from textual.app import App
 
 from console.screens.home import HomeScreen
 
+READ_ONLY_ENV = "ROUNDS_READ_ONLY"  # set (to the reason) by `rounds serve` without --allow-control
+
 
 class RoundsApp(App):
     TITLE = "rounds"
@@ -31,6 +33,8 @@ class RoundsApp(App):
         self.clock = clock
         self.assess = assess
         self.compare = compare
+        # a console that only watches: no stop, no checkpoint, no marks (the reason is what it says)
+        self.read_only: str | None = os.environ.get(READ_ONLY_ENV) or None
 
     def on_mount(self) -> None:
         keymap = load_keymap()
@@ -45,7 +49,7 @@ class RoundsApp(App):
             from console.screens.assess import AssessScreen
 
             session, annotator, blind = self.assess
-            self.push_screen(AssessScreen(session, annotator, blind))
+            self.push_screen(AssessScreen(session, annotator, blind, read_only=self.read_only))
             return
         self.push_screen(HomeScreen(self.root, probe=self.probe, clock=self.clock))
         if self.start_session is not None:

@@ -49,7 +49,7 @@ class Draft:
 
 
 class AssessModel:
-    def __init__(self, session: Path, annotator: str, blind: bool = False):
+    def __init__(self, session: Path, annotator: str, blind: bool = False, read_only: str | None = None):
         self.session = Path(session)
         self.annotator = annotator
         self.blind = blind
@@ -62,13 +62,17 @@ class AssessModel:
             self.name = self.session.name
         self.index_of = {r["id"]: i for i, r in enumerate(self.items)}
         self.readonly_reason: str | None = None
-        try:
-            self.log: AssessmentLog | None = AssessmentLog(self.session, annotator)
-            self.marks, self.problems = self.log.marks, self.log.problems
-        except SessionLockedError as e:
-            self.log = None
-            self.readonly_reason = f"read-only: {e.message}"
+        self.log: AssessmentLog | None = None
+        if read_only:  # a console that only watches takes no annotator's lock
+            self.readonly_reason = f"read-only: {read_only}"
             self.marks, self.problems = read_marks(self.session / ASSESSMENTS)
+        else:
+            try:
+                self.log = AssessmentLog(self.session, annotator)
+                self.marks, self.problems = self.log.marks, self.log.problems
+            except SessionLockedError as e:
+                self.readonly_reason = f"read-only: {e.message}"
+                self.marks, self.problems = read_marks(self.session / ASSESSMENTS)
         self.filter = "all"
         self.order = ORDERS[0]
         self.drafts: dict[str, Draft] = {}

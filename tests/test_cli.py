@@ -11,7 +11,7 @@ from engine import __version__
 
 DEMO = Path(__file__).resolve().parent.parent / "engine" / "demo_data"
 VERBS = ["demo", "make-tiny-model", "validate", "plan", "train", "resume", "watch", "eval", "import-results",
-         "import-run", "export", "assess", "report", "compare", "pairs"]
+         "import-run", "export", "serve", "assess", "report", "compare", "pairs"]
 
 
 def test_version():

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb is None:
-        if not sys.stdout.isatty():  # no terminal to draw on: say what there is instead
+        # no terminal to draw on (and not a browser's, under `rounds serve`): say what there is instead
+        if not sys.stdout.isatty() and not os.environ.get("TEXTUAL_DRIVER"):
             parser.print_help()
             return 0
         args.func = views.cmd_home

@@ -33,6 +33,27 @@ def add_verbs(sub) -> None:
     p.add_argument("session", metavar="SESSION", nargs="?")
     p.set_defaults(func=cmd_watch)
 
+    p = _verb(sub, "serve", "the console in a browser (127.0.0.1, a token a start; read-only unless --allow-control)",
+              "rounds serve --port 8000   (then on your laptop: ssh -L 8000:127.0.0.1:8000 box)",
+              "Serves the same console to a browser with textual-serve (pip install 'rounds[serve]'): each tab\n"
+              "runs its own console here. Bound to 127.0.0.1 (reach it over an SSH port-forward); the address\n"
+              "it prints carries a token made at this start, and anything without it is refused (403). The\n"
+              "served console only watches unless --allow-control (stop, checkpoint, marks).")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others with a warning)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--allow-control", action="store_true",
+                   help="let the browser stop runs, ask for checkpoints and mark answers")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from console.serve import serve
+    from engine.session import sessions_root
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: not a port", field="--port", hint="e.g. --port 8000")
+    return serve(sessions_root(args.sessions), args.host, args.port, args.allow_control)
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine import demo

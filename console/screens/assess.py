@@ -83,9 +83,9 @@ class AssessScreen(Screen):
         Binding("q,escape", "quit", "quit", id="assess.quit"),
     ]
 
-    def __init__(self, session: Path, annotator: str, blind: bool = False) -> None:
+    def __init__(self, session: Path, annotator: str, blind: bool = False, read_only: str | None = None) -> None:
         super().__init__()
-        self.model = AssessModel(session, annotator, blind)
+        self.model = AssessModel(session, annotator, blind, read_only=read_only)
         self.show_context = False
         self.message = ""
 

@@ -162,7 +162,7 @@ class HomeScreen(Screen):
             from console.screens.assess import AssessScreen
 
             annotator = getattr(self.app, "annotator", None) or os.environ.get("USER") or "annotator"
-            self.app.push_screen(AssessScreen(info.path, annotator))
+            self.app.push_screen(AssessScreen(info.path, annotator, read_only=getattr(self.app, "read_only", None)))
             return
         from console.screens.monitor import MonitorScreen
 

@@ -163,7 +163,15 @@ class MonitorScreen(Screen):
         self.chart_set = index % len(chart_sets(stage_info(self.state.meta)))
         self.refresh_view()
 
+    def _watch_only(self) -> bool:
+        reason = getattr(self.app, "read_only", None)
+        if reason:
+            self.notify(f"read-only: {reason}", severity="warning", timeout=8)
+        return bool(reason)
+
     def action_checkpoint(self) -> None:
+        if self._watch_only():
+            return
         if self.state.meta.get("kind") != "train" or self.state.meta.get("status") != "running":
             self.notify("checkpoints are for running training runs", severity="warning")
             return
@@ -171,6 +179,8 @@ class MonitorScreen(Screen):
         self.notify("checkpoint requested: it is saved at the next step boundary")
 
     def action_stop(self) -> None:
+        if self._watch_only():
+            return
         meta = self.state.meta
         if meta.get("status") != "running":
             self.notify("this run is not running", severity="warning")
