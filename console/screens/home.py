@@ -225,7 +225,7 @@ def home_rows(infos: list[SessionInfo], now: float, marked: set[str], rates: dic
         name, tag = i.name or i.id, ""
         if names[name] > 1:  # runs of one name: numbered oldest first (#1), kept when the name is cut
             tag = f" #{order[i.id]}"
-        run = i.kind if not i.stage or i.stage == i.kind else f"{i.kind} {i.stage}"
+        run = " ".join(dict.fromkeys(x for x in (i.kind, i.stage) if x))  # "train dpo"; an eval's "eval" once
         rows.append([i.id, (("● " if i.id in marked else "") + name, tag), run, status,
                      (f"{100 * i.progress:.0f}%", f" {i.step}/{i.total_steps}") if i.progress is not None
                      else ("", ""),
