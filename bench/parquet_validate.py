@@ -4,7 +4,8 @@
     python bench/parquet_validate.py --size-gib 0.1   # a quick look
 
 Writes a Parquet file of DPO pairs (``prompt``, ``chosen``, ``rejected`` as text, every row
-different, row groups of 20,000 rows as `datasets` and pandas write them) of the given size,
+different, in row groups of 20,000 rows: pyarrow's default holds up to a million rows a group,
+which pyarrow decodes a column chunk at a time) of the given size,
 then, each in a fresh process, measures the peak RSS growth over the process's size after its
 imports of:
 

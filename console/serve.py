@@ -26,7 +26,7 @@ from pathlib import Path
 
 from engine.errors import UserError
 
-COOKIE = "rounds_token"
+COOKIE = "rounds_token"  # + the port: two servers on one host keep their own
 TRANSCRIPT_ENV = "ROUNDS_SERVE_TRANSCRIPT"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -65,9 +65,21 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000, token: st
             self.token = token
             self.allow_control = allow_control
 
+        cookie = f"{COOKIE}_{port}"
+
         def admitted(self, request) -> bool:
-            given = request.query.get("token") or request.cookies.get(COOKIE) or ""
-            return hmac.compare_digest(given.encode(), self.token.encode())
+            given = request.query.get("token") or request.cookies.get(self.cookie) or ""
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                return False
+            # a page of another site or port on this host (SameSite ignores ports) may not drive the console
+            origin = request.headers.get("Origin")
+            return origin is None or origin == f"{request.scheme}://{request.host}"
+
+        async def handle_index(self, request):
+            # the page's websocket address is the one the browser used (a forwarded port, localhost,
+            # a --host 0.0.0.0 server's real address), not the bind address
+            self.public_url = f"{request.scheme}://{request.host}"
+            return await super().handle_index(request)
 
         async def _make_app(self):
             app = await super()._make_app()
@@ -82,7 +94,7 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000, token: st
                 response = await handler(request)
                 if request.query.get("token") and isinstance(response, web.StreamResponse) \
                         and not response.prepared:
-                    response.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict")
+                    response.set_cookie(self.cookie, self.token, httponly=True, samesite="Strict")
                 return response
 
             app.middlewares.append(check_token)
@@ -129,6 +141,15 @@ def serve(root: Path, host: str, port: int, allow_control: bool) -> int:
     else:
         lines.append(f"  warning: bound to {host}: anyone on its network with the address (token) can open it")
     lines.append("  Ctrl-C stops it")
+    import socket
+
+    try:  # a port in use is the user's to choose again, said before anything is printed as served
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}", field="--port",
+                        hint="another program has it: choose another, e.g. --port 8001") from None
     print("\n".join(lines), flush=True)
     server.serve()
     return 0

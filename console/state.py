@@ -137,7 +137,7 @@ class MonitorState:
             t = rec.get("time")
             if isinstance(t, (int, float)):
                 self.last_event_time = t
-            if kind == L.PROGRESS and rec.get("phase"):  # a pass before the first step (reference log-probs)
+            if kind == L.PROGRESS and rec.get("prestep") and rec.get("phase"):  # a pass before the first step
                 if not self.phase or self.phase.get("phase") != rec["phase"]:
                     self._line(rec, f"{rec['phase']}: {rec.get('max_steps') or '?'} {rec.get('unit') or 'batches'}")
                 self.phase = rec

@@ -149,6 +149,7 @@ class DataReport:
         return {
             "file": self.file, "kind": self.kind, "format": self.format,
             "records": self.records_seen, "valid_rows": self.valid, "derived": self.derived, "notes": self.notes,
+            "token_stats_rows": len(self.rows) if self.token_stats else 0,  # a sample when fewer than valid_rows
             "errors": len(self.errors) + self.problems_dropped, "warnings": len(self.warnings),
             "conversational": self.conversational, "token_stats": self.token_stats,
             "problems": [asdict(p) for p in self.problems],

@@ -390,7 +390,8 @@ def test_the_monitor_shows_a_pass_before_the_first_step_with_its_progress():
 
     st = MonitorState(meta={"kind": "train", "stage": "dpo", "name": "b", "status": "running", "pid": os.getpid(),
                             "host": __import__("socket").gethostname()})
-    st.feed([{"time": T0 - 5, "type": "progress", "phase": "reference log-probs: train dataset", "step": 150,
+    st.feed([{"time": T0 - 5, "type": "progress", "phase": "reference log-probs: train dataset", "prestep": True,
+              "step": 150,
               "max_steps": 600, "unit": "batches", "eta_seconds": 90.0}])
     _, prog, _ = header_text(st, "b", T0, 100)
     assert "reference log-probs: train dataset 150/600 batches" in prog.plain and "25%" in prog.plain
@@ -399,3 +400,39 @@ def test_the_monitor_shows_a_pass_before_the_first_step_with_its_progress():
     st.feed([{"time": T0, "type": "metrics", "step": 1, "max_steps": 10, "loss": 0.69}])
     _, prog, _ = header_text(st, "b", T0, 100)
     assert "step 1/10" in prog.plain and "reference" not in prog.plain  # the phase is over
+
+
+def test_home_on_an_empty_sessions_root_says_so_and_stays_up(tmp_path):
+    """Fitting the rows to the width once took Home down when there were no rows at all."""
+    import asyncio
+
+    from console.screens.home import home_rows
+
+    assert home_rows([], T0, set(), {}, width=80) == []
+    app = RoundsApp(tmp_path / "empty", probe=FakeProbe(), clock=lambda: T0)
+
+    async def go():
+        async with app.run_test(size=(80, 24)) as pilot:
+            end = time.monotonic() + 120
+            while "no sessions in" not in screen_text(app.export_screenshot()) and time.monotonic() < end:
+                await pilot.pause(0.1)
+            return screen_text(app.export_screenshot()), app.is_running
+
+    text, running = asyncio.run(go())
+    assert "no sessions in" in text and running
+
+
+def test_a_pairs_runs_progress_is_its_progress_in_home(tmp_path):
+    """A pairs run names the phase of each progress record (reading, pairing): that is its progress,
+    unlike the pass before a training run's first step."""
+    from engine.session import list_sessions
+
+    w = SessionWriter.create(tmp_path, "pairs", name="p", stage="from-columns")
+    w.set_status("running")
+    w.event("progress", phase="reading", step=30, max_steps=120, unit="MiB")
+    w.close()
+    (info,) = list_sessions(tmp_path)
+    assert info.progress == 0.25
+    st = MonitorState(meta=dict(info.meta))
+    st.feed([{"time": T0, "type": "progress", "phase": "reading", "step": 30, "max_steps": 120, "unit": "MiB"}])
+    assert st.step == 30 and st.phase is None

@@ -130,3 +130,15 @@ def test_where_there_is_no_trainer_state_it_says_where_it_looked(tmp_path):
     assert "no trainer_state.json here or in a checkpoint-N folder" in e.value.message
     r = run_rounds("--sessions", str(tmp_path / "s"), "import-run", str(tmp_path / "nope"))
     assert r.returncode != 0 and "no such folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_log_keys_named_like_a_records_own_fields_are_dropped_not_a_crash(tmp_path):
+    (tmp_path / "run").mkdir()
+    state = {"global_step": 1, "max_steps": 1, "log_history": [
+        {"step": 1, "loss": 0.5, "max_steps": "x", "type": "weird", "time": 3, "sync": True, "kind": "k"},
+        {"step": 1, "train_runtime": 2.0, "train_loss": 0.5, "kind": "x", "outputs": 1}]}
+    (tmp_path / "run" / "trainer_state.json").write_text(json.dumps(state))
+    w = import_run(tmp_path / "run", tmp_path / "s")
+    (m,) = [e for e in events(w.path) if e["type"] == "metrics"]
+    assert m["loss"] == 0.5 and m["max_steps"] == 1 and "sync" not in m and m["time"] != 3
+    assert read_session_json(w.path)["status"] == "finished"

@@ -160,8 +160,10 @@ def test_a_real_browser_shows_home_and_a_running_sessions_monitor(tmp_path):
             await browser.key("Enter", 13, "\r")  # the newest session: the running one
             await until(lambda: "step 5/50" in served(transcript), "its Monitor drawn in the page")
             await browser.screenshot(ARTIFACTS / "serve-monitor.png")
-            await browser.key("s", 83, "s")  # read-only: stopping is refused, no request written
+            await browser.key("c", 67, "c")  # read-only: a checkpoint request is refused (it writes at once)
             await until(lambda: "read-only: served by `rounds serve`" in served(transcript), "the refusal")
+            await browser.key("s", 83, "s")
+            await browser.key("y", 89, "y")
             await browser.close()
 
         asyncio.run(drive())
@@ -170,7 +172,7 @@ def test_a_real_browser_shows_home_and_a_running_sessions_monitor(tmp_path):
             browser.proc.kill()
         server.terminate()
         server.wait(timeout=60)
-    assert not (s / "requests" / "stop").exists()
+    assert not (s / "requests").exists() or not any((s / "requests").iterdir())  # nothing asked of the run
     for name in ("serve-home.png", "serve-monitor.png"):
         assert (ARTIFACTS / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (ARTIFACTS / name).stat().st_size > 5000
 
@@ -184,6 +186,16 @@ def test_without_the_token_everything_but_the_static_files_is_refused(tmp_path):
         assert get(f"{base}/") == 403 and get(f"{base}/?token=wrong") == 403 and get(f"{base}/ws") == 403
         assert get(url) == 200
         assert get(f"{base}/static/js/textual.js") == 200  # the page's script: nothing of the user's
+        token = url.split("token=")[1]
+        other = urllib.request.Request(f"{base}/ws?token={token}", headers={"Origin": "http://127.0.0.1:9999"})
+        try:
+            urllib.request.urlopen(other, timeout=60)
+            status = 200
+        except urllib.error.HTTPError as e:
+            status = e.code
+        assert status == 403  # another port's page on this host, even holding the cookie or token
+        page = urllib.request.urlopen(urllib.request.Request(url, headers={"Host": f"localhost:{port}"}), timeout=60)
+        assert f"ws://localhost:{port}/ws" in page.read().decode()  # the address the browser used
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -200,3 +212,24 @@ def test_serve_refuses_a_bad_port_and_names_the_extra_when_textual_serve_is_miss
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        stdin=subprocess.DEVNULL)
     assert r.returncode != 0 and "pip install 'rounds[serve]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_only_allow_control_lets_the_served_consoles_act(tmp_path, monkeypatch):
+    from console.app import READ_ONLY_ENV
+    from console.serve import make_server
+
+    monkeypatch.delenv(READ_ONLY_ENV, raising=False)
+    make_server(tmp_path, port=free_port())
+    assert "--allow-control" in os.environ[READ_ONLY_ENV]  # what the served consoles inherit
+    make_server(tmp_path, port=free_port(), allow_control=True)
+    assert READ_ONLY_ENV not in os.environ
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path):
+    from conftest import run_rounds
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run_rounds("--sessions", str(tmp_path), "serve", "--port", str(busy.getsockname()[1]))
+    assert r.returncode != 0 and "cannot listen on 127.0.0.1" in r.stderr and "--port 8001" in r.stderr, r.stderr

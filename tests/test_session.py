@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -307,7 +308,9 @@ def test_the_sessions_root_is_found_from_any_folder_below_it_and_is_absolute(tmp
     root, why = find_sessions_root()
     assert root == tmp_path / "xdg" / "rounds" / "sessions" and "per-user default" in why  # nothing here or above
     SessionWriter.create(project / "sessions", "train", name="first")  # made where the user asked
-    assert not (project / "sessions" / ROOT_MARK).exists()  # found by the session it holds
+    assert not (project / "sessions" / ROOT_MARK).exists()
+    assert find_sessions_root()[0] == tmp_path / "xdg" / "rounds" / "sessions"  # unmarked: not from below
+    (project / "sessions" / ROOT_MARK).write_text("")  # as a clone's own sessions/ is
     root, why = find_sessions_root()
     assert root == project / "sessions" and root.is_absolute() and "nearest" in why
     monkeypatch.chdir(project)
@@ -321,16 +324,30 @@ def test_a_plain_folder_called_sessions_is_not_taken_for_a_root(tmp_path, monkey
     from engine.session import ROOT_MARK, find_sessions_root
 
     monkeypatch.delenv("ROUNDS_SESSIONS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     w = SessionWriter.create(tmp_path / "sessions", "train", name="old")
-    (tmp_path / "sessions" / "unrelated").mkdir()  # and a plain folder called sessions is not taken
+    monkeypatch.chdir(tmp_path)
+    assert find_sessions_root()[0] == w.path.parent  # ./sessions with sessions in it: as before
     (tmp_path / "sub").mkdir()
-    monkeypatch.chdir(tmp_path / "sub")
-    assert find_sessions_root()[0] == w.path.parent
+    monkeypatch.chdir(tmp_path / "sub")  # a stray sessions/ above (say in /tmp) does not capture this
+    assert find_sessions_root()[0] == tmp_path / "xdg" / "rounds" / "sessions"
     (tmp_path / "other" / "sessions").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "other")
-    assert find_sessions_root()[0] == w.path.parent  # other/sessions holds no session: not a root
+    assert find_sessions_root()[0] == tmp_path / "xdg" / "rounds" / "sessions"  # empty, unmarked: not a root
     (tmp_path / "other" / "sessions" / ROOT_MARK).write_text("")
     assert find_sessions_root()[0] == tmp_path / "other" / "sessions"  # marked, like a clone's own
+
+
+def test_a_sessions_folder_this_user_cannot_read_is_passed_over_without_an_error(tmp_path, monkeypatch):
+    from engine.session import _is_sessions_root
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    (tmp_path / "sessions").mkdir()
+    monkeypatch.setattr(Path, "is_file", denied)
+    monkeypatch.setattr(Path, "iterdir", denied)
+    assert _is_sessions_root(tmp_path / "sessions") is False
 
 
 def test_rounds_from_another_folder_names_the_root_absolutely_and_how_it_was_chosen(tmp_path):

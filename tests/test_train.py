@@ -111,7 +111,7 @@ def test_dpo_every_plan(tmp_path, tiny_sft, plan, precompute):
     plan_event = next(e for e in events(s) if e.get("kind") == "plan")
     assert plan_event["plan"] == plan and plan_event["precompute_ref"] is precompute
     # the reference pass before the first step is a phase of its own, with its progress (the Monitor shows it)
-    phases = [e for e in events(s) if e["type"] == "progress" and e.get("phase")]
+    phases = [e for e in events(s) if e["type"] == "progress" and e.get("prestep")]
     if precompute:
         first_step = next(i for i, e in enumerate(events(s)) if e["type"] == "metrics")
         assert phases and phases[-1]["step"] == phases[-1]["max_steps"] and phases[-1]["unit"] == "batches"

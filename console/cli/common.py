@@ -50,8 +50,8 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     """Options every verb accepts, before or after the verb."""
     default = None if top else argparse.SUPPRESS
     parser.add_argument("--sessions", metavar="DIR", default=default,
-                        help="sessions root (default: $ROUNDS_SESSIONS, else the nearest sessions/ of rounds' "
-                             "from here up, else ~/.local/share/rounds/sessions)")
+                        help="sessions root (default: $ROUNDS_SESSIONS, else ./sessions if it holds sessions, "
+                             "else a clone's marked sessions/ above, else ~/.local/share/rounds/sessions)")
     parser.add_argument("--shared-sessions", action="store_true", default=False if top else argparse.SUPPRESS,
                         help="make new session folders group-readable (default: owner only, 0700/0600)")
 

@@ -232,7 +232,7 @@ def home_rows(infos: list[SessionInfo], now: float, marked: set[str], rates: dic
                      started, format_duration(duration) if duration is not None else "", rates.get(i.id, "")])
 
     def need(cells: list[list]) -> int:
-        return sum(max(len(label), *(len(str(c[k + 1])) for c in cells)) + PADDING
+        return sum(max([len(label), *(len(str(c[k + 1])) for c in cells)]) + PADDING
                    for k, label in enumerate(COLUMNS)) + 1  # the table's scrollbar
 
     def render(short_progress: bool, short_start: bool) -> list[list]:

@@ -51,6 +51,11 @@ class ReportScreen(Screen[str | None]):
     def action_export(self) -> None:
         from engine.session.records import export_marks_csv
 
+        reason = getattr(self.app, "read_only", None)
+        if reason:  # a console that only watches writes nothing into sessions
+            self.notify(f"read-only: {reason}", severity="warning", timeout=8)
+            return
+
         write_report(self.session)
         export_marks_csv(self.session)
         self.notify(f"wrote report.md, report.json and assessments.csv in {self.session}")

@@ -22,6 +22,7 @@ from engine.session import SessionWriter, list_sessions
 from engine.session.layout import EVAL, EVENT, FINISHED, IMPORTED, METRICS, STOPPED
 
 STATE = "trainer_state.json"
+RESERVED = {"step", "max_steps", "time", "type", "sync"}  # a record's own fields: a log key of that name is dropped
 MAX_STATE_BYTES = 256 * 1024 * 1024
 
 # keys only one stage's trainer logs -> the stage (the first that matches wins)
@@ -109,7 +110,8 @@ def import_run(folder: str | Path, root: Path, *, name: str | None = None, stage
     if not again:
         for info in list_sessions(root):
             cfg = (info.meta or {}).get("config") or {}
-            if cfg.get("imported_from") == str(state_path) and cfg.get("global_step") == step:
+            if cfg.get("imported_from") == str(state_path) and cfg.get("global_step") == step \
+                    and info.status != "failed":
                 raise UserError(f"{state_path} (step {step}) is already session {info.id}",
                                 hint="open that one, or import it again with --again")
     found = _stage([e for _, e in entries])
@@ -120,34 +122,44 @@ def import_run(folder: str | Path, root: Path, *, name: str | None = None, stage
     writer = SessionWriter.create(root, "train", name=name, stage=stage or found, command=command, config=config,
                                   shared=shared)
     try:
-        writer.update(imported_from=str(state_path), pid=None)
-        writer.event(EVENT, kind=IMPORTED, file=str(state_path), items=len(entries),
-                     message=f"imported from {state_path}: {len(entries)} log entries"
-                     + (f" ({skipped} not objects with a step, skipped)" if skipped else "")
-                     + ("" if stage or not found else f"; stage {found} from the keys it logs"))
-        summary: dict = {}
-        counts = {METRICS: 0, EVAL: 0}
-        for _, e in entries:
-            fields = {k: _value(v) for k, v in e.items() if isinstance(k, str) and k != "step"}
-            if "train_runtime" in fields and "train_loss" in fields:
-                summary = fields
-            elif any(k.startswith("eval_") for k in fields):
-                writer.event(EVAL, step=e["step"], max_steps=max_steps, **fields)
-                counts[EVAL] += 1
-            else:
-                writer.event(METRICS, step=e["step"], max_steps=max_steps, **fields)
-                counts[METRICS] += 1
-        if isinstance(summary.get("train_runtime"), (int, float)) and step:
-            summary["seconds_per_step"] = round(summary["train_runtime"] / step, 4)
-        writer.update(started=None, imported=counts)
-        if max_steps and step < max_steps:
-            reason = f"imported at step {step} of {max_steps}, where its last trainer_state.json was written"
-            writer.event(EVENT, kind=STOPPED, reason=reason, step=step)
-            writer.set_status("stopped", reason=reason)
-        else:
-            writer.event(EVENT, kind=FINISHED, step=step, outputs={}, **summary)
-            writer.set_status("finished")
-        writer.update(pid=None)
+        _fill(writer, state_path, entries, skipped, step, max_steps, stage, found)
+    except Exception as e:  # noqa: BLE001 - never a half-imported session that looks whole
+        writer.fail(f"import failed: {type(e).__name__}: {e}")
+        raise UserError(f"{state_path}: could not be imported ({type(e).__name__}: {e})", file=str(state_path),
+                        hint=f"session {writer.id} says so; remove it and report the file") from None
     finally:
         writer.close()
     return writer
+
+
+def _fill(writer: SessionWriter, state_path: Path, entries: list, skipped: int, step: int, max_steps: int,
+          stage: str | None, found: str | None) -> None:
+    writer.update(imported_from=str(state_path), pid=None)
+    writer.event(EVENT, kind=IMPORTED, file=str(state_path), items=len(entries),
+                 message=f"imported from {state_path}: {len(entries)} log entries"
+                 + (f" ({skipped} not objects with a step, skipped)" if skipped else "")
+                 + ("" if stage or not found else f"; stage {found} from the keys it logs"))
+    summary: dict = {}
+    counts = {METRICS: 0, EVAL: 0}
+    for _, e in entries:
+        fields = {k: _value(v) for k, v in e.items() if isinstance(k, str) and k not in RESERVED}
+        if "train_runtime" in fields and "train_loss" in fields:
+            summary = fields
+        elif any(k.startswith("eval_") for k in fields):
+            writer.event(EVAL, step=e["step"], max_steps=max_steps, **fields)
+            counts[EVAL] += 1
+        else:
+            writer.event(METRICS, step=e["step"], max_steps=max_steps, **fields)
+            counts[METRICS] += 1
+    if isinstance(summary.get("train_runtime"), (int, float)) and step:
+        summary["seconds_per_step"] = round(summary["train_runtime"] / step, 4)
+    writer.update(started=None, imported=counts)
+    if max_steps and step < max_steps:
+        reason = f"imported at step {step} of {max_steps}, where its last trainer_state.json was written"
+        writer.event(EVENT, kind=STOPPED, reason=reason, step=step)
+        writer.set_status("stopped", reason=reason)
+    else:
+        writer.event(EVENT, kind=FINISHED, step=step, outputs={},
+                     **{k: v for k, v in summary.items() if k not in ("kind", "outputs")})
+        writer.set_status("finished")
+    writer.update(pid=None)

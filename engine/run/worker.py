@@ -213,7 +213,7 @@ def _reporting_tqdm(original, writer: SessionWriter):
                 if now - last >= 1.0 or i == total or i == 1:
                     last = now
                     eta = (now - start) / i * (total - i) if total else None
-                    writer.event(PROGRESS, phase=phase, step=i, max_steps=total, unit="batches",
+                    writer.event(PROGRESS, phase=phase, prestep=True, step=i, max_steps=total, unit="batches",
                                  eta_seconds=round(eta, 1) if eta is not None else None)
 
         return batches()

@@ -45,13 +45,17 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ROOT_MARK = ".rounds-sessions"  # a sessions root before it holds a session (the checkout's own sessions/)
 
 
-def _is_sessions_root(folder: Path) -> bool:
-    """A ``sessions`` folder of rounds': one that holds a session, or carries the mark (the checkout's)."""
-    if not folder.is_dir():
-        return False
-    if (folder / ROOT_MARK).exists():
-        return True
+def _is_sessions_root(folder: Path, marked_only: bool = False) -> bool:
+    """A ``sessions`` folder of rounds': one that carries the mark (a checkout's own), or, unless
+    ``marked_only``, one that holds a session (``./sessions``, the old default). Never an error:
+    a folder this user cannot read is not theirs."""
     try:
+        if not folder.is_dir():
+            return False
+        if (folder / ROOT_MARK).is_file():
+            return True
+        if marked_only:
+            return False
         for n, child in enumerate(folder.iterdir()):
             if (child / SESSION_JSON).is_file():
                 return True
@@ -78,7 +82,10 @@ def find_sessions_root(cli_value: str | os.PathLike | None = None) -> tuple[Path
         root, why = Path(os.environ["ROUNDS_SESSIONS"]).expanduser(), "$ROUNDS_SESSIONS"
     else:
         here = Path.cwd()
-        found = next((d / "sessions" for d in (here, *here.parents) if _is_sessions_root(d / "sessions")), None)
+        # ./sessions as before; above, only a marked one (a checkout's own), so that a stray sessions/
+        # in /tmp or a teammate's folder never captures everything below it
+        found = next((d / "sessions" for d in (here, *here.parents)
+                      if _is_sessions_root(d / "sessions", marked_only=d != here)), None)
         if found is not None:
             root, why = found, ("./sessions" if found.parent == here else "the nearest sessions folder above")
         else:
@@ -435,7 +442,7 @@ def read_session(path: str | os.PathLike) -> SessionInfo:
         if info.last_event_time is None:
             info.last_event_time = rec.get("time")
         total = rec.get("max_steps")
-        if "step" in rec and total and not rec.get("phase"):  # a phase before training is not its progress
+        if "step" in rec and total and not rec.get("prestep"):  # a pass before training is not its progress
             info.step, info.total_steps = rec["step"], total
             break
     return info
