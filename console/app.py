@@ -36,6 +36,13 @@ class RoundsApp(App):
         # a console that only watches: no stop, no checkpoint, no marks (the reason is what it says)
         self.read_only: str | None = os.environ.get(READ_ONLY_ENV) or None
 
+    def refused_read_only(self) -> bool:
+        """For a key that would act on a run or write into a session: refuse it, saying why, when
+        this console only watches."""
+        if self.read_only:
+            self.notify(f"read-only: {self.read_only}", severity="warning", timeout=8)
+        return bool(self.read_only)
+
     def on_mount(self) -> None:
         keymap = load_keymap()
         if keymap:

@@ -21,6 +21,7 @@ import hmac
 import os
 import secrets
 import shlex
+import socket
 import sys
 from pathlib import Path
 
@@ -52,18 +53,19 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 8000, token: st
     """A textual-serve server for the console on ``root`` that admits only ``token`` holders."""
     from aiohttp import web
 
+    from console.app import READ_ONLY_ENV
+
     Server = _textual_serve()
     token = token or secrets.token_urlsafe(24)
-    os.environ.pop("ROUNDS_READ_ONLY", None)
+    os.environ.pop(READ_ONLY_ENV, None)
     if not allow_control:  # the child consoles inherit it
-        os.environ["ROUNDS_READ_ONLY"] = "served by `rounds serve` (start it with --allow-control to stop runs, " \
-                                         "ask for checkpoints or mark answers)"
+        os.environ[READ_ONLY_ENV] = "served by `rounds serve` (start it with --allow-control to stop runs, " \
+                                    "ask for checkpoints or mark answers)"
 
     class RoundsServer(Server):
         def __init__(self) -> None:
             super().__init__(console_command(root), host=host, port=port, title="rounds")
             self.token = token
-            self.allow_control = allow_control
 
         cookie = f"{COOKIE}_{port}"
 
@@ -131,6 +133,13 @@ async def _with_transcript(handle, request, path: Path):
 
 
 def serve(root: Path, host: str, port: int, allow_control: bool) -> int:
+    try:  # a port in use is the user's to choose again, said before anything is printed as served
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}", field="--port",
+                        hint="another program has it: choose another, e.g. --port 8001") from None
     server = make_server(root, host, port, allow_control=allow_control)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     mode = ("with control: stop, checkpoint and marks work" if allow_control
@@ -141,15 +150,6 @@ def serve(root: Path, host: str, port: int, allow_control: bool) -> int:
     else:
         lines.append(f"  warning: bound to {host}: anyone on its network with the address (token) can open it")
     lines.append("  Ctrl-C stops it")
-    import socket
-
-    try:  # a port in use is the user's to choose again, said before anything is printed as served
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}", field="--port",
-                        hint="another program has it: choose another, e.g. --port 8001") from None
     print("\n".join(lines), flush=True)
     server.serve()
     return 0

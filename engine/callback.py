@@ -6,8 +6,8 @@
     trainer.add_callback(rounds_callback("stage-b"))
     trainer.train()
 
-When training begins the callback creates a session (kind ``train``) in the sessions root (the
-same one `rounds` finds: ``sessions=``, else ``$ROUNDS_SESSIONS``, else ``./sessions``) and
+When training begins the callback creates a session (kind ``train``) in the sessions root
+(``sessions=``, else the one `rounds` finds from the working directory, ``find_sessions_root``) and
 writes what `rounds train` writes: ``metrics`` for every logged step (loss, rewards, seconds per
 step, ETA, throughput), ``system`` records every ``system_interval`` seconds (GPU, CPU, RAM), and
 ``status`` and ``event`` records (checkpoints, stop, finish, error). So the run appears in

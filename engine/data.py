@@ -20,7 +20,7 @@ column of the file (``columns={"question": "Question", "answer": "Response"}``).
 Files are read a line (a Parquet/Arrow batch) at a time with a cap on the line length, so a
 2 GB line is reported, not loaded. Every problem carries the file, line (row) and field, and a
 hint. ``validate_file(..., keep_rows=False)`` keeps a sample of the valid rows instead of all
-of them, so a file of any size is validated in bounded memory.
+of them: its memory grows with the number of rows (a digest and an id each), not their text.
 """
 
 from __future__ import annotations
@@ -567,7 +567,7 @@ def _check_record(rec: dict, line: int, kind: str, mapping: dict[str, str], repo
             ok = False
             continue
         if col not in rec:
-            present = ", ".join(k for k, v in rec.items() if v is not None) or "(none)"
+            present = ", ".join(key for key, v in rec.items() if v is not None) or "(none)"
             report.add(f"missing field {col!r}; the fields are: {present}", line=line, field=col,
                        hint=f"add it, or map another field: {_flag(canonical)} NAME"
                        + (f"; {k.derive_hint}" if k.derive_hint and canonical in k.implicit else ""))

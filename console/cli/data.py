@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 
@@ -117,22 +116,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_import_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from engine.run.importrun import import_run
+    from engine.session import sessions_root
 
-    from engine.errors import UserError
-    from engine.run.importrun import find_state, import_run
-    from engine.session import check_name, sessions_root
-
-    name = args.name
-    if name is None:  # the run's folder name, when it makes a valid session name
-        folder = find_state(args.dir).parent
-        folder = folder.parent if folder.name.startswith("checkpoint-") else folder
-        candidate = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(folder).resolve().name).strip("-.")[:64]
-        try:
-            name = check_name(candidate)
-        except UserError:  # a name we cannot use: the session's id names it
-            name = None
-    writer = import_run(args.dir, sessions_root(args.sessions), name=name, stage=args.stage,
+    writer = import_run(args.dir, sessions_root(args.sessions), name=args.name, stage=args.stage,
                         shared=args.shared_sessions, command=["rounds", *sys.argv[1:]], again=args.again)
     meta = writer.meta
     counts = meta.get("imported") or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -162,7 +163,7 @@ class HomeScreen(Screen):
             from console.screens.assess import AssessScreen
 
             annotator = getattr(self.app, "annotator", None) or os.environ.get("USER") or "annotator"
-            self.app.push_screen(AssessScreen(info.path, annotator, read_only=getattr(self.app, "read_only", None)))
+            self.app.push_screen(AssessScreen(info.path, annotator, read_only=self.app.read_only))
             return
         from console.screens.monitor import MonitorScreen
 
@@ -203,6 +204,37 @@ class HomeScreen(Screen):
         self.app.push_screen(KeyHelp("Sessions", [b for b in self.BINDINGS if isinstance(b, Binding)]))
 
 
+class _Row(NamedTuple):
+    id: str
+    name: str  # with the compare mark
+    tag: str  # " #2" for the second run of one name: kept whole when the name is cut
+    run: str
+    status: str
+    percent: str
+    steps: str
+    started: float | None
+    duration: str
+    rate: str
+
+    def cells(self, short_progress: bool, short_start: bool, today: str) -> list[str]:
+        return [self.name + self.tag, self.run, self.status, self.percent + ("" if short_progress else self.steps),
+                _start_text(self.started, short_start, today), self.duration, self.rate]
+
+
+def _start_text(started: float | None, short: bool, today: str) -> str:
+    if not started:
+        return ""
+    local = time.localtime(started)
+    if not short:
+        return time.strftime("%m-%d %H:%M", local)
+    return time.strftime("%H:%M" if time.strftime("%Y-%m-%d", local) == today else "%m-%d", local)
+
+
+def _table_width(cells: list[list[str]]) -> int:
+    return sum(max([len(label), *(len(c[k]) for c in cells)]) + PADDING
+               for k, label in enumerate(COLUMNS)) + 1  # the table's scrollbar
+
+
 def home_rows(infos: list[SessionInfo], now: float, marked: set[str], rates: dict[str, str],
               width: int | None = None) -> list[tuple]:
     """(session id, the row's cells) for each session, as Home shows them (no Textual needed).
@@ -212,55 +244,30 @@ def home_rows(infos: list[SessionInfo], now: float, marked: set[str], rates: dic
     order: dict[str, int] = {}
     seen: Counter = Counter()
     for i in sorted(infos, key=lambda i: (i.created or "", i.id)):
-        if names[i.name or i.id] > 1:
-            seen[i.name or i.id] += 1
-            order[i.id] = seen[i.name or i.id]
-    today = time.strftime("%Y-%m-%d", time.localtime(now))
+        seen[i.name or i.id] += 1
+        order[i.id] = seen[i.name or i.id]
     rows = []
     for i in infos:
-        status, detail = liveness(i.meta, i.last_event_time, now) if i.meta else (i.status, "")
+        status, _ = liveness(i.meta, i.last_event_time, now) if i.meta else (i.status, "")
         started = parse_time(i.started or i.created)
         ended = parse_time(i.ended)
         duration = (ended or now) - started if started and status != "planned" else None
-        name, tag = i.name or i.id, ""
-        if names[name] > 1:  # runs of one name: numbered oldest first (#1), kept when the name is cut
-            tag = f" #{order[i.id]}"
-        run = " ".join(dict.fromkeys(x for x in (i.kind, i.stage) if x))  # "train dpo"; an eval's "eval" once
-        rows.append([i.id, (("● " if i.id in marked else "") + name, tag), run, status,
-                     (f"{100 * i.progress:.0f}%", f" {i.step}/{i.total_steps}") if i.progress is not None
-                     else ("", ""),
-                     started, format_duration(duration) if duration is not None else "", rates.get(i.id, "")])
-
-    def need(cells: list[list]) -> int:
-        return sum(max([len(label), *(len(str(c[k + 1])) for c in cells)]) + PADDING
-                   for k, label in enumerate(COLUMNS)) + 1  # the table's scrollbar
-
-    def render(short_progress: bool, short_start: bool) -> list[list]:
-        out = []
-        for r in rows:
-            pct, steps = r[4]
-            started = r[5]
-            when = ("" if not started else time.strftime("%H:%M", time.localtime(started))
-                    if short_start and time.strftime("%Y-%m-%d", time.localtime(started)) == today
-                    else time.strftime("%m-%d" if short_start else "%m-%d %H:%M", time.localtime(started)))
-            out.append([r[0], r[1], r[2], r[3], pct + ("" if short_progress else steps), when, r[6], r[7]])
-        return out
-
-    def joined(cells: list[list]) -> list[list]:
-        return [[c[0], c[1][0] + c[1][1], *c[2:]] for c in cells]
-
-    cells = render(False, False)
-    if width:
-        for short in ((True, False), (True, True)):
-            if need(joined(cells)) <= width:
-                break
-            cells = render(*short)
-        over = need(joined(cells)) - width
-        if over > 0 and cells:  # the names give way last, never below 10 cells; a run's #n stays
-            longest = max(len(c[1][0]) + len(c[1][1]) for c in cells)
-            keep = max(10, longest - over)
-            for c in cells:
-                base, tag = c[1]
-                if len(base) + len(tag) > keep:
-                    c[1] = (base[: max(1, keep - len(tag) - 1)] + "…", tag)
-    return [(c[0], tuple(c[1:])) for c in joined(cells)]
+        name = i.name or i.id
+        progress = (f"{100 * i.progress:.0f}%", f" {i.step}/{i.total_steps}") if i.progress is not None else ("", "")
+        rows.append(_Row(i.id, ("● " if i.id in marked else "") + name,
+                         f" #{order[i.id]}" if names[name] > 1 else "",
+                         " ".join(dict.fromkeys(x for x in (i.kind, i.stage) if x)),  # "train dpo"; "eval" once
+                         status, *progress, started, format_duration(duration) if duration is not None else "",
+                         rates.get(i.id, "")))
+    today = time.strftime("%Y-%m-%d", time.localtime(now))
+    for short_progress, short_start in ((False, False), (True, False), (True, True)):
+        cells = [r.cells(short_progress, short_start, today) for r in rows]
+        if not width or _table_width(cells) <= width:
+            break
+    over = _table_width(cells) - width if width else 0
+    if over > 0 and cells:  # the names give way last, never below 10 cells; a run's #n stays
+        keep = max(10, max(len(c[0]) for c in cells) - over)
+        for r, c in zip(rows, cells, strict=True):
+            if len(c[0]) > keep:
+                c[0] = r.name[: max(1, keep - len(r.tag) - 1)] + "…" + r.tag
+    return [(r.id, tuple(c)) for r, c in zip(rows, cells, strict=True)]

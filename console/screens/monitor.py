@@ -163,14 +163,8 @@ class MonitorScreen(Screen):
         self.chart_set = index % len(chart_sets(stage_info(self.state.meta)))
         self.refresh_view()
 
-    def _watch_only(self) -> bool:
-        reason = getattr(self.app, "read_only", None)
-        if reason:
-            self.notify(f"read-only: {reason}", severity="warning", timeout=8)
-        return bool(reason)
-
     def action_checkpoint(self) -> None:
-        if self._watch_only():
+        if self.app.refused_read_only():
             return
         if self.state.meta.get("kind") != "train" or self.state.meta.get("status") != "running":
             self.notify("checkpoints are for running training runs", severity="warning")
@@ -179,7 +173,7 @@ class MonitorScreen(Screen):
         self.notify("checkpoint requested: it is saved at the next step boundary")
 
     def action_stop(self) -> None:
-        if self._watch_only():
+        if self.app.refused_read_only():
             return
         meta = self.state.meta
         if meta.get("status") != "running":
@@ -215,12 +209,23 @@ class MonitorScreen(Screen):
 
 
 
+def _origin(meta: dict) -> str:
+    """Where a training run comes from, for the title: the user's own script, an import, or its plan."""
+    if from_own_script(meta):
+        return "your own script · "
+    if meta.get("imported_from"):
+        return "imported · "
+    if meta.get("kind", "train") != "train":
+        return ""
+    plan = meta.get("plan") or {}
+    return f"plan {plan.get('name', '-')}{'+pre' if plan.get('precompute_ref') else ''} · "
+
+
 def header_text(st: MonitorState, name: str, now: float, width: int, loaded: bool = True,
                 message: str = "") -> tuple[Text, Text, str]:
     """The Monitor's title and progress lines, and the status they show (no Textual needed)."""
     meta = st.meta
     status, detail = liveness(meta, st.last_event_time, now)
-    plan = meta.get("plan") or {}
     started = parse_time(meta.get("started"))
     ended = parse_time(meta.get("ended"))
     elapsed = (ended or now) - started if started else None
@@ -228,10 +233,7 @@ def header_text(st: MonitorState, name: str, now: float, width: int, loaded: boo
               "stopped": "yellow"}.get(status, "white")
     title = Text.assemble(("rounds ", "bold"), f"· {meta.get('name', name)} · ",
                           f"{meta.get('stage') or meta.get('kind', '')} · ",
-                          ("your own script · " if from_own_script(meta) else "imported · "
-                           if meta.get("imported_from") else
-                           f"plan {plan.get('name', '-')}{'+pre' if plan.get('precompute_ref') else ''} · "
-                           if meta.get("kind", "train") == "train" else ""),
+                          _origin(meta),
                           (status, f"bold {colour}"), f" · {format_duration(elapsed)}",
                           (f" · {meta['world_size']} ranks" if (meta.get("world_size") or 1) > 1 else ""),
                           (f"  {detail}" if detail else "", "yellow"))

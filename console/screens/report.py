@@ -51,9 +51,7 @@ class ReportScreen(Screen[str | None]):
     def action_export(self) -> None:
         from engine.session.records import export_marks_csv
 
-        reason = getattr(self.app, "read_only", None)
-        if reason:  # a console that only watches writes nothing into sessions
-            self.notify(f"read-only: {reason}", severity="warning", timeout=8)
+        if self.app.refused_read_only():  # a console that only watches writes nothing into sessions
             return
 
         write_report(self.session)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.session import SessionWriter, list_sessions
+from engine.session import SessionWriter, check_name, list_sessions
 from engine.session.layout import EVAL, EVENT, FINISHED, IMPORTED, METRICS, STOPPED
 
 STATE = "trainer_state.json"
@@ -98,9 +98,22 @@ def _model_name(folder: Path) -> str | None:
     return None
 
 
+def _default_name(state_path: Path) -> str | None:
+    """The run's folder name (its output_dir, not checkpoint-N), when it makes a valid session name."""
+    folder = state_path.parent
+    folder = folder.parent if re.fullmatch(r"checkpoint-\d+", folder.name) else folder
+    candidate = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name).strip("-.")[:64]
+    try:
+        return check_name(candidate)
+    except UserError:  # a name we cannot use: the session's id names it
+        return None
+
+
 def import_run(folder: str | Path, root: Path, *, name: str | None = None, stage: str | None = None,
                shared: bool = False, command: list[str] | None = None, again: bool = False) -> SessionWriter:
+    """``name``: the session's (default: the run's folder name)."""
     state_path = find_state(folder).resolve()
+    name = name or _default_name(state_path)
     state = read_state(state_path)
     history = state["log_history"]
     entries = [(i, e) for i, e in enumerate(history, 1)

@@ -164,6 +164,9 @@ def _control_callback(writer: SessionWriter, control: RunControl, spec: TrainSpe
     return ControlCallback()
 
 
+PHASE_MODULES = ("trl.trainer.dpo_trainer", "trl.trainer.kto_trainer")  # trainers that precompute with a bar
+
+
 @contextlib.contextmanager
 def _phase_progress(writer: SessionWriter | None):
     """TRL's preference trainers compute the reference log-probs (``precompute_ref_log_probs``) in
@@ -189,9 +192,6 @@ def _phase_progress(writer: SessionWriter | None):
     finally:
         for module, original in patched:
             module.tqdm = original
-
-
-PHASE_MODULES = ("trl.trainer.dpo_trainer", "trl.trainer.kto_trainer")
 
 
 def _reporting_tqdm(original, writer: SessionWriter):

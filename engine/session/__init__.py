@@ -74,8 +74,8 @@ def user_sessions_root() -> Path:
 
 def find_sessions_root(cli_value: str | os.PathLike | None = None) -> tuple[Path, str]:
     """The sessions root and why it is that one: ``--sessions DIR`` wins, then
-    ``$ROUNDS_SESSIONS``, then the nearest ``sessions`` folder of rounds' from the working
-    directory up (a checkout's own ``sessions/``), then the per-user default. Always absolute."""
+    ``$ROUNDS_SESSIONS``, then ``./sessions`` when it holds sessions, then the nearest marked
+    ``sessions/`` above (a checkout's own), then the per-user default. Always absolute."""
     if cli_value:
         root, why = Path(cli_value).expanduser(), "--sessions"
     elif os.environ.get("ROUNDS_SESSIONS"):
