@@ -9,8 +9,6 @@ from pathlib import Path
 
 from textual.app import App
 
-from console.screens.home import HomeScreen
-
 READ_ONLY_ENV = "ROUNDS_READ_ONLY"  # set (to the reason) by `rounds serve` without --allow-control
 
 
@@ -58,14 +56,25 @@ class RoundsApp(App):
             session, annotator, blind = self.assess
             self.push_screen(AssessScreen(session, annotator, blind, read_only=self.read_only))
             return
-        self.push_screen(HomeScreen(self.root, probe=self.probe, clock=self.clock))
-        if self.start_session is not None:
+        if self.start_session is not None:  # Home is made when it is asked for (escape): the Monitor opens first
             from console.screens.monitor import MonitorScreen
 
             self.push_screen(MonitorScreen(self.start_session, clock=self.clock))
             self._followed = self.start_session
+        else:
+            self.open_home()
         if self.follow_demo is not None:
             self.set_interval(1.0, self._follow_demo)
+
+    def open_home(self) -> None:
+        """Home in place of the screen shown (or first): the sessions."""
+        from console.screens.home import HomeScreen
+
+        home = HomeScreen(self.root, probe=self.probe, clock=self.clock)
+        if len(self.screen_stack) > 1:
+            self.switch_screen(home)
+        else:
+            self.push_screen(home)
 
     def _follow_demo(self) -> None:
         """Follow a demo pipeline: the Monitor moves to each new training run, and the console

@@ -10,10 +10,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from console.assess_state import AssessModel
 from console.screens.dialogs import KeyHelp
+from console.widgets.keybar import KeyBar
 from engine.assessment import CATEGORIES
 
 SHORT = {"fabricated_reference": "fake reference"}
@@ -94,7 +95,7 @@ class AssessScreen(Screen):
         with VerticalScroll(id="item"):
             yield Static(id="body")
         yield Static(id="marks")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         notes = []

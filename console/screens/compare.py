@@ -9,9 +9,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, OptionList, Static
+from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from console.widgets.keybar import KeyBar
 from engine.report import compare, compare_markdown, item_labels
 from engine.session.records import read_results
 
@@ -67,7 +68,7 @@ class CompareScreen(Screen):
         changed = sorted(i for i in set(self.la) & set(self.lb) if self.la[i] != self.lb[i])
         options = [Option(f"{i}: A {self.la[i]} → B {self.lb[i]}", id=i) for i in changed]
         yield OptionList(*options, id="changed") if options else Static("no item changed its verdict", id="changed")
-        yield Footer()
+        yield KeyBar()
 
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 2:

@@ -11,9 +11,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from console.screens.dialogs import KeyHelp
+from console.widgets.keybar import KeyBar
 from engine.session import SessionInfo, list_sessions, liveness
 from engine.session.layout import ASSESSMENTS
 from engine.units import format_duration, human_bytes, parse_time
@@ -24,6 +25,13 @@ COLOURS = {"running": "green", "finished": "cyan", "failed": "red", "lost": "red
 
 COLUMNS = ("name", "run", "status", "progress", "started", "time", "halluc.")
 PADDING = 2  # a DataTable cell's padding, both sides
+FIRST_ROWS = 40  # rows in Home's first frame (at least a screenful); then ROWS_A_FRAME at a time
+ROWS_A_FRAME = 100
+
+
+def _cell(i: int, value: str):
+    """A cell as the table shows it: the status coloured, the rest plain text (no markup parsed)."""
+    return Text(value, style=COLOURS.get(value, "") if COLUMNS[i] == "status" else "")
 
 
 class HomeScreen(Screen):
@@ -54,6 +62,10 @@ class HomeScreen(Screen):
         self._busy = False
         self.marked: list[str] = []  # session ids marked for comparison, in marking order
         self.shown = False  # the table has been drawn with the sessions at least once
+        self._last_rows: list | None = None
+        self._widths: list[int] = []
+        self._filled = 0  # rows added to the table (a screenful first, the rest after the first frame)
+        self._generation = 0
 
     def compose(self) -> ComposeResult:
         yield Static(id="host")
@@ -61,7 +73,7 @@ class HomeScreen(Screen):
         table.add_columns(*COLUMNS)
         yield table
         yield Static(f"sessions in {self.root} · enter opens one", id="hint")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one(DataTable).focus()
@@ -108,27 +120,51 @@ class HomeScreen(Screen):
         self.infos = infos
         self.query_one("#host", Static).update(self._host_line(host, len(infos)))
         rows = home_rows(infos, self.clock(), self.marked, rates, width=self.size.width or None)
-        if rows == getattr(self, "_last_rows", None):
+        if rows == self._last_rows:
             return  # nothing changed: leave the table (and the cursor) alone
-        self._last_rows = rows
         table = self.query_one(DataTable)
+        widths = [max([len(label)] + [len(str(cells[i])) for _, cells in rows]) for i, label in enumerate(COLUMNS)]
+        last = self._last_rows
+        if last is not None and widths == self._widths and [k for k, _ in last] == [k for k, _ in rows] \
+                and self._filled == len(rows):
+            # the same sessions in the same order: only the cells that changed (a running run's progress)
+            for (key, cells), (_, old) in zip(rows, last, strict=True):
+                for i, (new, was) in enumerate(zip(cells, old, strict=True)):
+                    if new != was:
+                        table.update_cell(key, COLUMNS[i], _cell(i, new))
+            self._last_rows = rows
+            return
+        self._last_rows, self._widths = rows, widths
         keep = table.cursor_row
         # the columns' widths are set here from the rows: a DataTable measures new rows only when its
         # message pump next goes idle, and a table filled during its first frame could keep its header's
         # widths (names cut to four letters) until something else changed it
         table.clear(columns=True)
         for i, label in enumerate(COLUMNS):
-            table.add_column(label, width=max([len(label)] + [len(str(cells[i])) for _, cells in rows]))
-        for key, (name, run, status, progress, started_text, duration_text, rate) in rows:
-            table.add_row(name, run, Text(status, style=COLOURS.get(status, "")), progress, started_text,
-                          duration_text, rate, key=key)
+            table.add_column(label, width=widths[i], key=label)
+        # a screenful first (the first frame costs what it shows), the rest a chunk a frame after it
+        self._generation += 1
+        self._filled = 0
+        self._fill(self._generation, max(FIRST_ROWS, self.size.height + 10), keep)
         self.call_after_refresh(self._drawn)
-        if infos:
-            table.move_cursor(row=min(max(0, keep), len(infos) - 1))
-        else:
+        if not infos:
             self.query_one("#hint", Static).update(
                 f"no sessions in {self.root} yet: start one with `rounds train` or `rounds eval` "
                 "(elsewhere: --sessions DIR or $ROUNDS_SESSIONS)")
+
+    def _fill(self, generation: int, count: int, keep: int) -> None:
+        """Add the next ``count`` rows (unless the table was rebuilt since), then schedule the rest."""
+        if generation != self._generation:
+            return
+        table, rows = self.query_one(DataTable), self._last_rows
+        start, end = self._filled, min(len(rows), self._filled + count)
+        for key, cells in rows[start:end]:
+            table.add_row(*(_cell(i, c) for i, c in enumerate(cells)), key=key)
+        self._filled = end
+        if rows and (keep < end or end == len(rows)):
+            table.move_cursor(row=min(max(0, keep), end - 1))
+        if end < len(rows):  # the next chunk once this one is on the screen
+            self.call_after_refresh(lambda: self.set_timer(0.05, lambda: self._fill(generation, ROWS_A_FRAME, keep)))
 
     def _drawn(self) -> None:
         self.shown = True

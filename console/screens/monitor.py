@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -13,21 +14,27 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Static
 
 from console.charts import bar
 from console.screens.dialogs import Confirm, KeyHelp
 from console.state import MonitorState, chart_sets, series_label, stage_info
+from console.widgets import Line
 from console.widgets.chart import MetricChart
 from console.widgets.eventlog import EventLog
+from console.widgets.keybar import KeyBar
 from console.widgets.memory import MemoryPanel
 from console.widgets.system import SystemPanel
-from engine.session import EVENTS, SESSION_JSON, EventTail, liveness, read_session_json
+from engine.session import EVENTS, SESSION_JSON, file_mode, last_events, liveness, read_session_json
+from engine.session.history import History
 from engine.session.layout import RUN_LOG, from_own_script
 from engine.session.requests import request_checkpoint, request_stop
+from engine.session.watch import FolderWatch
 from engine.units import format_duration, parse_time
 
-READ_BUDGET_SECONDS = 0.25  # per poll, so a huge history streams in without freezing the screen
+CATCH_UP_NOW = 256 * 1024  # events behind the history read before the first frame (about a hundredth of a second)
+PREVIEW_BYTES = 256 * 1024  # without a usable history: the newest events drawn first, from the file's end
+PULL_EVERY = 0.5  # while watching: at most two reads (and redraws) a second, however fast the run writes
+PULL_BYTES = 2**20  # events read in one pull (a backlog is read over several, the screen kept responsive)
 
 
 class MonitorScreen(Screen):
@@ -58,15 +65,20 @@ class MonitorScreen(Screen):
         self.session = Path(session)
         self.clock = clock
         self.state = MonitorState()
-        self.tail = EventTail(self.session / EVENTS)
+        self.history: History | None = None  # the digest being followed, once the history is read
         self.chart_set = 0
-        self._reading = False
-        self.loaded = False  # the whole history has been read once
+        self.loaded = False  # the whole history is in the state (from history.json, or read in the background)
+        self.loading = ""  # while it is read: why history.json could not be used
         self.message = ""
+        self.pulls = 0  # reads of new events while watching (tests: a growing file is followed)
+        self._watch: FolderWatch | None = None
+        self._pull_timer = None
+        self._last_pull = 0.0
+        self._meta_mtime: int | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(id="title")
-        yield Static(id="progress")
+        yield Line(id="title")
+        yield Line(id="progress")
         with Horizontal(id="panels"):
             yield MemoryPanel(id="memory")
             yield SystemPanel(id="system")
@@ -74,57 +86,121 @@ class MonitorScreen(Screen):
             yield MetricChart("loss", id="chart0")
             yield MetricChart("", id="chart1")
         yield EventLog(id="events")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self._reload_meta()
-        self.poll()
-        self.set_interval(0.5, self.poll)
+        self._open_history()
+        self.refresh_view()
+        self._watch = FolderWatch.open(self.session)
+        if self._watch is not None:
+            asyncio.get_running_loop().add_reader(self._watch.fileno(), self._on_change)
+        self.set_interval(1.0, self._tick)
+
+    def on_unmount(self) -> None:
+        if self._watch is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._watch.fileno())
+            except RuntimeError:
+                pass
+            self._watch.close()
+            self._watch = None
 
     # ----------------------------------------------------------------- reading
 
-    def poll(self) -> None:
-        if not self._reading:
-            self._reading = True
-            self.run_worker(self._read, thread=True, group="tail", exclusive=True)
-
-    def _read(self) -> None:
-        batch: list[dict] = []
-        start = time.monotonic()
+    def _open_history(self) -> None:
+        """The first frame costs what the screen shows: the saved history (and the events written
+        since), or, without a usable one, the newest events read from the file's end while the
+        whole history is read in the background."""
         try:
-            while time.monotonic() - start < READ_BUDGET_SECONDS:
-                got = self.tail.read()
-                if not got:
-                    break
-                batch.extend(got)
-            at_end = not got if batch else True
+            hist = History.load(self.session, MonitorState)
+        except OSError as e:
+            hist = History(self.session, MonitorState())
+            hist.why = f"unreadable ({e.strerror})"
+        if hist.why in ("current", "behind") and hist.behind() <= CATCH_UP_NOW:
+            hist.catch_up()
+            self._take(hist)
+            return
+        preview = MonitorState()
+        preview.feed(last_events(self.session / EVENTS, PREVIEW_BYTES))
+        self.state.adopt(preview)
+        self.loading = hist.why if hist.why not in ("current", "behind") else "far behind"
+        self.run_worker(lambda: self._read_history(hist), thread=True, group="history", exclusive=True)
+
+    def _read_history(self, hist: History) -> None:
+        """In a thread: every event not in the history, then save it for the next reader."""
+        try:
+            hist.catch_up()
+            try:
+                hist.save(file_mode(self.session))
+            except OSError:
+                pass  # a folder this user cannot write: the next reader reads the events again
+        except Exception as e:  # noqa: BLE001 - the screen must stay up; what it could read is kept
+            self.message = f"cannot read events.jsonl: {e}"
+        self.app.call_from_thread(self._take, hist)
+
+    def _take(self, hist: History) -> None:
+        hist.digest.meta = self.state.meta
+        self.state = hist.digest
+        self.history = hist
+        self.loaded, self.loading = True, ""
+        self.refresh_view()
+        self._schedule_pull()  # events written while it was read
+
+    def _on_change(self) -> None:
+        if self._watch is not None:
+            self._watch.drain()
+        self._schedule_pull()
+
+    def _tick(self) -> None:
+        """Once a second: the clock and liveness; where inotify is missing, the poll (one stat)."""
+        if self._watch is None:
+            self._schedule_pull()
+        else:
+            self.refresh_view()
+
+    def _schedule_pull(self) -> None:
+        if self._pull_timer is not None or not self.is_mounted:
+            return
+        delay = max(0.02, self._last_pull + PULL_EVERY - time.monotonic())
+        self._pull_timer = self.set_timer(delay, self._pull)
+
+    def _pull(self) -> None:
+        """New events (only the bytes written since the last read) and a changed session.json."""
+        self._pull_timer = None
+        self._last_pull = time.monotonic()
+        if self.history is None:
+            return  # the background read follows the file to its end, then hands over
+        self.pulls += 1
+        try:
             meta = self._meta_if_changed()
+            if meta is not None:
+                self.state.meta = meta
         except Exception as e:  # a damaged session.json must not kill the screen
-            meta, at_end = None, True
             self.message = f"cannot read session.json: {e}"
-        self.app.call_from_thread(self._apply, batch, meta, at_end)
+        try:
+            at_end = self.history.catch_up(max_bytes=PULL_BYTES)
+        except OSError as e:
+            self.message, at_end = f"cannot read events.jsonl: {e.strerror}", True
+        if self.history.digest is not self.state:  # the file was replaced: its new digest
+            self.history.digest.meta = self.state.meta
+            self.state = self.history.digest
+        self.refresh_view()
+        if not at_end:
+            self._schedule_pull()
 
     def _meta_if_changed(self) -> dict | None:
-        """session.json only when its mtime moved: polled twice a second, it rarely changes."""
+        """session.json only when its mtime moved: it rarely changes."""
         mtime = (self.session / SESSION_JSON).stat().st_mtime_ns
-        if mtime == getattr(self, "_meta_mtime", None):
+        if mtime == self._meta_mtime:
             return None
         meta = read_session_json(self.session)
         self._meta_mtime = mtime
         return meta
 
-    def _apply(self, batch: list[dict], meta: dict | None, at_end: bool) -> None:
-        self._reading = False
-        if meta is not None:
-            self.state.meta = meta
-        if batch:
-            self.state.feed(batch)
-        if at_end:
-            self.loaded = True
-        self.refresh_view()
-
     def _reload_meta(self) -> None:
         try:
+            self._meta_mtime = (self.session / SESSION_JSON).stat().st_mtime_ns
             self.state.meta = read_session_json(self.session)
         except Exception as e:
             self.message = f"cannot read session.json: {e}"
@@ -132,12 +208,18 @@ class MonitorScreen(Screen):
     # ----------------------------------------------------------------- drawing
 
     def refresh_view(self) -> None:
+        """Every panel's text from the state; Textual redraws only the panels whose text changed."""
+        if not self.is_mounted:
+            return
         st, meta = self.state, self.state.meta
+        loading = ""
+        if not self.loaded and self.history is None:
+            loading = f"reading the history… (history.json {self.loading})"
         title, prog, status = header_text(st, self.session.name, self.clock(), self.size.width, self.loaded,
-                                          self.message)
+                                          self.message or loading)
         plan = meta.get("plan") or {}
-        self.query_one("#title", Static).update(title)
-        self.query_one("#progress", Static).update(prog)
+        self.query_one("#title", Line).set(title)
+        self.query_one("#progress", Line).set(prog)
         self.query_one(MemoryPanel).show(st, plan.get("predicted_peak_bytes"))
         self.query_one(SystemPanel).show(st)
         info = stage_info(meta)  # once a refresh: an old session's comes from the registry
@@ -203,6 +285,8 @@ class MonitorScreen(Screen):
     def action_back(self) -> None:
         if len(self.app.screen_stack) > 2:
             self.app.pop_screen()
+        else:  # opened directly (`rounds SESSION`): Home takes its place
+            self.app.open_home()
 
     def action_help(self) -> None:
         self.app.push_screen(KeyHelp("Monitor", [b for b in self.BINDINGS if isinstance(b, Binding)]))

@@ -9,9 +9,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, OptionList, Static
+from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from console.widgets.keybar import KeyBar
 from engine.report import report_markdown, session_report, write_report
 
 
@@ -37,7 +38,7 @@ class ReportScreen(Screen[str | None]):
         items += [Option(f"{i}  annotators disagree", id=i) for i in self.rep["disagreements"]
                   if i not in self.rep["unsure"]]
         yield OptionList(*items, id="items") if items else Static("no unsure or disputed items", id="items")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         # the list of items to jump to has the keys; the report above scrolls with the mouse or after tab

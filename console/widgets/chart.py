@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from console.charts import columns
 from console.state import Series, fmt_num
+from console.widgets import TextPanel
 
 
-class MetricChart(Static):
+class MetricChart(TextPanel):
     DEFAULT_CSS = """
     MetricChart { height: 1fr; min-height: 3; padding: 0 1; }
     """
@@ -21,10 +21,10 @@ class MetricChart(Static):
 
     def show(self, title: str, series: Series | None) -> None:
         self.title, self.series = title, series
-        self.refresh()
+        self.changed()
 
-    def render(self) -> Text:
-        return chart_text(self.title, self.series, self.size.width, self.size.height)
+    def text(self, width: int, height: int) -> Text:
+        return chart_text(self.title, self.series, width, height)
 
 
 def chart_text(title: str, s: Series | None, width: int, height: int) -> Text:
@@ -35,7 +35,7 @@ def chart_text(title: str, s: Series | None, width: int, height: int) -> Text:
         return Text.assemble((title, "bold"), ("  no data yet", "dim"))
     vals = s.downsample(width)
     head = Text.assemble((title, "bold"), f" {fmt_num(s.last)}",
-                         (f"  min {fmt_num(min(s.values))} max {fmt_num(max(s.values))}", "dim"))
+                         (f"  min {fmt_num(s.lo)} max {fmt_num(s.hi)}", "dim"))
     head.truncate(width, overflow="ellipsis")
     body = "\n".join(columns(vals, width, height))
     return Text.assemble(head, "\n", (body, "cyan"))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
+
+from console.widgets import TextPanel
 
 STYLE = {"error": "bold red", "warning": "yellow", "": ""}
 
 
-class EventLog(Static):
+class EventLog(TextPanel):
     DEFAULT_CSS = """
     EventLog { height: 6; border: round $primary-darken-2; padding: 0 1; }
     """
@@ -20,12 +21,12 @@ class EventLog(Static):
         self.tail_text: list[str] = []
 
     def show(self, lines, tail_text: list[str] | None = None) -> None:
-        self.lines = list(lines)
+        self.lines = lines
         self.tail_text = tail_text or []
-        self.refresh(layout=True)
+        self.changed()
 
-    def render(self) -> Text:
-        return eventlog_text(self.lines, self.tail_text, self.size.width, self.size.height)
+    def text(self, width: int, height: int) -> Text:
+        return eventlog_text(self.lines, self.tail_text, width, height)
 
 
 def eventlog_text(lines: list, tail_text: list[str], width: int, height: int) -> Text:

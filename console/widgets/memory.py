@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from console.charts import bar, finite, sparkline
 from console.state import MonitorState
+from console.widgets import TextPanel
 from console.widgets.system import no_samples
 from engine.units import human_bytes
 
 
-class MemoryPanel(Static):
+class MemoryPanel(TextPanel):
+    AUTO_HEIGHT = True
     DEFAULT_CSS = """
     MemoryPanel { width: 1fr; height: auto; min-height: 4; border: round $primary-darken-2; padding: 0 1; }
     """
@@ -24,10 +25,10 @@ class MemoryPanel(Static):
 
     def show(self, state: MonitorState, predicted: int | None) -> None:
         self.state, self.predicted = state, predicted
-        self.refresh(layout=True)
+        self.changed()
 
-    def render(self) -> Text:
-        return memory_text(self.state, self.predicted, self.size.width)
+    def text(self, width: int, height: int) -> Text:
+        return memory_text(self.state, self.predicted, width)
 
 
 def memory_text(st: MonitorState | None, predicted: int | None, width: int) -> Text:

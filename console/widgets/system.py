@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from console.charts import sparkline
 from console.state import MonitorState
+from console.widgets import TextPanel
 from engine.units import human_bytes
 
 
-class SystemPanel(Static):
+class SystemPanel(TextPanel):
+    AUTO_HEIGHT = True
     DEFAULT_CSS = """
     SystemPanel { width: 1fr; height: auto; min-height: 4; border: round $primary-darken-2; padding: 0 1; }
     """
@@ -22,10 +23,10 @@ class SystemPanel(Static):
 
     def show(self, state: MonitorState) -> None:
         self.state = state
-        self.refresh(layout=True)
+        self.changed()
 
-    def render(self) -> Text:
-        return system_text(self.state, self.size.width)
+    def text(self, width: int, height: int) -> Text:
+        return system_text(self.state, width)
 
 
 def no_samples(st: MonitorState | None) -> Text:

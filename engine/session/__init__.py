@@ -205,6 +205,9 @@ class SessionWriter:
         self._mode = file_mode(self.path)
         self._events = None
         self._lock = threading.Lock()  # the run's main thread and its sampler thread both append
+        self._history = None  # engine.session.history.History, kept near the events (a cache for readers)
+        self._history_at = 0.0
+        self._history_lock = threading.Lock()
 
     @property
     def id(self) -> str:
@@ -280,7 +283,39 @@ class SessionWriter:
             self._events.write(line)
             if sync:
                 os.fsync(self._events.fileno())
+        self._history_tick()
         return record
+
+    def _history_tick(self, force: bool = False) -> None:
+        """Keep ``history.json`` near the events: every ``SAVE_EVERY`` seconds and when the run ends
+        (``force``). It reads only the events written since its last save (a resumed session's saved
+        history is continued), at most a few MiB a call, and a failure to write it is never the
+        run's: readers rebuild it."""
+        from engine.session.history import SAVE_EVERY, History, read_header
+
+        now = time.monotonic()
+        if not force and now - self._history_at < SAVE_EVERY:
+            return
+        if not self._history_lock.acquire(blocking=force):
+            return  # another thread of this run is saving it
+        try:
+            self._history_at = now
+            hist = self._history
+            if hist is None:
+                hist = History.load(self.path)
+            else:  # a reader that rebuilt it may have saved one further on: continue from there
+                head = read_header(self.path, current_only=False)
+                if head and head["offset"] > hist.tail.offset:
+                    newer = History.load(self.path)
+                    if newer.why in ("current", "behind"):
+                        hist = newer
+            self._history = hist
+            hist.catch_up(max_bytes=(8 if force else 2) * 2**20)
+            hist.save(self._mode)
+        except Exception:  # noqa: BLE001 - a cache; the events are the record
+            pass
+        finally:
+            self._history_lock.release()
 
     def set_status(self, status: str, **fields: Any) -> None:
         if status not in STATUSES:
@@ -295,6 +330,8 @@ class SessionWriter:
             for stale in ("error", "failed_rank", "reason"):
                 self.meta.pop(stale, None)
         self.event("status", status=status, sync=True, **fields)
+        if status in ("finished", "failed", "stopped"):
+            self._history_tick(force=True)
         self.update(**extra, **{k: v for k, v in fields.items() if k in ("error", "reason")})
 
     def fail(self, message: str, *, detail: str | None = None, **fields: Any) -> None:
@@ -307,6 +344,8 @@ class SessionWriter:
             self.update(**fields)
 
     def close(self) -> None:
+        if self._events is not None:
+            self._history_tick(force=True)
         with self._lock:
             if self._events is not None:
                 self._events.close()
@@ -438,6 +477,15 @@ def read_session(path: str | os.PathLike) -> SessionInfo:
         started=meta.get("started"), ended=meta.get("ended"), pid=meta.get("pid"), host=meta.get("host"),
         error=meta.get("error"), meta=meta,
     )
+    from engine.session.history import read_header
+
+    head = read_header(path)  # the history, when it covers the events as they are: no event is read
+    if head is not None:
+        t, step, total = head.get("last_event_time"), head.get("step"), head.get("max_steps")
+        info.last_event_time = t if finite(t) else None
+        if _integer(step) and _integer(total) and total:
+            info.step, info.total_steps = step, total
+        return info
     for rec in reversed(last_events(path / EVENTS)):
         if info.last_event_time is None:
             info.last_event_time = rec.get("time")
@@ -549,11 +597,12 @@ class EventTail:
     that shrank or was replaced is read again from the start (``reset`` counts those).
     """
 
-    def __init__(self, path: str | os.PathLike, offset: int = 0, max_bytes: int = 8 * 1024 * 1024):
+    def __init__(self, path: str | os.PathLike, offset: int = 0, max_bytes: int = 8 * 1024 * 1024,
+                 line_no: int = 0):
         self.path = Path(path)
         self._pos = offset  # bytes of the file read so far
         self._pending = b""  # the incomplete last line, kept so no byte is read twice
-        self.line_no = 0  # complete lines consumed so far (counts from where we started)
+        self.line_no = line_no  # complete lines consumed so far (``line_no``: the lines before ``offset``)
         self.max_bytes = max_bytes
         self.resets = 0
         self.skipped_long_lines = 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 SESSION_JSON = "session.json"
 EVENTS = "events.jsonl"
+HISTORY = "history.json"  # what the events add up to, bounded: a cache readers rebuild (engine.session.history)
 RUN_LOG = "run.log"
 RESULTS = "results.jsonl"
 RESULTS_CSV = "results.csv"
