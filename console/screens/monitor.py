@@ -160,7 +160,7 @@ class MonitorScreen(Screen):
             self.refresh_view()
 
     def _schedule_pull(self) -> None:
-        if self._pull_timer is not None or not self.is_mounted:
+        if self._pull_timer is not None or not self.is_attached:
             return
         delay = max(0.02, self._last_pull + PULL_EVERY - time.monotonic())
         self._pull_timer = self.set_timer(delay, self._pull)
@@ -209,7 +209,7 @@ class MonitorScreen(Screen):
 
     def refresh_view(self) -> None:
         """Every panel's text from the state; Textual redraws only the panels whose text changed."""
-        if not self.is_mounted:
+        if not self.is_attached:  # a background read that ended after the screen was closed
             return
         st, meta = self.state, self.state.meta
         loading = ""
