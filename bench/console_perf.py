@@ -96,11 +96,15 @@ app = RoundsApp(root)
 async def main():
     async with app.run_test(size=(100, 30)) as pilot:
         home = app.screen
-        while not (getattr(home, "shown", False) and len(getattr(home, "infos", [])) >= n):
+        while not getattr(home, "shown", False):
             await pilot.pause(0.01)
             home = app.screen
         await pilot.pause(0)
-        print("RESULT " + json.dumps({"first_frame": time.perf_counter() - t0}), flush=True)
+        first = time.perf_counter() - t0  # the newest screenful drawn, with the number of sessions
+        assert f"{n} sessions" in str(home.query_one("#host").render()), "the first frame must count them all"
+        while not (home.complete and len(home.infos) >= n):
+            await pilot.pause(0.01)
+        print("RESULT " + json.dumps({"first_frame": first, "all": time.perf_counter() - t0}), flush=True)
 asyncio.run(main())
 """
 
@@ -212,8 +216,8 @@ def main() -> None:
         hr = home["first_frame"] / bare
         met &= hr <= 2
         print(f"Home with {args.home_sessions} sessions of {args.home_events:,} events: first frame "
-              f"{home['first_frame']:.2f} s = {hr:.2f}x the bare app (target <= 2x: {'MET' if hr <= 2 else 'NOT MET'})",
-              flush=True)
+              f"{home['first_frame']:.2f} s = {hr:.2f}x the bare app (target <= 2x: {'MET' if hr <= 2 else 'NOT MET'}); "
+              f"every session listed by {home['all']:.2f} s", flush=True)
 
         # watching a live run: a writer appends 10 events/s while the console is open
         from engine.session import SessionWriter

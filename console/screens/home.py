@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Static
 
 from console.screens.dialogs import KeyHelp
 from console.widgets.keybar import KeyBar
-from engine.session import SessionInfo, list_sessions, liveness
+from engine.session import SessionInfo, list_sessions, liveness, session_folders
 from engine.session.layout import ASSESSMENTS
 from engine.units import format_duration, human_bytes, parse_time
 
@@ -62,6 +62,7 @@ class HomeScreen(Screen):
         self._busy = False
         self.marked: list[str] = []  # session ids marked for comparison, in marking order
         self.shown = False  # the table has been drawn with the sessions at least once
+        self.complete = False  # every session has been listed (the first frame may hold the newest screenful)
         self._last_rows: list | None = None
         self._widths: list[int] = []
         self._filled = 0  # rows added to the table (a screenful first, the rest after the first frame)
@@ -89,9 +90,14 @@ class HomeScreen(Screen):
             self.run_worker(self._scan, thread=True, group="scan", exclusive=True)
 
     def _scan(self) -> None:
-        infos = list_sessions(self.root)
-        rates = {i.id: self._rate(i) for i in infos if i.kind == "eval"}
+        folders = session_folders(self.root)
         host = self.probe.sample() if self.probe else None
+        if not self.shown and len(folders) > FIRST_ROWS:  # the first frame: the newest screenful, then the rest
+            first = list_sessions(self.root, folders[:FIRST_ROWS])
+            rates = {i.id: self._rate(i) for i in first if i.kind == "eval"}
+            self.app.call_from_thread(self._show, first, rates, host, len(folders), False)
+        infos = list_sessions(self.root, folders)
+        rates = {i.id: self._rate(i) for i in infos if i.kind == "eval"}
         self.app.call_from_thread(self._show, infos, rates, host)
 
     def _rate(self, info: SessionInfo) -> str:
@@ -115,10 +121,12 @@ class HomeScreen(Screen):
         self._rates[info.id] = (mtime, text)
         return text
 
-    def _show(self, infos: list[SessionInfo], rates: dict[str, str], host: dict | None) -> None:
-        self._busy = False
+    def _show(self, infos: list[SessionInfo], rates: dict[str, str], host: dict | None, total: int | None = None,
+              complete: bool = True) -> None:
+        self._busy = not complete
         self.infos = infos
-        self.query_one("#host", Static).update(self._host_line(host, len(infos)))
+        self.complete = self.complete or complete
+        self.query_one("#host", Static).update(self._host_line(host, total or len(infos)))
         rows = home_rows(infos, self.clock(), self.marked, rates, width=self.size.width or None)
         if rows == self._last_rows:
             return  # nothing changed: leave the table (and the cursor) alone

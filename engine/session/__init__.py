@@ -496,20 +496,26 @@ def read_session(path: str | os.PathLike) -> SessionInfo:
     return info
 
 
-def list_sessions(root: str | os.PathLike) -> list[SessionInfo]:
-    """Every session under ``root``, newest first. A damaged or newer-format session is
-    listed with status ``unreadable`` and the reason, never skipped and never fatal."""
+def session_folders(root: str | os.PathLike) -> list[Path]:
+    """The session folders under ``root``, newest first by name (an id begins with its UTC start)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    infos = []
-    for child in root.iterdir():
-        if not (child / SESSION_JSON).is_file():
-            continue
-        try:
-            infos.append(read_session(child))
-        except UserError as e:
-            infos.append(SessionInfo(path=child, id=child.name, status="unreadable", error=str(e)))
+    return sorted((c for c in root.iterdir() if (c / SESSION_JSON).is_file()), key=lambda c: c.name, reverse=True)
+
+
+def listing(folder: Path) -> SessionInfo:
+    """One folder for a listing; a damaged or newer-format session is ``unreadable`` with the reason."""
+    try:
+        return read_session(folder)
+    except UserError as e:
+        return SessionInfo(path=folder, id=folder.name, status="unreadable", error=str(e))
+
+
+def list_sessions(root: str | os.PathLike, folders: list[Path] | None = None) -> list[SessionInfo]:
+    """Every session under ``root`` (or the given ``folders``), newest first. A damaged or newer-format
+    session is listed with status ``unreadable`` and the reason, never skipped and never fatal."""
+    infos = [listing(c) for c in (session_folders(root) if folders is None else folders)]
     infos.sort(key=lambda i: (i.created or "", i.id), reverse=True)
     return infos
 
