@@ -28,7 +28,10 @@ def _inotify():
             _libc = False
         else:
             try:
-                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                try:  # glibc's name first: find_library runs ldconfig (a few milliseconds)
+                    lib = ctypes.CDLL("libc.so.6", use_errno=True)
+                except OSError:
+                    lib = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
                 lib.inotify_init1.argtypes, lib.inotify_init1.restype = [ctypes.c_int], ctypes.c_int
                 lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
                 lib.inotify_add_watch.restype = ctypes.c_int
