@@ -135,9 +135,8 @@ def write_home(root: Path, sessions: int, events: int) -> None:
 
 
 def write_session(root: Path, n: int) -> Path:
-    from engine.session import SessionWriter
-
     from engine import stages
+    from engine.session import SessionWriter
 
     w = SessionWriter.create(root, "train", name="big", stage="dpo")
     # what `rounds train` records: the plan and the stage's charts (so the console imports no stage code)
