@@ -77,6 +77,13 @@ def computed(session: Path) -> dict:
     return json.loads(json.dumps(d.to_json()))  # as saved: NaN and tuples as JSON has them
 
 
+def save_history(session: Path) -> None:
+    """Bring the session's history up to its events and save it, as the run's writer does."""
+    hist = History.load(session)
+    hist.catch_up()
+    hist.save()
+
+
 def loaded(session: Path) -> tuple[History, dict]:
     hist = History.load(session)
     why = hist.why
@@ -117,9 +124,7 @@ def test_the_history_equals_a_digest_computed_from_the_events(session):
     # written as a run writes: in pieces, the history saved between them (and continued each time)
     for part in range(0, len(events), 1500):
         write_events(session, events[part:part + 1500], damaged_line=3 if part == 0 else None)
-        hist = History.load(session)
-        hist.catch_up()
-        hist.save()
+        save_history(session)
     hist, got = loaded(session)
     assert hist.why == "current"
     want = computed(session)
@@ -136,9 +141,7 @@ def test_the_history_equals_a_digest_computed_from_the_events(session):
 def test_the_history_is_rebuilt_when_it_cannot_be_trusted(session, harm):
     events = run_events(3000, seed=1)
     write_events(session, events[:2000])
-    hist = History.load(session)
-    hist.catch_up()
-    hist.save()
+    save_history(session)
     covered = os.path.getsize(session / "events.jsonl")
     write_events(session, events[2000:])
     path, ev = session / "history.json", session / "events.jsonl"
@@ -173,9 +176,7 @@ def test_the_history_is_rebuilt_when_it_cannot_be_trusted(session, harm):
 def test_a_history_behind_the_events_reads_only_the_new_bytes(session):
     events = run_events(4000, seed=3)
     write_events(session, events[:3000])
-    hist = History.load(session)
-    hist.catch_up()
-    hist.save()
+    save_history(session)
     covered = os.path.getsize(session / "events.jsonl")
     write_events(session, events[3000:])
     hist = History.load(session)
@@ -238,9 +239,7 @@ def big_session(root: Path, n: int = 20_000, with_history: bool = False) -> Path
     write_events(w.path, [{"time": time.time() - n + i, "type": "metrics", "step": i, "max_steps": 10 * n,
                            "loss": 5.0 / (i + 1)} for i in range(1, n + 1)])
     if with_history:
-        hist = History.load(w.path)
-        hist.catch_up()
-        hist.save()
+        save_history(w.path)
     return w.path
 
 

@@ -287,15 +287,15 @@ class SessionWriter:
         return record
 
     def _history_tick(self, force: bool = False) -> None:
-        """Keep ``history.json`` near the events: every ``SAVE_EVERY`` seconds and when the run ends
+        """Keep ``history.json`` near the events: every ``HISTORY_EVERY`` seconds and when the run ends
         (``force``). It reads only the events written since its last save (a resumed session's saved
         history is continued), at most a few MiB a call, and a failure to write it is never the
         run's: readers rebuild it."""
-        from engine.session.history import SAVE_EVERY, History, read_header
-
         now = time.monotonic()
-        if not force and now - self._history_at < SAVE_EVERY:
+        if not force and now - self._history_at < HISTORY_EVERY:  # the hot path: one comparison an event
             return
+        from engine.session.history import History, read_header
+
         if not self._history_lock.acquire(blocking=force):
             return  # another thread of this run is saving it
         try:
@@ -426,6 +426,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+HISTORY_EVERY = 10.0  # seconds between a writer's saves of history.json (engine.session.history)
 STALE_SECONDS = 120  # a running process that wrote nothing for this long is shown as stalled
 
 

@@ -21,7 +21,7 @@ the record; the history is a cache any reader may rebuild:
 ``offset`` must match (else the events were replaced or edited: rebuilt from the start); events
 written since (``offset`` < size) are read from ``offset`` on, never from the start. A missing,
 damaged or other-version file is rebuilt. The run writes it (``SessionWriter``, every
-``SAVE_EVERY`` seconds and when it ends); a reader that had to rebuild it saves what it built.
+``HISTORY_EVERY`` seconds (engine.session) and when it ends); a reader that had to rebuild it saves what it built.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ BUCKETS = 256  # the whole run of a series in at most this many buckets
 SAMPLES = 600  # host and GPU samples kept for the panels' sparklines (20 minutes at one a 2 s)
 NOTABLE = 200  # events kept for the event log (status changes, checkpoints, warnings, evals, errors)
 TAIL_BYTES = 4096  # bytes before ``offset`` whose hash ties a history to its events
-SAVE_EVERY = 10.0  # seconds between a writer's saves
 MAX_TEXT = 2000  # characters of a text field of a kept event (an error's traceback is cut)
 NOT_SERIES = frozenset({"step", "max_steps", "eta_seconds", "seconds_per_step", "time", "epoch"})
 _INF = float("inf")
