@@ -62,13 +62,18 @@ SHAPES = {
              "num_key_value_heads": 12, "vocab_size": 1024},  # Phi-3: MLP 2.7 x hidden, no GQA
     "llama3v": {"hidden_size": 768, "intermediate_size": 2688, "num_hidden_layers": 2, "num_attention_heads": 12,
                 "num_key_value_heads": 3, "vocab_size": 32000},  # Llama-3 proportions, a large vocabulary
+    # more layers (the per-layer terms' extrapolation: the others have 2-8) and an MLP that is not gated
+    "deep": {"hidden_size": 384, "intermediate_size": 1344, "num_hidden_layers": 12, "num_attention_heads": 6,
+             "num_key_value_heads": 2, "vocab_size": 1024},  # Llama-3 proportions, 12 layers
+    "neox": {"model_type": "gpt_neox", "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 4,
+             "num_attention_heads": 8, "vocab_size": 1024},  # GPT-NeoX (Pythia): up/down MLP, parallel residual
     # GPU only (--device cuda --shapes 1b,7b): random weights in real models' shapes
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
            "num_key_value_heads": 8, "vocab_size": 32000},
     "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
            "num_key_value_heads": 32, "vocab_size": 32000},
 }
-CPU_SHAPES = ["tiny", "small", "wide", "bigvocab", "llama3", "qwen25", "gemma2", "phi3", "llama3v"]
+CPU_SHAPES = ["neox", "deep", "tiny", "small", "wide", "bigvocab", "llama3", "qwen25", "gemma2", "phi3", "llama3v"]
 
 
 def build_shapes(tmp: Path, names: list[str]) -> dict[str, Path]:

@@ -115,20 +115,23 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
                         hint="choose another OUT or pass --force to replace it")
 
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
     spec = SIZES[size]
     tokenizer = train_tokenizer(spec.vocab_size)
-    config = LlamaConfig(
+    given = dict(overrides or {})
+    overrides = dict(given)
+    # another architecture than Llama (the planner's benchmark builds a GPT-NeoX, whose MLP is not gated)
+    model_type = overrides.pop("model_type", "llama")
+    fields = dict(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
         num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
         max_position_embeddings=spec.max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -136,7 +139,13 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
         tie_word_embeddings=False,
         dtype="float32",
     )
-    for key, value in (overrides or {}).items():
+    if model_type == "llama":
+        fields["num_key_value_heads"] = spec.num_key_value_heads
+    try:
+        config = AutoConfig.for_model(model_type, **fields)
+    except ValueError as e:
+        raise UserError(f"model_type {model_type!r}: {e}") from None
+    for key, value in overrides.items():
         if key == "vocab_size" and value < len(tokenizer):
             raise UserError(f"vocab_size {value} is smaller than the tokenizer's {len(tokenizer)}")
         setattr(config, key, value)
@@ -144,7 +153,7 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
     # building does not disturb the caller's random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -160,7 +169,7 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
         tokenizer.save_pretrained(tmp)
         (tmp / "rounds_tiny_model.json").write_text(
             json.dumps({"size": size, "seed": seed, "parameters": model.num_parameters(),
-                        "overrides": overrides or {}}, indent=1) + "\n"
+                        "overrides": given}, indent=1) + "\n"
         )
         os.chmod(tmp, 0o755)
         if out.exists():
