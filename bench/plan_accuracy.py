@@ -301,7 +301,7 @@ def main() -> None:
             if args.raw:
                 with open(args.raw, "a") as f:
                     f.write(json.dumps({"point": p, "config": json.loads((model / "config.json").read_text()),
-                                        **m}) + "\n")
+                                        "probe": device.probe, **m}) + "\n")
             shape = ModelShape.from_config(json.loads((model / "config.json").read_text()))
             strat = Strategy(plan=p["plan"], precompute_ref=p.get("precompute_ref", False),
                              gradient_checkpointing=p.get("gradient_checkpointing", True), micro_batch=p["batch"])

@@ -25,10 +25,28 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.plan import ACT, FLOP_TERMS, TIME, Device, Strategy, Workload, predict_memory, step_work  # noqa: E402
+from engine.plan import (  # noqa: E402
+    ACT,
+    FLOP_TERMS,
+    TIME,
+    Device,
+    Strategy,
+    Workload,
+    _probe_cache,
+    predict_memory,
+    probe_scales,
+    step_work,
+)
 from engine.shapes import ModelShape  # noqa: E402
 
-RATE = 2.0e11  # FLOP/s the FLOP terms are divided by (the cached probe of this machine)
+
+def cached_probe() -> dict:
+    """This machine's cached CPU probe (for raw files written before each line carried its run's)."""
+    try:
+        data = json.loads(_probe_cache().read_text())
+        return data[f"cpu:{__import__('os').cpu_count()}"]
+    except (OSError, ValueError, KeyError):
+        sys.exit("the raw file has no probe and this machine has no cached one: run rounds plan once")
 
 
 def load(path: str) -> list[dict]:
@@ -36,7 +54,11 @@ def load(path: str) -> list[dict]:
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
         p = r["point"]
+        # the probe the run predicted with: FLOP terms are divided by its matmul throughput, the 4-bit
+        # and per-call terms scaled by its own probes (engine.plan.probe_scales), as time_terms does
+        probe = r.get("probe") or cached_probe()
         rows.append({"label": label(p), "shape_name": p["shape"], "shape": ModelShape.from_config(r["config"]),
+                     "probe": probe,
                      "strategy": Strategy(p["plan"], p.get("precompute_ref", False),
                                           p.get("gradient_checkpointing", True), p["batch"]),
                      "workload": Workload(stage=p["stage"], max_length=p["seq"], lora_rank=p.get("lora_rank", 16)),
@@ -56,7 +78,9 @@ TERMS = [k for k in TIME["cpu"] if k != "q4"]
 def time_row(r: dict) -> np.ndarray:
     work = step_work(r["shape"], r["strategy"], r["workload"])
     work = dict(work, dense=work["dense"] + work["q4"])
-    return np.array([work[k] / RATE if k in FLOP_TERMS else work[k] for k in TERMS], dtype=float)
+    probe, scale = r["probe"], probe_scales(r["probe"])
+    return np.array([work[k] / probe["flops"] if k in FLOP_TERMS else work[k] * scale.get(k, 1.0) for k in TERMS],
+                    dtype=float)
 
 
 def nnls_relative(rows: list[np.ndarray], targets: list[float]) -> np.ndarray:
@@ -92,7 +116,7 @@ def report_time(points: list[dict], x: np.ndarray, show: bool) -> tuple[float, f
     return max(errs), float(np.mean(errs))
 
 
-CPU = Device("cpu", 2**40, "fp32", RATE)
+CPU = Device("cpu", 2**40, "fp32", 2e11)  # memory only (its throughput plays no part)
 
 
 MOMENTS = ("start of backward", "backward through a layer")
@@ -181,6 +205,9 @@ def main() -> None:
     print(f"  {'point':<40}{'pred s':>9}{'meas s':>9}{'err':>9}")
     worst, mean = report_time(points, x, show=True)
     print(f"in the fit: worst {worst * 100:.1f} %, mean {mean * 100:.1f} %")
+    now_worst, now_mean = report_time(every, np.array([TIME["cpu"][k] for k in TERMS]), show=False)
+    print(f"(with the TIME in engine/plan.py now, every point: worst {now_worst * 100:.1f} %, "
+          f"mean {now_mean * 100:.1f} %)")
     if held_back:
         worst, mean = report_time(held_back, x, show=False)
         print(f"the {len(held_back)} held-back points, predicted: worst {worst * 100:.1f} %, mean {mean * 100:.1f} %")

@@ -47,25 +47,28 @@ TOKEN_TILE = 4096  # TRL's fused LM head: tokens per tile
 MAX_TILE_WIDTH = 32768
 
 # Activation elements per token, fitted by non-negative least squares (relative error) to the
-# measured live-tensor peaks of real TRL steps on CPU (transformers' Llama, SDPA attention;
-# bench/plan_accuracy.py --raw, then bench/plan_fit.py): nine shapes — the original four (vocabularies
-# of 1.5 k to 32 k) and five with real models' proportions; 153 points (Llama-3: MLP 3.5 x hidden, GQA; Qwen2.5:
-# 5.3 x; Gemma-2: 4 x with wide heads; Phi-3: 2.7 x; Llama-3 with a 32 k vocabulary) — checked by
-# leaving each shape out of the fit in turn and on held-back points. With gradient checkpointing:
-# "inputs" x hidden per layer for the inputs checkpointing keeps, and, for the one layer being
-# recomputed during backward, "layer" x hidden (its attention side) + "layer_mlp" x intermediate
-# (its MLP: gate, up, their product and the gradients of each; "layer_mlp_dpo" when chosen and
-# rejected go through together) — the MLP term is what the earlier fit, on shapes whose MLP was
-# under 3 x hidden, could not see; without checkpointing: "nogc" x hidden per layer. "tiles": copies
-# of the LM head's logits tile alive at once (TRL's chunked log-softmax and its torch fallback on
-# CPU keep about eight). QLoRA without checkpointing was not measured and takes LoRA's figure.
+# measured live-tensor peaks of real TRL steps on CPU (transformers' Llama and GPT-NeoX, SDPA attention;
+# bench/plan_accuracy.py --raw, then bench/plan_fit.py): eleven shapes, 187 points, 2026-12-02 — the
+# original four (vocabularies of 1.5 k to 32 k), five with real models' proportions (Llama-3: MLP 3.5 x
+# hidden, GQA; Qwen2.5: 5.3 x; Gemma-2: 4 x with wide heads; Phi-3: 2.7 x, no GQA; Llama-3 with a 32 k
+# vocabulary), a 12-layer one and a GPT-NeoX (an MLP that is not gated) — checked by leaving each shape
+# out of the fit in turn and on held-back points. Every per-layer term is in the layer's own widths:
+# h (norms, residuals), the attention's q + 2 x kv projection width (heads x head_dim, kv heads x
+# head_dim), and the MLP's width times its up projections (gate and up: 2; GPT-NeoX, GPT-2: 1).
+# With gradient checkpointing: "inputs" x h per layer for the inputs checkpointing keeps, and, for the
+# one layer being recomputed during backward, "layer" x h + "layer_attn" x attention width +
+# "layer_mlp" x MLP width ("layer_mlp_dpo" when chosen and rejected go through together); without
+# checkpointing, per layer: "nogc" x h + "nogc_attn" x attention width + "nogc_mlp" x MLP width.
+# "tiles": copies of the LM head's logits tile alive at once (TRL's chunked log-softmax and its torch
+# fallback on CPU keep about eight). QLoRA without checkpointing was not measured and keeps the
+# earlier figure (in h only).
 ACT = {
-    "full": {"layer": 0.0, "layer_mlp": 3.78, "layer_mlp_dpo": 5.88, "inputs": 1.5, "nogc": 21.51, "tiles_sft": 8.35,
-             "tiles_dpo": 8.35},
-    "lora": {"layer": 6.79, "layer_mlp": 5.47, "layer_mlp_dpo": 6.02, "inputs": 1.41, "nogc": 20.67, "tiles_sft": 8.28,
-             "tiles_dpo": 8.35},
-    "qlora": {"layer": 5.23, "layer_mlp": 3.41, "layer_mlp_dpo": 5.88, "inputs": 1.24, "nogc": 30.57,
-              "tiles_sft": 8.43, "tiles_dpo": 8.41},
+    "full": {"layer": 0.0, "layer_attn": 0.56, "layer_mlp": 1.86, "layer_mlp_dpo": 2.92, "inputs": 1.11, "nogc": 2.74,
+             "nogc_attn": 1.85, "nogc_mlp": 2.4, "tiles_sft": 8.43, "tiles_dpo": 8.47},
+    "lora": {"layer": 0.0, "layer_attn": 3.4, "layer_mlp": 2.93, "layer_mlp_dpo": 3.25, "inputs": 1.25, "nogc": 8.47,
+             "nogc_attn": 0.54, "nogc_mlp": 1.77, "tiles_sft": 8.32, "tiles_dpo": 8.41},
+    "qlora": {"layer": 0.0, "layer_attn": 2.53, "layer_mlp": 1.9, "layer_mlp_dpo": 3.15, "inputs": 1.12, "nogc": 30.57,
+              "nogc_attn": 0.0, "nogc_mlp": 0.0, "tiles_sft": 8.47, "tiles_dpo": 8.47},
 }
 OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the gradients
 # CUDA, a padded batch (an attention mask): measured on an H200 (bench/gpu_check.py), a
@@ -346,9 +349,27 @@ def q4_probe() -> dict:
         return {}
 
 
-# q4_probe() on the machine the CPU step model was fitted on (TIME["cpu"]); another CPU's 4-bit
-# costs are scaled by its own probe against these
-Q4_REFERENCE = {"q4_call": 8.45e-4, "q4_element": 1.19e-9}  # median of 5 fresh processes, quiet, 2026-11-30
+# The 4-bit probes on the machine the CPU step model was fitted on (TIME["cpu"]): another CPU's 4-bit
+# costs are scaled by its own probes against these (probe_scales). Median of 5 fresh processes, quiet,
+# 2026-11-30. (A probe of a layer's fixed per-call cost was tried on 2026-12-02 and left out: from one
+# fresh process to the next it read 0.51-0.95 ms on the same quiet machine, noise the scaling would add.)
+PROBE_REFERENCE = {"q4_call": 8.45e-4, "q4_element": 1.19e-9}
+SCALED_BY = {"q4_layer_pass": "q4_call", "dequant": "q4_element"}
+
+
+def probe_scales(probe: dict | None) -> dict[str, float]:
+    """Multipliers of TIME["cpu"]'s terms for a machine with this probe: 4-bit costs by its own probes
+    against PROBE_REFERENCE; a large weight's dequantization is the probe's own figure."""
+    p = probe or {}
+
+    def num(key: str) -> float:
+        v = p.get(key)
+        return float(v) if isinstance(v, (int, float)) and v > 0 else 0.0
+
+    out = {term: num(key) / PROBE_REFERENCE[key] for term, key in SCALED_BY.items() if num(key)}
+    if num("q4_element"):
+        out["dequant_large"] = num("q4_element") / TIME["cpu"]["dequant_large"]
+    return out
 
 
 def _cpu_probe() -> dict:
@@ -474,14 +495,17 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     if d.kind == "cuda" and w.padded(s.micro_batch):
         repeated = 2 * shape.heads * shape.head_dim if shape.kv_heads < shape.heads else 0
         masked = N * (MASKED_ATTENTION_SCORES * shape.heads * w.peak_length() + repeated) * wb
+    attn, mlp_width = shape.q_out + 2 * shape.kv_out, shape.intermediate * (2 if shape.gated else 1)
     if s.gradient_checkpointing:
         act = N * coef["inputs"] * L * h * wb
-        # the layer being recomputed: its attention side scales with the width, its MLP side
-        # (gate, up, their product and the gradients of each) with the MLP's own width
+        # the layer being recomputed: its norms and residuals scale with the width, its attention with
+        # the query, key and value projections' widths, its MLP (gate and up, or one up projection,
+        # what they give and the gradients of each) with the MLP's own width times its up projections
         mlp = coef["layer_mlp_dpo" if f.sequences > 1 else "layer_mlp"]  # pairs: chosen and rejected together
-        act_layer = N * (coef["layer"] * h + mlp * shape.intermediate) * wb + dropout + masked
+        act_layer = N * (coef["layer"] * h + coef["layer_attn"] * attn + mlp * mlp_width) * wb + dropout + masked
     else:
-        act = N * coef["nogc"] * L * h * wb + (dropout + masked) * L
+        act = N * (coef["nogc"] * h + coef["nogc_attn"] * attn + coef["nogc_mlp"] * mlp_width) * L * wb
+        act += (dropout + masked) * L
         act_layer = 0
     width = min(MAX_TILE_WIDTH, -(-shape.vocab // 64) * 64)
     # on CUDA, TRL's Triton path keeps one tile; its torch fallback on CPU keeps several temporaries
@@ -546,20 +570,21 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 #   per_logit       a vocabulary logit scored (the LM head's log-softmax, forward and backward)
 #   per_logit_tile  the same, scaled by the tile's token count / 4096 (large tiles are slower)
 #   per_trainable   a trainable parameter's optimizer update
-# CPU: fitted by non-negative least squares on relative error to 153 measured steps of real TRL
-# runs on this 2-core AMD EPYC (bench/plan_accuracy.py --raw, 6 steps a point, then
-# bench/plan_fit.py), nine shapes with vocabularies of 1 k to 32 k and real models' proportions; the
-# fit before it (four shapes, another day's machine) was 18 % low on the median point of that fresh
-# run. The grid's held-back points, each shape left out in turn, and a fresh run check it. The 4-bit
-# costs are this machine's and are scaled by each machine's own probe (q4_probe). The per-call
-# costs (layer_pass and the like) are seconds on this machine. CUDA: typical figures, not fitted;
-# checked once, on an H200 (bench/gpu_check.py): 8 B-class steps took 0.6-1.8x the prediction, a
-# 1 B model's up to 4x.
+# CPU: fitted by non-negative least squares on relative error to 187 measured steps of real TRL
+# runs on a 2-core AMD EPYC (bench/plan_accuracy.py --raw, 6 steps a point, then bench/plan_fit.py),
+# eleven shapes, 2026-12-02. That machine's matmul probe read 132 GFLOP/s (the one before, 202) and its
+# 4-bit layer call 1.8x the reference's: the model fitted on the earlier machine was up to 55 % off
+# there (mean 19 %), which is why it was refitted. The fit is not tight: worst 31 % in the fit, 27 % on
+# held-back points, 23-35 % on shapes left out (tiny: 63 %) — the step times of that shared machine
+# were noisy, and the per-call costs (layer_pass and the like) are its seconds, which no probe carries
+# to another CPU. The 4-bit costs are scaled by each machine's own probe (q4_probe, probe_scales).
+# CUDA: typical figures, not fitted; checked once, on an H200 (bench/gpu_check.py): 8 B-class steps
+# took 0.6-1.8x the prediction, a 1 B model's up to 4x.
 TIME = {
-    "cpu": {"dense": 0.986, "q4": 0.986, "attention": 1.72, "weight_read": 5.0e-10, "dequant": 3.99e-10,
-            "dequant_large": 9.9e-10, "elementwise": 1.25e-9, "lora_elementwise": 2.65e-9, "dropout": 5.96e-9,
-            "layer_pass": 4.0e-3, "lora_layer_pass": 1.34e-3, "q4_layer_pass": 2.43e-3, "per_logit": 1.34e-8,
-            "per_logit_tile": 7.79e-9, "per_trainable": 4.01e-9},
+    "cpu": {"dense": 0.905, "q4": 0.905, "attention": 3.75, "weight_read": 3.23e-10, "dequant": 9.57e-10,
+            "dequant_large": 9.9e-10, "elementwise": 0.0, "lora_elementwise": 3.51e-9, "dropout": 1.01e-8,
+            "layer_pass": 9.01e-3, "lora_layer_pass": 1.91e-3, "q4_layer_pass": 2.32e-4, "per_logit": 2.3e-8,
+            "per_logit_tile": 1.24e-8, "per_trainable": 9.79e-9},
     "cuda": {"dense": 2.2, "q4": 2.2, "attention": 2.2, "weight_read": 0.0, "dequant": 3e-12,
              "dequant_large": 3e-12, "elementwise": 1e-11, "lora_elementwise": 5e-12, "dropout": 1e-11,
              "layer_pass": 1.5e-4, "lora_layer_pass": 5e-5, "q4_layer_pass": 5e-5, "per_logit": 1e-11,
@@ -625,11 +650,9 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = 
 def time_terms(shape: ModelShape, s: Strategy, w: Workload, d: Device, forward_only: bool = False) -> dict:
     """Predicted seconds of one micro-step (or of one forward), by term (the keys of TIME)."""
     k = TIME[d.kind]
-    q4 = (d.probe or {}) if d.kind == "cpu" else {}
-    if q4.get("q4_call") and q4.get("q4_element"):  # this CPU's own 4-bit costs
-        k = dict(k, q4_layer_pass=k["q4_layer_pass"] * q4["q4_call"] / Q4_REFERENCE["q4_call"],
-                 dequant_large=q4["q4_element"],
-                 dequant=k["dequant"] * q4["q4_element"] / Q4_REFERENCE["q4_element"])
+    if d.kind == "cpu":  # this CPU's own 4-bit costs
+        scales = probe_scales(d.probe)
+        k = {name: cost * scales.get(name, 1.0) for name, cost in k.items()}
     rate = d.flops or (2e11 if d.kind == "cpu" else 2e14)
     work = step_work(shape, s, w, forward_only)
     return {name: work[name] * (cost / rate if name in FLOP_TERMS else cost) for name, cost in k.items()}
@@ -784,8 +807,8 @@ class PlanResult:
 
 def time_uncertainty(d: Device, now: float | None = None) -> str:
     if d.kind == "cpu" and d.calibrated:
-        text = ("±30% (matmul throughput measured on this CPU; step model fitted to real steps of nine shapes: "
-                "worst error 19% in the fit, 29% on a shape left out of it; models far larger than its "
+        text = ("±35% (matmul throughput measured on this CPU; step model fitted to real steps of eleven shapes: "
+                "worst error 31% in the fit, 35% on a shape left out of it; models far larger than its "
                 "≤ 60 M-parameter shapes are an extrapolation)")
         p = d.probe or {}
         if isinstance(p.get("time"), (int, float)):
@@ -794,9 +817,10 @@ def time_uncertainty(d: Device, now: float | None = None) -> str:
             busy = f", other processes using {others:.0%} of the CPU" if isinstance(others, (int, float)) else ""
             text += (f"; probe taken {age} ago at load {p.get('load', '?')} a core{busy} "
                      "(--refresh-probe to take it again)")
-            if isinstance(p.get("q4_call"), (int, float)):
-                text += (f"; 4-bit layers probed too: {p['q4_call'] / Q4_REFERENCE['q4_call']:.1f}x the cost on "
-                         "the machine the step model was fitted on")
+            scales = probe_scales(p)
+            if "q4_layer_pass" in scales:
+                text += (f"; 4-bit layers probed too: {scales['q4_layer_pass']:.1f}x the cost on the machine "
+                         "the step model was fitted on")
             if any(isinstance(p.get(k), (int, float)) and p[k] > BUSY for k in ("load", "others_busy")):
                 text += " — taken on a busy machine: times may be too long"
         return text
