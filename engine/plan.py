@@ -820,7 +820,7 @@ def time_uncertainty(d: Device, now: float | None = None) -> str:
             scales = probe_scales(p)
             if "q4_layer_pass" in scales:
                 text += (f"; 4-bit layers probed too: {scales['q4_layer_pass']:.1f}x the cost on the machine "
-                         "the step model was fitted on")
+                         "their reference probe was taken on")
             if any(isinstance(p.get(k), (int, float)) and p[k] > BUSY for k in ("load", "others_busy")):
                 text += " — taken on a busy machine: times may be too long"
         return text
