@@ -18,6 +18,7 @@ engine/plan.py; bench/plan_accuracy.py on a fresh run is the test of them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def cached_probe() -> dict:
     """This machine's cached CPU probe (for raw files written before each line carried its run's)."""
     try:
         data = json.loads(_probe_cache().read_text())
-        return data[f"cpu:{__import__('os').cpu_count()}"]
+        return data[f"cpu:{os.cpu_count()}"]
     except (OSError, ValueError, KeyError):
         sys.exit("the raw file has no probe and this machine has no cached one: run rounds plan once")
 
@@ -55,7 +56,7 @@ def load(path: str) -> list[dict]:
         r = json.loads(line)
         p = r["point"]
         # the probe the run predicted with: FLOP terms are divided by its matmul throughput, the 4-bit
-        # and per-call terms scaled by its own probes (engine.plan.probe_scales), as time_terms does
+        # terms scaled by its own 4-bit probes (engine.plan.probe_scales), as time_terms does
         probe = r.get("probe") or cached_probe()
         rows.append({"label": label(p), "shape_name": p["shape"], "shape": ModelShape.from_config(r["config"]),
                      "probe": probe,

@@ -104,9 +104,9 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
     """Write the model folder to ``out``; built in a temporary folder and renamed into place,
     so an interrupted build never leaves a half-written model behind.
 
-    ``overrides`` changes Llama config fields (``hidden_size``, ``num_hidden_layers``,
-    ``vocab_size`` >= the tokenizer's, ...): the planner's accuracy benchmark builds models of
-    other shapes this way, with the same tokenizer."""
+    ``overrides`` changes config fields (``hidden_size``, ``num_hidden_layers``, ``vocab_size`` >=
+    the tokenizer's, ...; ``model_type`` another architecture than Llama): the planner's accuracy
+    benchmark builds models of other shapes this way, with the same tokenizer."""
     if size not in SIZES:
         raise UserError(f"unknown size {size!r}", hint=f"choose one of: {', '.join(SIZES)}")
     out = Path(out)
@@ -122,10 +122,9 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
 
     spec = SIZES[size]
     tokenizer = train_tokenizer(spec.vocab_size)
-    given = dict(overrides or {})
-    overrides = dict(given)
+    overrides = overrides or {}
     # another architecture than Llama (the planner's benchmark builds a GPT-NeoX, whose MLP is not gated)
-    model_type = overrides.pop("model_type", "llama")
+    model_type = overrides.get("model_type", "llama")
     fields = dict(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -146,6 +145,8 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
     except ValueError as e:
         raise UserError(f"model_type {model_type!r}: {e}") from None
     for key, value in overrides.items():
+        if key == "model_type":
+            continue
         if key == "vocab_size" and value < len(tokenizer):
             raise UserError(f"vocab_size {value} is smaller than the tokenizer's {len(tokenizer)}")
         setattr(config, key, value)
@@ -169,7 +170,7 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
         tokenizer.save_pretrained(tmp)
         (tmp / "rounds_tiny_model.json").write_text(
             json.dumps({"size": size, "seed": seed, "parameters": model.num_parameters(),
-                        "overrides": given}, indent=1) + "\n"
+                        "overrides": overrides}, indent=1) + "\n"
         )
         os.chmod(tmp, 0o755)
         if out.exists():

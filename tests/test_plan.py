@@ -620,19 +620,16 @@ def test_the_layer_terms_follow_the_layers_own_widths_and_a_plain_mlp_counts_onc
     w, s = pl.Workload(stage="sft", max_length=256), pl.Strategy("full", micro_batch=2)
     tokens, c = 512, pl.ACT["full"]
 
-    def act_layer(sh):
-        m = pl.predict_memory(sh, s, w, cpu)["moments"]
-        return m["backward through a layer"]
-
     # one up projection instead of gate + up: the MLP term once, not twice (weights differ too: compare the parts)
-    parts = {}
+    parts, moments = {}, {}
     for name, sh in (("llama", llama), ("gqa", gqa), ("neox", neox)):
         r = pl.predict_memory(sh, s, w, cpu)
-        parts[name] = r["components"]["activations"] if r["moment"] == "backward through a layer" else None
+        assert r["moment"] == "backward through a layer"
+        parts[name], moments[name] = r["components"]["activations"], r["moments"]["backward through a layer"]
     assert parts["llama"] - parts["neox"] == pytest.approx(tokens * c["layer_mlp"] * 2048 * 4, rel=1e-6)
     # fewer key/value heads: their projections' width, twice (k and v), in the attention term
     assert parts["llama"] - parts["gqa"] == pytest.approx(tokens * c["layer_attn"] * 2 * (512 - 128) * 4, rel=1e-6)
-    assert act_layer(llama) > act_layer(gqa)
+    assert moments["llama"] > moments["gqa"]
     # without checkpointing every layer keeps all three parts
     ng = pl.Strategy("full", gradient_checkpointing=False, micro_batch=2)
     a = [pl.predict_memory(sh, ng, w, cpu)["components"]["activations"] for sh in (llama, neox)]
