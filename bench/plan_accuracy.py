@@ -67,13 +67,16 @@ SHAPES = {
              "num_key_value_heads": 2, "vocab_size": 1024},  # Llama-3 proportions, 12 layers
     "neox": {"model_type": "gpt_neox", "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 4,
              "num_attention_heads": 8, "vocab_size": 1024},  # GPT-NeoX (Pythia): up/down MLP, parallel residual
+    "gpt2": {"model_type": "gpt2", "hidden_size": 640, "n_inner": 2560, "num_hidden_layers": 3, "n_positions": 2048,
+             "num_attention_heads": 10, "vocab_size": 1024},  # GPT-2: up/down MLP (Conv1D), sequential residual
     # GPU only (--device cuda --shapes 1b,7b): random weights in real models' shapes
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
            "num_key_value_heads": 8, "vocab_size": 32000},
     "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
            "num_key_value_heads": 32, "vocab_size": 32000},
 }
-CPU_SHAPES = ["neox", "deep", "tiny", "small", "wide", "bigvocab", "llama3", "qwen25", "gemma2", "phi3", "llama3v"]
+CPU_SHAPES = ["gpt2", "neox", "deep", "tiny", "small", "wide", "bigvocab", "llama3", "qwen25", "gemma2", "phi3",
+              "llama3v"]
 
 
 def build_shapes(tmp: Path, names: list[str]) -> dict[str, Path]:

@@ -3,6 +3,7 @@ coefficients (engine.plan.ACT) from measured steps, and check them shape by shap
 
     python bench/plan_accuracy.py --raw steps.jsonl      # measure (about 25 minutes on 2 cores)
     python bench/plan_fit.py steps.jsonl [more.jsonl]    # fit, print, and check
+    python bench/plan_fit.py --check steps.jsonl         # the planner as it is now, against those steps
 
 Time: every term of engine.plan.step_work is a count of what a step does; the fit finds the
 non-negative cost per unit that minimises the squared *relative* error over all points
@@ -195,10 +196,43 @@ def report_memory(points: list[dict], act: dict) -> float:
     return worst
 
 
+def check(every: list[dict]) -> None:
+    """The planner as it is now (engine/plan.py's ACT and TIME, every counted term) against a run's
+    measurements, point by point: what bench/plan_accuracy.py would print for them, without
+    running them again. A term added after the run is checked on data it was not fitted to."""
+    time_x = np.array([TIME["cpu"][k] for k in TERMS])
+    print(f"  {'point':<40}{'pred MiB':>10}{'meas':>9}{'err':>8}{'pred s':>9}{'meas':>8}{'err':>8}")
+    worst_m, worst_t, worst_held, by_shape = 0.0, 0.0, 0.0, {}
+    for r in every:
+        pred = predict_memory(r["shape"], r["strategy"], r["workload"], CPU)["peak_bytes"]
+        em = (pred - r["measured_bytes"]) / r["measured_bytes"]
+        pt = float(time_row(r) @ time_x)
+        et = (pt - r["seconds"]) / r["seconds"]
+        worst_m, worst_t = max(worst_m, abs(em)), max(worst_t, abs(et))
+        if r["held_back"]:
+            worst_held = max(worst_held, abs(em), abs(et))
+        m, t = by_shape.get(r["shape_name"], (0.0, 0.0))
+        by_shape[r["shape_name"]] = (max(m, abs(em)), max(t, abs(et)))
+        print(f"  {('*' if r['held_back'] else '') + r['label']:<40}{pred / 2**20:>10.1f}"
+              f"{r['measured_bytes'] / 2**20:>9.1f}{em * 100:>+7.1f}%{pt:>9.3f}{r['seconds']:>8.3f}{et * 100:>+7.1f}%")
+    for name, (m, t) in sorted(by_shape.items()):
+        print(f"  {name}: worst memory error {m * 100:.1f} %, worst time error {t * 100:.1f} %")
+    print(f"* held-back points: worst error {worst_held * 100:.1f} % (memory or time)")
+    print(f"{len(every)} points: worst memory error {worst_m * 100:.1f} % (target <= 10 %: "
+          f"{'MET' if worst_m <= 0.10 else 'NOT MET'}); worst CPU time error {worst_t * 100:.1f} % "
+          f"(target <= 25 %: {'MET' if worst_t <= 0.25 else 'NOT MET'})")
+
+
 def main() -> None:
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    checking = "--check" in args
+    args = [a for a in args if a != "--check"]
+    if not args:
         sys.exit(__doc__)
-    every = [r for path in sys.argv[1:] for r in load(path)]
+    every = [r for path in args for r in load(path)]
+    if checking:
+        check(every)
+        return
     points = [r for r in every if not r["held_back"]]  # the grid's * points stay out of the fit
     held_back = [r for r in every if r["held_back"]]
     x = fit_time(points)

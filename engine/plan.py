@@ -27,6 +27,7 @@ the device's measured matmul throughput; ``calibrate_cpu`` runs a short probe, c
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -81,6 +82,40 @@ OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the 
 # a prediction with this term. It is kept for every padded batch, on the side of predicting too much,
 # until a GPU run settles it. On the CPU, PyTorch's flash kernel takes the mask, and the fit holds it.
 MASKED_ATTENTION_SCORES = 1.0  # copies of the scores kept, in the compute dtype
+# The model's own dropout, where the stage keeps it on (SFT; TRL's DPO turns every dropout off): counted,
+# not fitted — the tensors one layer's backward keeps, read with torch's saved-tensor hooks on a GPT-2
+# block (attn_pdrop, resid_pdrop 0.1, SDPA): dropout on the attention scores takes PyTorch's math kernel,
+# which keeps three copies of the scores (softmaxed, the mask, dropped) per head a token; dropout on the
+# attention's and the MLP's outputs keeps one element of each per hidden unit (2 x h a token).
+ATTN_DROPOUT_SCORES = 3.0
+HIDDEN_DROPOUT_ELEMENTS = 2.0
+
+
+@functools.lru_cache(maxsize=64)
+def activation_saved(name: str) -> float:
+    """Elements the MLP's activation keeps for backward, per element of its input, beyond the input
+    and output every activation's neighbours keep anyway: 0 for the fused kernels (silu, gelu, relu,
+    gelu_pytorch_tanh), 3 for GPT-2's gelu_new (written out in torch operations). Read from
+    transformers' own ACT2FN with saved-tensor hooks, so it is true for the installed version; 0.0
+    for a name transformers does not know (counted as fused)."""
+    try:
+        import torch
+        from transformers.activations import ACT2FN
+
+        act = ACT2FN[name]
+    except Exception:  # noqa: BLE001 - an unknown name, or transformers cannot build it
+        return 0.0
+    x = torch.randn(64, 64, requires_grad=True)
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = act(x)
+    skip = {x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()}
+    return sum(v for k, v in kept.items() if k not in skip) / (x.numel() * x.element_size())
 CUDA_CONTEXT = 600 * 2**20
 ALLOCATOR_SLACK = 0.08  # reserved beyond allocated on CUDA, as a fraction of the dynamic part
 
@@ -353,13 +388,22 @@ def q4_probe() -> dict:
 # costs are scaled by its own probes against these (probe_scales). Median of 5 fresh processes, quiet,
 # 2026-11-30. (A probe of a layer's fixed per-call cost was tried on 2026-12-02 and left out: from one
 # fresh process to the next it read 0.51-0.95 ms on the same quiet machine, noise the scaling would add.)
-PROBE_REFERENCE = {"q4_call": 8.45e-4, "q4_element": 1.19e-9}
+PROBE_REFERENCE = {"q4_call": 8.45e-4, "q4_element": 1.19e-9,
+                   "flops": 131.8e9}  # the matmul probe of the machine TIME["cpu"]'s seconds were fitted on
 SCALED_BY = {"q4_layer_pass": "q4_call", "dequant": "q4_element"}
+# TIME["cpu"]'s terms in seconds that no probe of their own carries to another CPU (a layer's fixed
+# per-call cost, elementwise passes, the log-softmax, the optimizer): scaled by the matmul probe
+# against the fit machine's, on the reading that a CPU twice as fast at a matmul is about twice as
+# fast at these too. Checked once, across two machines: the model fitted on one (132 GFLOP/s),
+# predicting 204 steps of the other (177 GFLOP/s), mean error 17.5 % unscaled, 12.0 % scaled.
+SECONDS_TERMS = ("weight_read", "elementwise", "lora_elementwise", "dropout", "layer_pass", "lora_layer_pass",
+                 "per_logit", "per_logit_tile", "per_trainable")
 
 
 def probe_scales(probe: dict | None) -> dict[str, float]:
     """Multipliers of TIME["cpu"]'s terms for a machine with this probe: 4-bit costs by its own probes
-    against PROBE_REFERENCE; a large weight's dequantization is the probe's own figure."""
+    against PROBE_REFERENCE; a large weight's dequantization is the probe's own figure; the other
+    terms in seconds (SECONDS_TERMS) by the fit machine's matmul throughput over this one's."""
     p = probe or {}
 
     def num(key: str) -> float:
@@ -367,6 +411,8 @@ def probe_scales(probe: dict | None) -> dict[str, float]:
         return float(v) if isinstance(v, (int, float)) and v > 0 else 0.0
 
     out = {term: num(key) / PROBE_REFERENCE[key] for term, key in SCALED_BY.items() if num(key)}
+    if num("flops"):
+        out.update({term: PROBE_REFERENCE["flops"] / num("flops") for term in SECONDS_TERMS})
     if num("q4_element"):
         out["dequant_large"] = num("q4_element") / TIME["cpu"]["dequant_large"]
     return out
@@ -496,16 +542,23 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
         repeated = 2 * shape.heads * shape.head_dim if shape.kv_heads < shape.heads else 0
         masked = N * (MASKED_ATTENTION_SCORES * shape.heads * w.peak_length() + repeated) * wb
     attn, mlp_width = shape.q_out + 2 * shape.kv_out, shape.intermediate * (2 if shape.gated else 1)
+    # counted per layer, not fitted: what an activation written out in torch operations keeps (gelu_new),
+    # and the model's own dropout where the stage keeps it (see ATTN_DROPOUT_SCORES)
+    own = N * activation_saved(shape.activation) * shape.intermediate * wb
+    if f.adapter_dropout:
+        own += N * (ATTN_DROPOUT_SCORES * shape.heads * w.peak_length() * (shape.attn_dropout > 0)
+                    + HIDDEN_DROPOUT_ELEMENTS * h * (shape.hidden_dropout > 0)) * wb
     if s.gradient_checkpointing:
         act = N * coef["inputs"] * L * h * wb
         # the layer being recomputed: its norms and residuals scale with the width, its attention with
         # the query, key and value projections' widths, its MLP (gate and up, or one up projection,
         # what they give and the gradients of each) with the MLP's own width times its up projections
         mlp = coef["layer_mlp_dpo" if f.sequences > 1 else "layer_mlp"]  # pairs: chosen and rejected together
-        act_layer = N * (coef["layer"] * h + coef["layer_attn"] * attn + mlp * mlp_width) * wb + dropout + masked
+        act_layer = (N * (coef["layer"] * h + coef["layer_attn"] * attn + mlp * mlp_width) * wb + dropout + masked
+                     + own)
     else:
         act = N * (coef["nogc"] * h + coef["nogc_attn"] * attn + coef["nogc_mlp"] * mlp_width) * L * wb
-        act += (dropout + masked) * L
+        act += (dropout + masked + own) * L
         act_layer = 0
     width = min(MAX_TILE_WIDTH, -(-shape.vocab // 64) * 64)
     # on CUDA, TRL's Triton path keeps one tile; its torch fallback on CPU keeps several temporaries

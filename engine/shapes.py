@@ -23,6 +23,15 @@ PLAIN = ("gpt_neox", "gpt2", "falcon")  # up/down MLP, layer norms with biases
 SUPPORTED = GATED + MOE + PLAIN
 TEXT_FAMILY = {"qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2"}  # vision-language configs with the text fields at the top
 
+# the MLP's activation and the model's own dropout: fields of each spelling, and each family's default
+# (transformers' config defaults; a config.json written by transformers carries them anyway)
+ACTIVATION_KEYS = ("hidden_activation", "hidden_act", "activation_function", "activation")  # Gemma: the first
+ATTN_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob")
+HIDDEN_DROPOUT_KEYS = ("resid_pdrop", "hidden_dropout", "hidden_dropout_prob")
+FAMILY_ACTIVATION = {"gpt2": "gelu_new", "gpt_neox": "gelu", "falcon": "gelu", "gemma": "gelu_pytorch_tanh",
+                     "gemma2": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh"}
+FAMILY_DROPOUT = {"gpt2": 0.1}
+
 _ALIASES = {  # other spellings of the same fields
     "hidden_size": ("n_embd", "d_model"),
     "num_hidden_layers": ("n_layer", "num_layers"),
@@ -55,6 +64,31 @@ def _dim(cfg: dict, key: str, file: str | None, default: int | None = None, limi
         raise UserError(f"{key} is {json.dumps(v)[:40]}: not a whole number from 1 to {limit:,}", file=file,
                         field=key, hint="check the model's config.json (a copy may be damaged)")
     return int(v)
+
+
+def _first(cfg: dict, keys: tuple[str, ...]):
+    """(the first of ``keys`` the config sets, its value), or (None, None)."""
+    return next(((k, cfg[k]) for k in keys if cfg.get(k) is not None), (None, None))
+
+
+def _probability(cfg: dict, keys: tuple[str, ...], file: str | None, default: float) -> float:
+    key, v = _first(cfg, keys)
+    if key is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+        raise UserError(f"{key} is {json.dumps(v)[:40]}: not a dropout probability from 0 to below 1", file=file,
+                        field=key, hint="check the model's config.json (a copy may be damaged)")
+    return float(v)
+
+
+def _activation(cfg: dict, model_type: str, file: str | None) -> str:
+    key, v = _first(cfg, ACTIVATION_KEYS)
+    if key is None:
+        return FAMILY_ACTIVATION.get(model_type, "silu")
+    if not isinstance(v, str) or not v.strip():
+        raise UserError(f"{key} is {json.dumps(v)[:40]}, not the name of an activation", file=file, field=key,
+                        hint='write it as transformers names it, e.g. "silu" or "gelu_new"')
+    return v.strip()
 
 
 def _flag(cfg: dict, key: str, file: str | None, default: bool) -> bool:
@@ -109,6 +143,9 @@ class ModelShape:
     container: str = ""  # a vision-language model's own type (its language model's is model_type)
     max_positions: int | None = None  # the context the model was trained for (max_position_embeddings)
     assumed: tuple[str, ...] = ()  # defaults the count had to assume, said in the plan output
+    activation: str = "silu"  # the MLP's activation (transformers' name): what backward keeps depends on it
+    attn_dropout: float = 0.0  # the model's own dropout on attention scores (GPT-2: 0.1; most others 0)
+    hidden_dropout: float = 0.0  # ... on the attention's and the MLP's outputs (residual dropout)
 
     @property
     def q_out(self) -> int:
@@ -204,6 +241,9 @@ class ModelShape:
         for flag in ("tie_word_embeddings", "attention_bias", "mlp_bias", "bias"):
             _flag(cfg, flag, file, False)
         positions = next((k for k in ("max_position_embeddings", "n_positions") if cfg.get(k) is not None), None)
+        activation = _activation(cfg, model_type, file)
+        attn_dropout = _probability(cfg, ATTN_DROPOUT_KEYS, file, FAMILY_DROPOUT.get(model_type, 0.0))
+        hidden_dropout = _probability(cfg, HIDDEN_DROPOUT_KEYS, file, FAMILY_DROPOUT.get(model_type, 0.0))
         max_positions = _dim(cfg, positions, file, limit=2**31) if positions else None
         if model_type in PLAIN:
             parts = _plain(cfg, model_type, h, L, heads, kv, head_dim, inter, vocab, file)
@@ -225,7 +265,8 @@ class ModelShape:
                    params_lm_head=lm_head, params_other=other, matrices=tuple(matrices), lora_unit=lora_unit,
                    gated=model_type not in PLAIN, experts=extra.get("experts", 0),
                    experts_active=extra.get("experts_active", 0), assumed=tuple(assumed),
-                   max_positions=max_positions)
+                   max_positions=max_positions, activation=activation, attn_dropout=attn_dropout,
+                   hidden_dropout=hidden_dropout)
 
 
 def _with_defaults(cfg: dict, text: dict) -> dict:

@@ -141,7 +141,10 @@ def build_tiny_model(out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
     if model_type == "llama":
         fields["num_key_value_heads"] = spec.num_key_value_heads
     try:
-        config = AutoConfig.for_model(model_type, **fields)
+        known = AutoConfig.for_model(model_type)
+        # only the fields this architecture has (GPT-2 names its MLP width n_inner: an intermediate_size
+        # left on its config would be a stray field that a reader of the config could take for the width)
+        config = AutoConfig.for_model(model_type, **{k: v for k, v in fields.items() if hasattr(known, k)})
     except ValueError as e:
         raise UserError(f"model_type {model_type!r}: {e}") from None
     for key, value in overrides.items():

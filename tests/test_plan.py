@@ -585,21 +585,42 @@ def test_the_probe_records_how_busy_the_rest_of_the_machine_was():
 
 def test_a_cpu_whose_4bit_layers_are_slower_gets_slower_qlora_steps_and_the_same_lora_ones():
     s, w = shape("llama-2-7b"), pl.Workload(stage="dpo", max_length=512)
-    ref = {"flops": 2e11, **pl.PROBE_REFERENCE}
-    here = pl.Device("cpu", 64 * pl.GiB, flops=2e11, calibrated=True, probe=ref)
-    slow = pl.Device("cpu", 64 * pl.GiB, flops=2e11, calibrated=True,
-                     probe={"flops": 2e11, "q4_call": 3 * ref["q4_call"], "q4_element": 3 * ref["q4_element"]})
+    ref = dict(pl.PROBE_REFERENCE)
+    f = ref["flops"]
+    here = pl.Device("cpu", 64 * pl.GiB, flops=f, calibrated=True, probe=ref)
+    slow = pl.Device("cpu", 64 * pl.GiB, flops=f, calibrated=True,
+                     probe={"flops": f, "q4_call": 3 * ref["q4_call"], "q4_element": 3 * ref["q4_element"]})
     qlora, lora = pl.Strategy("qlora"), pl.Strategy("lora")
     a, b = pl.time_terms(s, qlora, w, here), pl.time_terms(s, qlora, w, slow)
     assert b["q4_layer_pass"] == pytest.approx(3 * a["q4_layer_pass"])
     assert b["dequant_large"] == pytest.approx(3 * a["dequant_large"]) and a["dequant_large"] > 0
     assert b["dense"] == a["dense"]  # after dequantization the matmul is the probed fp32 one
     assert pl.predict_seconds(s, lora, w, slow) == pl.predict_seconds(s, lora, w, here)
-    # no 4-bit probe (bitsandbytes could not run): the reference machine's costs
-    bare = pl.Device("cpu", 64 * pl.GiB, flops=2e11, calibrated=True, probe={"flops": 2e11})
+    # no 4-bit probe (bitsandbytes could not run), the fit machine's matmul: the reference machine's costs
+    bare = pl.Device("cpu", 64 * pl.GiB, flops=f, calibrated=True, probe={"flops": f})
     assert pl.predict_seconds(s, qlora, w, bare) == pytest.approx(
-        sum(w_ * pl.TIME["cpu"][k] / (2e11 if k in pl.FLOP_TERMS else 1)
+        sum(w_ * pl.TIME["cpu"][k] / (f if k in pl.FLOP_TERMS else 1)
             for k, w_ in pl.step_work(s, qlora, w).items() if k in pl.TIME["cpu"]))
+
+
+def test_a_cpu_twice_as_fast_at_a_matmul_gets_half_the_per_call_seconds_and_its_4bit_costs_stay_probed():
+    """#20: TIME's terms in seconds (a layer's fixed per-call cost and the like) were the fit machine's;
+    another CPU's are scaled by its matmul probe against the fit machine's, FLOP terms by the probe
+    itself, and the 4-bit terms by their own probes only."""
+    s, w = shape("llama-3.2-1b"), pl.Workload(stage="sft", max_length=256)
+    ref = dict(pl.PROBE_REFERENCE)
+    fast_probe = {**ref, "flops": 2 * ref["flops"]}
+    base = pl.Device("cpu", 64 * pl.GiB, flops=ref["flops"], calibrated=True, probe=ref)
+    fast = pl.Device("cpu", 64 * pl.GiB, flops=2 * ref["flops"], calibrated=True, probe=fast_probe)
+    for plan in ("lora", "qlora"):
+        a, b = (pl.time_terms(s, pl.Strategy(plan), w, d) for d in (base, fast))
+        for term in pl.SECONDS_TERMS:
+            assert b[term] == pytest.approx(a[term] / 2), term
+        for term in pl.FLOP_TERMS:
+            assert b[term] == pytest.approx(a[term] / 2), term
+        assert a["layer_pass"] > 0
+        if plan == "qlora":
+            assert b["q4_layer_pass"] == pytest.approx(a["q4_layer_pass"]) and a["q4_layer_pass"] > 0
 
 
 def test_the_4bit_probe_measures_this_cpu():
@@ -634,3 +655,89 @@ def test_the_layer_terms_follow_the_layers_own_widths_and_a_plain_mlp_counts_onc
     ng = pl.Strategy("full", gradient_checkpointing=False, micro_batch=2)
     a = [pl.predict_memory(sh, ng, w, cpu)["components"]["activations"] for sh in (llama, neox)]
     assert a[0] - a[1] == pytest.approx(tokens * pl.ACT["full"]["nogc_mlp"] * 2048 * 4 * 4, rel=1e-6)
+
+
+def test_an_activation_written_out_in_torch_operations_and_the_models_own_dropout_are_counted():
+    """#20: GPT-2's gelu_new keeps three more elements per MLP element for backward than a fused
+    activation, and its own dropout (SFT keeps it, TRL's DPO turns it off) keeps three copies of the
+    attention scores and one element of each of two outputs: counted, not fitted."""
+    assert pl.activation_saved("silu") == 0 and pl.activation_saved("gelu") == 0
+    assert pl.activation_saved("gelu_new") == pytest.approx(3.0)
+    assert pl.activation_saved("no such activation") == 0.0
+    gpt2 = shape("gpt2")
+    assert (gpt2.activation, gpt2.attn_dropout, gpt2.hidden_dropout) == ("gelu_new", 0.1, 0.1)
+    assert (shape("llama-3-8b").activation, shape("llama-3-8b").attn_dropout) == ("silu", 0.0)
+    assert shape("gemma-2-2b").activation == "gelu_pytorch_tanh" and shape("pythia-1b").activation == "gelu"
+
+    cfg = read_config(FIXTURES / "gpt2.json")
+    quiet = ModelShape.from_config({**cfg, "attn_pdrop": 0.0, "resid_pdrop": 0.0})
+    fused = ModelShape.from_config({**cfg, "activation_function": "gelu"})
+    cpu, s = pl.Device("cpu", 2**40), pl.Strategy("lora", micro_batch=2)
+    sft, dpo = pl.Workload(stage="sft", max_length=256), pl.Workload(stage="dpo", max_length=256)
+
+    def layer_moment(sh, w, strat=s):
+        return pl.predict_memory(sh, strat, w, cpu)["moments"]["backward through a layer"]
+
+    tokens, h, heads = 512, gpt2.hidden, gpt2.heads
+    assert layer_moment(gpt2, sft) - layer_moment(quiet, sft) == pytest.approx(
+        tokens * (3 * heads * 256 + 2 * h) * 4, rel=1e-6)
+    assert layer_moment(gpt2, dpo) == layer_moment(quiet, dpo)  # DPO: dropout off
+    assert layer_moment(gpt2, dpo) - layer_moment(fused, dpo) == pytest.approx(
+        2 * tokens * 3 * gpt2.intermediate * 4, rel=1e-6)  # chosen and rejected: twice the tokens
+    # without checkpointing every layer keeps them
+    ng = pl.Strategy("lora", gradient_checkpointing=False, micro_batch=2)
+    a = [pl.predict_memory(sh, ng, sft, cpu)["components"]["activations"] for sh in (gpt2, quiet)]
+    assert a[0] - a[1] == pytest.approx(gpt2.layers * tokens * (3 * heads * 256 + 2 * h) * 4, rel=1e-6)
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("attn_pdrop", "0.1", "not a dropout probability"), ("resid_pdrop", 1.5, "not a dropout probability"),
+    ("attn_pdrop", True, "not a dropout probability"), ("activation_function", 3, "not the name of an activation"),
+    ("activation_function", "", "not the name of an activation"),
+])
+def test_a_malformed_activation_or_dropout_field_is_refused_by_name(field, value, says):
+    cfg = read_config(FIXTURES / "gpt2.json")
+    with pytest.raises(UserError) as e:
+        ModelShape.from_config({**cfg, field: value}, file="config.json")
+    assert e.value.field == field and says in str(e.value)
+
+
+def test_a_real_gpt2_sft_step_with_its_own_dropout_peaks_where_the_planner_says(tmp_path):
+    """A real TRL SFT step of a GPT-2 built here (gelu_new, dropout 0.1), live tensor bytes measured as
+    bench/plan_accuracy.py measures them: within the planner's 10 %, and not without the counted terms."""
+    import subprocess
+    import sys
+
+    from engine.tinymodel import build_tiny_model
+
+    bench = ROOT / "bench" / "plan_accuracy.py"
+    model = build_tiny_model(tmp_path / "gpt2", size="tiny", overrides={
+        "model_type": "gpt2", "hidden_size": 256, "n_inner": 1024, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "n_positions": 1024})
+    cfg = json.loads((model / "config.json").read_text())
+    assert "intermediate_size" not in cfg  # GPT-2 names its MLP width n_inner: no stray field
+    built = json.loads((model / "rounds_tiny_model.json").read_text())["parameters"]
+    gpt2 = ModelShape.from_config(cfg)
+    assert gpt2.params_total == built and gpt2.activation == "gelu_new" and gpt2.attn_dropout == 0.1
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import plan_accuracy
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    point = {"shape": "gpt2", "stage": "sft", "plan": "lora", "seq": 512, "batch": 2}
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in plan_accuracy.make_rows(model, "sft", 512, 6)))
+    r = subprocess.run([sys.executable, str(bench), "--one", json.dumps(point), "--model", str(model),
+                        "--data", str(data), "--steps", "2"], capture_output=True, text=True, timeout=900,
+                       stdin=subprocess.DEVNULL)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, r.stdout + r.stderr
+    measured = json.loads(line[7:])["measured"]
+    s, w = pl.Strategy("lora", micro_batch=2), pl.Workload(stage="sft", max_length=512)
+    predicted = pl.predict_memory(gpt2, s, w, pl.Device("cpu", 2**40))["peak_bytes"]
+    assert abs(predicted - measured) / measured <= 0.10, (predicted, measured)
+    bare = pl.predict_memory(ModelShape.from_config({**cfg, "attn_pdrop": 0.0, "resid_pdrop": 0.0,
+                                                     "activation_function": "gelu"}), s, w,
+                             pl.Device("cpu", 2**40))["peak_bytes"]
+    assert (measured - bare) / measured > 0.15, (bare, measured)  # the counted terms are what closes the gap

@@ -57,7 +57,7 @@ class PlanFactors:
     # rejected; KTO 2: the completion and its mismatched KL completion); 0: no reference model
     reference_passes: float = 0.0
     extra_forwards: float = 0.0  # no-grad forwards through the policy, same units (KTO's KL completions)
-    adapter_dropout: bool = False  # LoRA dropout stays on (TRL's preference trainers turn it off)
+    adapter_dropout: bool = False  # dropout stays on, LoRA's and the model's own (TRL's preference trainers: off)
 
     @property
     def reference(self) -> bool:
