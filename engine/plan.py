@@ -630,7 +630,9 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 # there (mean 19 %), which is why it was refitted. The fit is not tight: worst 31 % in the fit, 27 % on
 # held-back points, 23-35 % on shapes left out (tiny: 63 %) — the step times of that shared machine
 # were noisy, and the per-call costs (layer_pass and the like) are its seconds, which no probe carries
-# to another CPU. The 4-bit costs are scaled by each machine's own probe (q4_probe, probe_scales).
+# to another CPU. The 4-bit costs are scaled by each machine's own probe (q4_probe, probe_scales), and
+# since a later run the terms in seconds by the matmul probe (SECONDS_TERMS): on a second 2-core EPYC
+# (177 GFLOP/s), 134 fresh steps of twelve shapes, worst error 43 %, mean 13 % (unscaled 70 %, 17 %).
 # CUDA: typical figures, not fitted; checked once, on an H200 (bench/gpu_check.py): 8 B-class steps
 # took 0.6-1.8x the prediction, a 1 B model's up to 4x.
 TIME = {
@@ -860,9 +862,10 @@ class PlanResult:
 
 def time_uncertainty(d: Device, now: float | None = None) -> str:
     if d.kind == "cpu" and d.calibrated:
-        text = ("±35% (matmul throughput measured on this CPU; step model fitted to real steps of eleven shapes: "
-                "worst error 31% in the fit, 35% on a shape left out of it; models far larger than its "
-                "≤ 60 M-parameter shapes are an extrapolation)")
+        text = ("±45% (matmul throughput measured on this CPU; step model fitted to real steps of eleven shapes on "
+                "one CPU, its per-call seconds carried to others by the matmul probe: on a second CPU, 134 fresh "
+                "steps of twelve shapes were predicted with worst error 43%, mean 13%; models far larger than "
+                "its ≤ 60 M-parameter shapes are an extrapolation)")
         p = d.probe or {}
         if isinstance(p.get("time"), (int, float)):
             age = format_seconds(max(0.0, (time.time() if now is None else now) - p["time"]))
