@@ -227,9 +227,14 @@ def main() -> None:
     args = sys.argv[1:]
     checking = "--check" in args
     args = [a for a in args if a != "--check"]
-    if not args:
+    if not args or any(a.startswith("-") for a in args):
         sys.exit(__doc__)
+    missing = [a for a in args if not Path(a).is_file()]
+    if missing:
+        sys.exit(f"no such file: {', '.join(missing)} (write one with bench/plan_accuracy.py --raw FILE)")
     every = [r for path in args for r in load(path)]
+    if not every:
+        sys.exit(f"{', '.join(args)}: no measured points in it")
     if checking:
         check(every)
         return

@@ -84,9 +84,11 @@ OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the 
 MASKED_ATTENTION_SCORES = 1.0  # copies of the scores kept, in the compute dtype
 # The model's own dropout, where the stage keeps it on (SFT; TRL's DPO turns every dropout off): counted,
 # not fitted — the tensors one layer's backward keeps, read with torch's saved-tensor hooks on a GPT-2
-# block (attn_pdrop, resid_pdrop 0.1, SDPA): dropout on the attention scores takes PyTorch's math kernel,
-# which keeps three copies of the scores (softmaxed, the mask, dropped) per head a token; dropout on the
-# attention's and the MLP's outputs keeps one element of each per hidden unit (2 x h a token).
+# block on CPU (attn_pdrop, resid_pdrop 0.1, SDPA): dropout on the attention scores takes PyTorch's math
+# kernel there, which keeps three copies of the scores (softmaxed, the mask, dropped) per head a token;
+# on CUDA the flash and memory-efficient kernels take dropout themselves and keep none, so the term is
+# the CPU's only. Dropout on the attention's and the MLP's outputs keeps one element of each per hidden
+# unit (2 x h a token; a 1-byte mask on CUDA).
 ATTN_DROPOUT_SCORES = 3.0
 HIDDEN_DROPOUT_ELEMENTS = 2.0
 
@@ -98,22 +100,24 @@ def activation_saved(name: str) -> float:
     gelu_pytorch_tanh), 3 for GPT-2's gelu_new (written out in torch operations). Read from
     transformers' own ACT2FN with saved-tensor hooks, so it is true for the installed version; 0.0
     for a name transformers does not know (counted as fused)."""
-    try:
-        import torch
-        from transformers.activations import ACT2FN
-
-        act = ACT2FN[name]
-    except Exception:  # noqa: BLE001 - an unknown name, or transformers cannot build it
-        return 0.0
-    x = torch.randn(64, 64, requires_grad=True)
     kept: dict[int, int] = {}
 
     def pack(t):
         kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = act(x)
+    try:
+        import torch
+        from transformers.activations import ACT2FN
+
+        act = ACT2FN[name]
+        # grad on whatever the caller's mode (under no_grad nothing would be saved, and cached as 0)
+        with torch.inference_mode(False), torch.enable_grad():
+            x = torch.randn(64, 64, requires_grad=True)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                y = act(x)
+    except Exception:  # noqa: BLE001 - an unknown name, or an activation that cannot run: counted as fused
+        return 0.0
     skip = {x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()}
     return sum(v for k, v in kept.items() if k not in skip) / (x.numel() * x.element_size())
 CUDA_CONTEXT = 600 * 2**20
@@ -388,8 +392,10 @@ def q4_probe() -> dict:
 # costs are scaled by its own probes against these (probe_scales). Median of 5 fresh processes, quiet,
 # 2026-11-30. (A probe of a layer's fixed per-call cost was tried on 2026-12-02 and left out: from one
 # fresh process to the next it read 0.51-0.95 ms on the same quiet machine, noise the scaling would add.)
-PROBE_REFERENCE = {"q4_call": 8.45e-4, "q4_element": 1.19e-9,
-                   "flops": 131.8e9}  # the matmul probe of the machine TIME["cpu"]'s seconds were fitted on
+# "flops": the matmul throughput TIME["cpu"]'s terms in seconds are expressed at (the machine they were
+# fitted on read it). bench/plan_fit.py normalises every fit to it, so a refit on another machine gives
+# seconds at this same reference: leave it as it is.
+PROBE_REFERENCE = {"q4_call": 8.45e-4, "q4_element": 1.19e-9, "flops": 131.8e9}
 SCALED_BY = {"q4_layer_pass": "q4_call", "dequant": "q4_element"}
 # TIME["cpu"]'s terms in seconds that no probe of their own carries to another CPU (a layer's fixed
 # per-call cost, elementwise passes, the log-softmax, the optimizer): scaled by the matmul probe
@@ -547,8 +553,9 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     # and the model's own dropout where the stage keeps it (see ATTN_DROPOUT_SCORES)
     own = N * activation_saved(shape.activation) * shape.intermediate * wb
     if f.adapter_dropout:
-        own += N * (ATTN_DROPOUT_SCORES * shape.heads * w.peak_length() * (shape.attn_dropout > 0)
-                    + HIDDEN_DROPOUT_ELEMENTS * h * (shape.hidden_dropout > 0)) * wb
+        scores = ATTN_DROPOUT_SCORES * shape.heads * w.peak_length() * wb if d.kind == "cpu" else 0
+        mask = wb if d.kind == "cpu" else 1
+        own += N * (scores * (shape.attn_dropout > 0) + HIDDEN_DROPOUT_ELEMENTS * h * mask * (shape.hidden_dropout > 0))
     if s.gradient_checkpointing:
         act = N * coef["inputs"] * L * h * wb
         # the layer being recomputed: its norms and residuals scale with the width, its attention with
@@ -630,9 +637,9 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 # 4-bit layer call 1.8x the reference's: the model fitted on the earlier machine was up to 55 % off
 # there (mean 19 %), which is why it was refitted. The fit is not tight: worst 31 % in the fit, 27 % on
 # held-back points, 23-35 % on shapes left out (tiny: 63 %) — the step times of that shared machine
-# were noisy, and the per-call costs (layer_pass and the like) are its seconds, which no probe carries
-# to another CPU. The 4-bit costs are scaled by each machine's own probe (q4_probe, probe_scales), and
-# since a later run the terms in seconds by the matmul probe (SECONDS_TERMS): on a second 2-core EPYC
+# were noisy, and the per-call costs (layer_pass and the like) are its seconds, which no probe of their
+# own carries to another CPU. The 4-bit costs are scaled by each machine's own probe (q4_probe,
+# probe_scales), and the terms in seconds by the matmul probe (SECONDS_TERMS): on a second 2-core EPYC
 # (177 GFLOP/s), 134 fresh steps of twelve shapes, worst error 43 %, mean 13 % (unscaled 70 %, 17 %).
 # CUDA: typical figures, not fitted; checked once, on an H200 (bench/gpu_check.py): 8 B-class steps
 # took 0.6-1.8x the prediction, a 1 B model's up to 4x.

@@ -25,9 +25,9 @@ TEXT_FAMILY = {"qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2"}  # vision-language co
 
 # the MLP's activation and the model's own dropout: fields of each spelling, and each family's default
 # (transformers' config defaults; a config.json written by transformers carries them anyway)
-ACTIVATION_KEYS = ("hidden_activation", "hidden_act", "activation_function", "activation")  # Gemma: the first
-ATTN_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob")
-HIDDEN_DROPOUT_KEYS = ("resid_pdrop", "hidden_dropout", "hidden_dropout_prob")
+ACTIVATION_KEYS = ("hidden_activation", "hidden_act", "activation_function", "activation")  # Gemma 2/3: the first
+ATTN_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout")
+HIDDEN_DROPOUT_KEYS = ("resid_pdrop", "hidden_dropout")
 FAMILY_ACTIVATION = {"gpt2": "gelu_new", "gpt_neox": "gelu", "falcon": "gelu", "gemma": "gelu_pytorch_tanh",
                      "gemma2": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh"}
 FAMILY_DROPOUT = {"gpt2": 0.1}
@@ -244,6 +244,8 @@ class ModelShape:
         activation = _activation(cfg, model_type, file)
         attn_dropout = _probability(cfg, ATTN_DROPOUT_KEYS, file, FAMILY_DROPOUT.get(model_type, 0.0))
         hidden_dropout = _probability(cfg, HIDDEN_DROPOUT_KEYS, file, FAMILY_DROPOUT.get(model_type, 0.0))
+        if model_type == "falcon":  # its attention_dropout is applied to the attention's output, not the scores
+            attn_dropout, hidden_dropout = 0.0, max(attn_dropout, hidden_dropout)
         max_positions = _dim(cfg, positions, file, limit=2**31) if positions else None
         if model_type in PLAIN:
             parts = _plain(cfg, model_type, h, L, heads, kv, head_dim, inter, vocab, file)
