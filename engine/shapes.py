@@ -240,7 +240,7 @@ class ModelShape:
             inter = _dim(cfg, "intermediate_size", file, default=4 * h)
         for flag in ("tie_word_embeddings", "attention_bias", "mlp_bias", "bias"):
             _flag(cfg, flag, file, False)
-        positions = next((k for k in ("max_position_embeddings", "n_positions") if cfg.get(k) is not None), None)
+        positions, _ = _first(cfg, ("max_position_embeddings", "n_positions"))
         activation = _activation(cfg, model_type, file)
         attn_dropout = _probability(cfg, ATTN_DROPOUT_KEYS, file, FAMILY_DROPOUT.get(model_type, 0.0))
         hidden_dropout = _probability(cfg, HIDDEN_DROPOUT_KEYS, file, FAMILY_DROPOUT.get(model_type, 0.0))
