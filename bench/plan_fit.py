@@ -64,9 +64,16 @@ def load(path: str) -> list[dict]:
                      "strategy": Strategy(p["plan"], p.get("precompute_ref", False),
                                           p.get("gradient_checkpointing", True), p["batch"]),
                      "workload": Workload(stage=p["stage"], max_length=p["seq"], lora_rank=p.get("lora_rank", 16)),
-                     "seconds": float(np.median(r["step_times"][1:] or r["step_times"])),
+                     "seconds": seconds(r),
                      "measured_bytes": r["measured"], "held_back": bool(p.get("held_back"))})
     return rows
+
+
+def seconds(r: dict) -> float:
+    """A point's seconds per step: the median of the untracked steps after the first (raw files
+    written before the tracker was switched off for timing: of all the steps after the first)."""
+    timed = r["step_times"][r.get("tracked_steps", 0):]
+    return float(np.median(timed[1:] or timed))
 
 
 def label(p: dict) -> str:

@@ -741,9 +741,9 @@ def test_a_real_gpt2_sft_step_with_its_own_dropout_peaks_where_the_planner_says(
         sys.path.remove(str(ROOT / "bench"))
     point = {"shape": "gpt2", "stage": "sft", "plan": "lora", "seq": 512, "batch": 2}
     data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in plan_accuracy.make_rows(model, "sft", 512, 6)))
+    data.write_text("".join(json.dumps(r) + "\n" for r in plan_accuracy.make_rows(model, "sft", 512, 8)))
     r = subprocess.run([sys.executable, str(bench), "--one", json.dumps(point), "--model", str(model),
-                        "--data", str(data), "--steps", "2"], capture_output=True, text=True, timeout=900,
+                        "--data", str(data), "--steps", "1"], capture_output=True, text=True, timeout=900,
                        stdin=subprocess.DEVNULL)
     line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, r.stdout + r.stderr
