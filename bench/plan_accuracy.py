@@ -10,7 +10,9 @@ code `rounds train` uses and compares:
 - time: predicted vs measured seconds per step on this CPU, with the planner's calibrated
   device throughput (the cached probe). The memory tracker sees every operator in Python, so
   it is on for the first 3 steps only; the ``--steps`` steps after those run as ``rounds
-  train`` runs them and are the ones timed (the median of all but the first of them).
+  train`` runs them and are the ones timed: the fastest of all but the first of them, the
+  step as this CPU runs it when nothing else does (another process's work only ever makes a
+  step slower, and these machines are shared).
 
 The planner's coefficients were fitted to one run of this grid (``--raw FILE``, then
 bench/plan_fit.py); the points marked * were held back from that fit, and every run after
@@ -121,7 +123,7 @@ def make_rows(model: Path, stage: str, seq: int, n: int) -> list[dict]:
 # CPU: memory is measured over the first MEMORY_STEPS steps (the peak is reached by the second, once
 # the optimizer's state exists; every step is the same shape) under engine.memtrack's tracker, which
 # sees every operator in Python and so slows a step; the --steps steps after it run without it and
-# are the ones timed (the median of all but the first of them).
+# are the ones timed (the fastest of all but the first of them: other processes only slow a step).
 MEMORY_STEPS = 3
 
 
@@ -184,7 +186,7 @@ def run_point(point: dict, model: str, data: str, steps: int, device: str = "cpu
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     timed = times[MEMORY_STEPS:]
     return {"static": static, "dynamic": live.peak, "measured": static + live.peak,
-            "rss_growth": peak_rss - rss0, "seconds_per_step": statistics.median(timed[1:] or timed),
+            "rss_growth": peak_rss - rss0, "seconds_per_step": min(timed[1:] or timed),
             "step_times": times, "tracked_steps": MEMORY_STEPS, "flops_now": flops_now}
 
 

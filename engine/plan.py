@@ -120,6 +120,43 @@ def activation_saved(name: str) -> float:
         return 0.0
     skip = {x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()}
     return sum(v for k, v in kept.items() if k not in skip) / (x.numel() * x.element_size())
+
+
+@functools.lru_cache(maxsize=64)
+def activation_kernels(name: str) -> tuple[int, int]:
+    """Kernels the MLP's activation runs over its input beyond a fused one, in the forward and in the
+    backward: (0, 0) for silu, gelu, relu, gelu_pytorch_tanh; 7 and more for GPT-2's gelu_new, which
+    transformers writes out in torch operations. Counted with a dispatch mode on transformers' own
+    ACT2FN against silu's, so it is true for the installed version; (0, 0) for an unknown name."""
+    try:
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from transformers.activations import ACT2FN
+
+        class Count(TorchDispatchMode):
+            n = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func not in (torch.ops.aten.detach.default, torch.ops.aten.alias.default):
+                    self.n += 1
+                return func(*args, **(kwargs or {}))
+
+        def count(act) -> tuple[int, int]:
+            with torch.inference_mode(False), torch.enable_grad():
+                x = torch.randn(64, 64, requires_grad=True)
+                g = torch.ones(64, 64)
+                with Count() as forward:
+                    y = act(x)
+                with Count() as backward:
+                    y.backward(g)
+            return forward.n, backward.n
+
+        (f, b), (f0, b0) = count(ACT2FN[name]), count(ACT2FN["silu"])
+    except Exception:  # noqa: BLE001 - an unknown name, or an activation that cannot run: counted as fused
+        return 0, 0
+    return max(0, f - f0), max(0, b - b0)
+
+
 CUDA_CONTEXT = 600 * 2**20
 ALLOCATOR_SLACK = 0.08  # reserved beyond allocated on CUDA, as a fraction of the dynamic part
 
@@ -404,7 +441,8 @@ SCALED_BY = {"q4_layer_pass": "q4_call", "dequant": "q4_element"}
 # predicting 134 fresh steps of twelve shapes on the other (177 GFLOP/s): worst error 70 % unscaled,
 # 43 % scaled; mean 17 %, 13 % (the scaling was chosen on the first 37 of those steps).
 SECONDS_TERMS = ("weight_read", "elementwise", "lora_elementwise", "dropout", "layer_pass", "lora_layer_pass",
-                 "per_logit", "per_logit_tile", "per_trainable")
+                 "per_logit", "per_logit_tile", "per_trainable", "elementwise_large", "per_logit_large",
+                 "activation_kernels", "attention_scores")
 
 
 def probe_scales(probe: dict | None) -> dict[str, float]:
@@ -430,10 +468,15 @@ def _cpu_probe() -> dict:
     return {"flops": matmul_flops("cpu", "fp32", min_seconds=0.5), **q4_probe(), "q4_probed": True}
 
 
+def cpu_probe_key() -> str:
+    """The CPU probe's key in the probe cache (bench/plan_fit.py reads it back)."""
+    return f"cpu:{os.cpu_count()}"
+
+
 def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Device:
     import psutil
 
-    key = f"cpu:{os.cpu_count()}"
+    key = cpu_probe_key()
     probe = _cached_probe(key, _cpu_probe, refresh)
     if not probe.get("q4_probed") and not refresh:  # cached before the 4-bit probe existed
         probe = _cached_probe(key, _cpu_probe, True)
@@ -631,6 +674,13 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 #   per_logit       a vocabulary logit scored (the LM head's log-softmax, forward and backward)
 #   per_logit_tile  the same, scaled by the tile's token count / 4096 (large tiles are slower)
 #   per_trainable   a trainable parameter's optimizer update
+#   elementwise_large   a token x (MLP width, or hidden) element of a layer pass where that tensor is over
+#                   LARGE_TENSOR_BYTES (out of cache, and mapped afresh on every allocation)
+#   per_logit_large the same for a logit, where a tile's logits are over LARGE_TENSOR_BYTES
+#   activation_kernels  a token x intermediate element of a kernel the activation runs beyond a fused
+#                   one (counted by activation_kernels: GPT-2's gelu_new, written out in torch operations)
+#   attention_scores  an attention score of a layer pass where the model's own attention dropout is on
+#                   (SFT), which sends CPU attention to the math kernel that materializes the scores
 # CPU: fitted by non-negative least squares on relative error to 187 measured steps of real TRL
 # runs on a 2-core AMD EPYC (bench/plan_accuracy.py --raw, 6 steps a point, then bench/plan_fit.py),
 # eleven shapes, 2026-12-02. That machine's matmul probe read 132 GFLOP/s (the one before, 202) and its
@@ -644,14 +694,16 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 # CUDA: typical figures, not fitted; checked once, on an H200 (bench/gpu_check.py): 8 B-class steps
 # took 0.6-1.8x the prediction, a 1 B model's up to 4x.
 TIME = {
-    "cpu": {"dense": 0.905, "q4": 0.905, "attention": 3.75, "weight_read": 3.23e-10, "dequant": 9.57e-10,
-            "dequant_large": 9.9e-10, "elementwise": 0.0, "lora_elementwise": 3.51e-9, "dropout": 1.01e-8,
-            "layer_pass": 9.01e-3, "lora_layer_pass": 1.91e-3, "q4_layer_pass": 2.32e-4, "per_logit": 2.3e-8,
-            "per_logit_tile": 1.24e-8, "per_trainable": 9.79e-9},
+    "cpu": {"dense": 1.05, "q4": 1.05, "attention": 3.74, "weight_read": 5.04e-10, "dequant": 6.92e-11,
+            "dequant_large": 9.9e-10, "elementwise": 0.0, "lora_elementwise": 2.79e-9, "dropout": 9.5e-9,
+            "layer_pass": 1.02e-3, "lora_layer_pass": 1.92e-3, "q4_layer_pass": 4.92e-3, "per_logit": 2.05e-8,
+            "per_logit_tile": 2.49e-8, "per_trainable": 6.1e-9, "elementwise_large": 6.74e-9,
+            "per_logit_large": 4.8e-9, "activation_kernels": 4.94e-10, "attention_scores": 5.77e-9},
     "cuda": {"dense": 2.2, "q4": 2.2, "attention": 2.2, "weight_read": 0.0, "dequant": 3e-12,
              "dequant_large": 3e-12, "elementwise": 1e-11, "lora_elementwise": 5e-12, "dropout": 1e-11,
              "layer_pass": 1.5e-4, "lora_layer_pass": 5e-5, "q4_layer_pass": 5e-5, "per_logit": 1e-11,
-             "per_logit_tile": 0.0, "per_trainable": 3e-11},
+             "per_logit_tile": 0.0, "per_trainable": 3e-11, "elementwise_large": 0.0, "per_logit_large": 0.0,
+             "activation_kernels": 1e-11, "attention_scores": 0.0},
 }
 FLOP_TERMS = ("dense", "q4", "attention")
 
@@ -661,6 +713,10 @@ QLORA_ONLY_IF_FASTER = {"cpu": 1.5, "cuda": 1.4}
 
 
 LARGE_WEIGHT_BYTES = 32 * 2**20  # a dequantized fp32 weight beyond this no longer stays in cache
+# An activation tensor beyond this (a micro-batch's tokens x the MLP's width, or x the vocabulary) no
+# longer stays in cache, and is past glibc's largest mmap threshold: every one is mapped afresh and
+# paged in by the OS, so each pass over it costs more than over a small one (the *_large terms).
+LARGE_TENSOR_BYTES = 32 * 2**20
 
 
 def _quantized_weights(shape: ModelShape, large: bool) -> int:
@@ -686,6 +742,11 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = 
     if forward_only:
         body_passes = head_passes = layer_passes = logit_passes = 1
     body = 2 * N * shape.params_linear_active * body_passes  # a MoE: the routed experts only
+    mlp_width = shape.intermediate * (2 if shape.gated else 1)
+    fwd_kernels, bwd_kernels = activation_kernels(shape.activation)
+
+    def large(elements: float) -> int:
+        return int(elements * 4 > LARGE_TENSOR_BYTES)  # fp32 on the CPU
     head = 2 * N * shape.vocab * shape.hidden * head_passes
     logits = N * shape.vocab * logit_passes
     adapters = not full and not forward_only  # the reference forward runs with the adapters off
@@ -707,6 +768,16 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = 
         "per_logit": logits,
         "per_logit_tile": logits * min(N, TOKEN_TILE) / TOKEN_TILE,
         "per_trainable": 0 if forward_only else _trainable(shape, s, w, 4)[0],
+        # tensors too large for the cache, each one a fresh allocation the OS pages in (see LARGE_TENSOR_BYTES)
+        "elementwise_large": shape.layers * layer_passes * (
+            N * mlp_width * large(N * shape.intermediate) + N * shape.hidden * large(N * shape.hidden)),
+        "per_logit_large": logits * large(min(N, TOKEN_TILE) * shape.vocab),
+        # an activation written out in torch operations (GPT-2's gelu_new): its extra kernels, counted
+        "activation_kernels": N * shape.intermediate * shape.layers * (
+            fwd_kernels * (1 if forward_only else layer_passes - 1) + (0 if forward_only else bwd_kernels)),
+        # the model's own attention dropout (SFT) sends CPU attention to the math kernel: its score elements
+        "attention_scores": s.micro_batch * f.sequences * shape.heads * seq * seq * shape.layers * layer_passes
+        if (f.adapter_dropout and shape.attn_dropout > 0 and not forward_only) else 0,
     }
 
 

@@ -755,3 +755,40 @@ def test_a_real_gpt2_sft_step_with_its_own_dropout_peaks_where_the_planner_says(
                                                      "activation_function": "gelu"}), s, w,
                              pl.Device("cpu", 2**40))["peak_bytes"]
     assert (measured - bare) / measured > 0.15, (bare, measured)  # the counted terms are what closes the gap
+
+
+def test_activation_kernels_are_counted_on_transformers_own_activations():
+    """#20: an activation written out in torch operations runs extra kernels over the MLP's width;
+    the fused ones run none beyond silu's, and an unknown name is counted as fused."""
+    for fused in ("silu", "gelu", "gelu_pytorch_tanh", "relu"):
+        assert pl.activation_kernels(fused) == (0, 0), fused
+    fwd, bwd = pl.activation_kernels("gelu_new")
+    assert fwd >= 5 and bwd >= 5
+    assert pl.activation_kernels("no-such-activation") == (0, 0)
+
+
+def test_large_tensor_terms_start_where_a_tensor_passes_the_threshold():
+    """#20: the *_large time terms count only tensors over LARGE_TENSOR_BYTES (fp32): an MLP tensor of
+    a micro-batch's tokens x the MLP's width, the logits of a tile; the attention-score term only where
+    the stage keeps the model's own attention dropout on (SFT) and the model has some."""
+    cfg = {"model_type": "llama", "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 2,
+           "num_attention_heads": 8, "vocab_size": 32000, "max_position_embeddings": 4096}
+    llama = ModelShape.from_config(cfg)
+    lora = pl.Strategy("lora", micro_batch=1)
+    edge = pl.LARGE_TENSOR_BYTES // 4 // 2048  # tokens at which an MLP tensor reaches the threshold
+    small = pl.step_work(llama, lora, pl.Workload(stage="sft", max_length=edge))
+    big = pl.step_work(llama, lora, pl.Workload(stage="sft", max_length=2 * edge))
+    assert small["elementwise_large"] == 0 and big["elementwise_large"] > 0
+    # logits: 32000 x the tile's tokens passes 32 MiB at 263 tokens
+    assert pl.step_work(llama, lora, pl.Workload(stage="sft", max_length=256))["per_logit_large"] == 0
+    assert pl.step_work(llama, lora, pl.Workload(stage="sft", max_length=512))["per_logit_large"] > 0
+    assert big["attention_scores"] == 0  # no dropout in this config
+    gpt2 = ModelShape.from_config({"model_type": "gpt2", "n_embd": 256, "n_layer": 2, "n_head": 4,
+                                   "vocab_size": 1024, "n_positions": 1024})
+    assert gpt2.attn_dropout == 0.1
+    sft = pl.step_work(gpt2, lora, pl.Workload(stage="sft", max_length=256))
+    dpo = pl.step_work(gpt2, lora, pl.Workload(stage="dpo", max_length=256))
+    # SFT: forward, recomputation, backward; batch 1 x 4 heads x 256^2 scores x 2 layers each
+    assert sft["attention_scores"] == 3 * 4 * 256 * 256 * 2 and dpo["attention_scores"] == 0
+    fwd, bwd = pl.activation_kernels("gelu_new")
+    assert sft["activation_kernels"] == 256 * 1024 * 2 * (fwd * 2 + bwd)
