@@ -439,7 +439,8 @@ SCALED_BY = {"q4_layer_pass": "q4_call", "dequant": "q4_element"}
 # against the fit machine's, on the reading that a CPU twice as fast at a matmul is about twice as
 # fast at these too. Checked once, across two machines: the model fitted on one (132 GFLOP/s)
 # predicting 134 fresh steps of twelve shapes on the other (177 GFLOP/s): worst error 70 % unscaled,
-# 43 % scaled; mean 17 %, 13 % (the scaling was chosen on the first 37 of those steps).
+# 43 % scaled; mean 17 %, 13 % (the scaling was chosen on the first 37 of those steps). TIME["cpu"]
+# has since been refitted on the second machine, normalised to the reference by bench/plan_fit.py.
 SECONDS_TERMS = ("weight_read", "elementwise", "lora_elementwise", "dropout", "layer_pass", "lora_layer_pass",
                  "per_logit", "per_logit_tile", "per_trainable", "elementwise_large", "per_logit_large",
                  "activation_kernels", "attention_scores")
@@ -681,16 +682,16 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 #                   one (counted by activation_kernels: GPT-2's gelu_new, written out in torch operations)
 #   attention_scores  an attention score of a layer pass where the model's own attention dropout is on
 #                   (SFT), which sends CPU attention to the math kernel that materializes the scores
-# CPU: fitted by non-negative least squares on relative error to 187 measured steps of real TRL
-# runs on a 2-core AMD EPYC (bench/plan_accuracy.py --raw, 6 steps a point, then bench/plan_fit.py),
-# eleven shapes, 2026-12-02. That machine's matmul probe read 132 GFLOP/s (the one before, 202) and its
-# 4-bit layer call 1.8x the reference's: the model fitted on the earlier machine was up to 55 % off
-# there (mean 19 %), which is why it was refitted. The fit is not tight: worst 31 % in the fit, 27 % on
-# held-back points, 23-35 % on shapes left out (tiny: 63 %) — the step times of that shared machine
-# were noisy, and the per-call costs (layer_pass and the like) are its seconds, which no probe of their
-# own carries to another CPU. The 4-bit costs are scaled by each machine's own probe (q4_probe,
-# probe_scales), and the terms in seconds by the matmul probe (SECONDS_TERMS): on a second 2-core EPYC
-# (177 GFLOP/s), 134 fresh steps of twelve shapes, worst error 43 %, mean 13 % (unscaled 70 %, 17 %).
+# CPU: fitted by non-negative least squares on relative error to 168 measured steps of real TRL
+# runs on a 2-core AMD EPYC (bench/plan_accuracy.py --raw: 3 steps under the memory tracker, then 4
+# timed without it, the fastest of the last 3; then bench/plan_fit.py), twelve shapes, 2026-12-02,
+# matmul probe 177 GFLOP/s (the terms in seconds are stored at PROBE_REFERENCE's 132). Worst error 42 %
+# in the fit (mean 9 %), 27 % on the 36 held-back points, 17-49 % on a shape left out (tiny and deep
+# the worst). The fit before this one was fitted to steps timed under the tracker, which sees every
+# operator in Python: its per-call costs were the tracker's as much as the CPU's, and a tiny model's
+# untracked steps took half the time it predicted. The step times of that shared machine are noisy:
+# the same step varies by 10-20 % within a point. The 4-bit costs are scaled by each machine's own
+# probe (q4_probe, probe_scales), and the terms in seconds by the matmul probe (SECONDS_TERMS).
 # CUDA: typical figures, not fitted; checked once, on an H200 (bench/gpu_check.py): 8 B-class steps
 # took 0.6-1.8x the prediction, a 1 B model's up to 4x.
 TIME = {
@@ -941,10 +942,10 @@ class PlanResult:
 
 def time_uncertainty(d: Device, now: float | None = None) -> str:
     if d.kind == "cpu" and d.calibrated:
-        text = ("±45% (matmul throughput measured on this CPU; step model fitted to real steps of eleven shapes on "
-                "one CPU, its per-call seconds carried to others by the matmul probe: on a second CPU, 134 fresh "
-                "steps of twelve shapes were predicted with worst error 43%, mean 13%; models far larger than "
-                "its ≤ 60 M-parameter shapes are an extrapolation)")
+        text = ("±50% (matmul throughput measured on this CPU; step model fitted to 168 real steps of twelve "
+                "shapes on one shared 2-core CPU, its per-call seconds carried to others by the matmul probe: "
+                "worst error 42% in the fit, 27% on held-back points, 17-49% on a shape left out; models far "
+                "larger than its ≤ 60 M-parameter shapes are an extrapolation)")
         p = d.probe or {}
         if isinstance(p.get("time"), (int, float)):
             age = format_seconds(max(0.0, (time.time() if now is None else now) - p["time"]))
