@@ -127,6 +127,12 @@ def make_rows(model: Path, stage: str, seq: int, n: int) -> list[dict]:
 MEMORY_STEPS = 3
 
 
+def timed_seconds(step_times: list[float], tracked: int = MEMORY_STEPS) -> float:
+    """A point's seconds per step: the fastest of the untracked steps after the first."""
+    timed = step_times[tracked:]
+    return float(min(timed[1:] or timed))
+
+
 def run_point(point: dict, model: str, data: str, steps: int, device: str = "cpu", budget: int = 0) -> dict:
     import logging
     import warnings
@@ -175,18 +181,16 @@ def run_point(point: dict, model: str, data: str, steps: int, device: str = "cpu
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(spec, resolve_runtime(spec), Path(out), [Clock()])
         static = static_bytes(trainer.model, getattr(trainer, "ref_model", None))
-        live = LiveTensorBytes().exclude(trainer.model, getattr(trainer, "ref_model", None))
-        live.__enter__()
-        tracker = live
+        tracker = LiveTensorBytes().exclude(trainer.model, getattr(trainer, "ref_model", None))
+        tracker.__enter__()  # Clock leaves it after MEMORY_STEPS steps
         try:
             trainer.train()
         finally:
             if len(times) < MEMORY_STEPS:
-                live.__exit__(None, None, None)
+                tracker.__exit__(None, None, None)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    timed = times[MEMORY_STEPS:]
-    return {"static": static, "dynamic": live.peak, "measured": static + live.peak,
-            "rss_growth": peak_rss - rss0, "seconds_per_step": min(timed[1:] or timed),
+    return {"static": static, "dynamic": tracker.peak, "measured": static + tracker.peak,
+            "rss_growth": peak_rss - rss0, "seconds_per_step": timed_seconds(times),
             "step_times": times, "tracked_steps": MEMORY_STEPS, "flops_now": flops_now}
 
 

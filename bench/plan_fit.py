@@ -26,6 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from plan_accuracy import timed_seconds  # noqa: E402
+
 from engine.plan import (  # noqa: E402
     ACT,
     FLOP_TERMS,
@@ -70,13 +72,12 @@ def load(path: str) -> list[dict]:
 
 
 def seconds(r: dict) -> float:
-    """A point's seconds per step: the fastest of the untracked steps after the first (as
-    bench/plan_accuracy.py prints it); raw files written before the tracker was switched off for
-    timing: the median of all the steps after the first, as it printed them then."""
+    """A point's seconds per step, by bench/plan_accuracy.py's rule (its seconds_per_step is not read:
+    lines written before that rule carry the median); lines written before the tracker was switched
+    off for timing: the median of all the steps after the first, as printed then."""
     if "tracked_steps" not in r:
         return float(np.median(r["step_times"][1:] or r["step_times"]))
-    timed = r["step_times"][r["tracked_steps"]:]
-    return float(min(timed[1:] or timed))
+    return timed_seconds(r["step_times"], r["tracked_steps"])
 
 
 def label(p: dict) -> str:

@@ -592,7 +592,7 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
     if d.kind == "cuda" and w.padded(s.micro_batch):
         repeated = 2 * shape.heads * shape.head_dim if shape.kv_heads < shape.heads else 0
         masked = N * (MASKED_ATTENTION_SCORES * shape.heads * w.peak_length() + repeated) * wb
-    attn, mlp_width = shape.q_out + 2 * shape.kv_out, shape.intermediate * (2 if shape.gated else 1)
+    attn, mlp_width = shape.q_out + 2 * shape.kv_out, shape.mlp_width
     # counted per layer, not fitted: what an activation written out in torch operations keeps (gelu_new),
     # and the model's own dropout where the stage keeps it (see ATTN_DROPOUT_SCORES)
     own = N * activation_saved(shape.activation) * shape.intermediate * wb
@@ -713,16 +713,16 @@ FLOP_TERMS = ("dense", "q4", "attention")
 QLORA_ONLY_IF_FASTER = {"cpu": 1.5, "cuda": 1.4}
 
 
-LARGE_WEIGHT_BYTES = 32 * 2**20  # a dequantized fp32 weight beyond this no longer stays in cache
-# An activation tensor beyond this (a micro-batch's tokens x the MLP's width, or x the vocabulary) no
-# longer stays in cache, and is past glibc's largest mmap threshold: every one is mapped afresh and
-# paged in by the OS, so each pass over it costs more than over a small one (the *_large terms).
+# An fp32 tensor beyond this no longer stays in cache, and is past glibc's largest mmap threshold: each
+# one is mapped afresh and paged in by the OS, so a pass over it costs more than over a small one. It
+# splits 4-bit weights' dequantized copies (dequant / dequant_large) and activations (the *_large terms:
+# a micro-batch's tokens x the MLP's width or hidden, a tile's logits).
 LARGE_TENSOR_BYTES = 32 * 2**20
 
 
 def _quantized_weights(shape: ModelShape, large: bool) -> int:
-    """4-bit weights in linear layers whose dequantized copy is (not) larger than LARGE_WEIGHT_BYTES."""
-    return sum(size * n for size, n in shape.linear_sizes() if (size * 4 > LARGE_WEIGHT_BYTES) == large)
+    """4-bit weights in linear layers whose dequantized copy is (not) larger than LARGE_TENSOR_BYTES."""
+    return sum(size * n for size, n in shape.linear_sizes() if (size * 4 > LARGE_TENSOR_BYTES) == large)
 
 
 def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = False) -> dict:
@@ -743,7 +743,6 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = 
     if forward_only:
         body_passes = head_passes = layer_passes = logit_passes = 1
     body = 2 * N * shape.params_linear_active * body_passes  # a MoE: the routed experts only
-    mlp_width = shape.intermediate * (2 if shape.gated else 1)
     fwd_kernels, bwd_kernels = activation_kernels(shape.activation)
 
     def large(elements: float) -> int:
@@ -771,7 +770,7 @@ def step_work(shape: ModelShape, s: Strategy, w: Workload, forward_only: bool = 
         "per_trainable": 0 if forward_only else _trainable(shape, s, w, 4)[0],
         # tensors too large for the cache, each one a fresh allocation the OS pages in (see LARGE_TENSOR_BYTES)
         "elementwise_large": shape.layers * layer_passes * (
-            N * mlp_width * large(N * shape.intermediate) + N * shape.hidden * large(N * shape.hidden)),
+            N * shape.mlp_width * large(N * shape.intermediate) + N * shape.hidden * large(N * shape.hidden)),
         "per_logit_large": logits * large(min(N, TOKEN_TILE) * shape.vocab),
         # an activation written out in torch operations (GPT-2's gelu_new): its extra kernels, counted
         "activation_kernels": N * shape.intermediate * shape.layers * (

@@ -148,6 +148,11 @@ class ModelShape:
     hidden_dropout: float = 0.0  # ... on the attention's and the MLP's outputs (residual dropout)
 
     @property
+    def mlp_width(self) -> int:
+        """The MLP's up projections' total width: gate and up (gated), or one up projection."""
+        return self.intermediate * (2 if self.gated else 1)
+
+    @property
     def q_out(self) -> int:
         return self.heads * self.head_dim
 
