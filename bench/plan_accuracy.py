@@ -133,6 +133,25 @@ def timed_seconds(step_times: list[float], tracked: int = MEMORY_STEPS) -> float
     return float(min(timed[1:] or timed))
 
 
+def combine(runs: list[dict]) -> dict:
+    """One point measured in several fresh processes (--repeat): the first process's measurements, the
+    seconds per step the median of the processes' (each its fastest untracked step), every process's
+    figures kept (``repeat_seconds``, ``repeat_measured``). Live tensor bytes do not depend on the process;
+    a step's time does: the same step differs by up to a half from one fresh process to the next here."""
+    m = dict(runs[0])
+    if len(runs) > 1 and not m.get("oom"):
+        m["repeat_seconds"] = [r["seconds_per_step"] for r in runs]
+        m["repeat_measured"] = [r["measured"] for r in runs]
+        m["seconds_per_step"] = float(statistics.median(m["repeat_seconds"]))
+    return m
+
+
+def spread(m: dict) -> str:
+    """The processes' seconds per step, fastest to slowest, as a fraction of their median ('' for one)."""
+    times = m.get("repeat_seconds") or []
+    return f"{(max(times) - min(times)) / m['seconds_per_step'] * 100:>6.0f}%" if len(times) > 1 else ""
+
+
 def run_point(point: dict, model: str, data: str, steps: int, device: str = "cpu", budget: int = 0) -> dict:
     import logging
     import warnings
@@ -260,6 +279,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4, help="steps timed (after 3 tracked for memory)")
     ap.add_argument("--quick", action="store_true", help="a third of the grid")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each point in this many fresh processes; time: the median of theirs")
     ap.add_argument("--raw", help="also write every point's measurements here, a JSON line each")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: measure on the GPU (not run yet; bench/gpu_check.py has been)")
@@ -270,6 +291,8 @@ def main() -> None:
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.repeat < 1 or args.steps < 1:
+        ap.error("--repeat and --steps take a whole number of at least 1")
     if args.one:
         print("RESULT " + json.dumps(run_point(json.loads(args.one), args.model, args.data, args.steps,
                                                args.device, args.budget)))
@@ -303,9 +326,10 @@ def main() -> None:
         device = calibrate_cpu()
         print(f"CPU ({os.cpu_count()} cores), measured matmul throughput {device.flops / 1e9:.1f} GFLOP/s (fp32); "
               f"{len(points)} points, each in a fresh process: {MEMORY_STEPS} steps tracked for memory, "
-              f"then {args.steps} timed")
+              f"then {args.steps} timed"
+              + (f"; each point {args.repeat} times, its time the median" if args.repeat > 1 else ""))
     print(f"{'point':<44}{'predicted':>11}{'measured':>11}{'err':>7}{'RSS grow':>10}"
-          f"{'s/step pred':>12}{'meas':>8}{'err':>7}")
+          f"{'s/step pred':>12}{'meas':>8}{'err':>7}" + (f"{'spread':>7}" if args.repeat > 1 else ""))
     worst_mem, worst_time, worst_held = 0.0, 0.0, 0.0
     failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -316,18 +340,24 @@ def main() -> None:
             rows = make_rows(model, p["stage"], p["seq"], n=p["batch"] * (args.steps + MEMORY_STEPS + 1))
             data = tmp / f"data-{p['stage']}-{p['seq']}-{p['batch']}-{p['shape']}.jsonl"
             data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(p), "--model", str(model),
-                                   "--data", str(data), "--steps", str(args.steps), "--device", args.device,
-                                   "--budget", str(budget)], capture_output=True, text=True)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             label = (f"{'*' if p.get('held_back') else ''}{p['shape']} {p['stage']} {p['plan']}"
                      f"{'+pre' if p.get('precompute_ref') else ''}"
                      f"{' no-gc' if p.get('gradient_checkpointing') is False else ''} s{p['seq']} b{p['batch']}")
-            if line is None:
-                print(f"{label:<44} FAILED\n{proc.stderr[-1500:]}")
+            runs, error = [], ""
+            for _ in range(args.repeat):  # each in a fresh process
+                proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(p), "--model", str(model),
+                                       "--data", str(data), "--steps", str(args.steps), "--device", args.device,
+                                       "--budget", str(budget)], capture_output=True, text=True)
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if line is None:
+                    error = proc.stderr[-1500:]
+                    break
+                runs.append(json.loads(line[7:]))
+            if error:
+                print(f"{label:<44} FAILED\n{error}")
                 failed.append(label)
                 continue
-            m = json.loads(line[7:])
+            m = combine(runs)
             if args.raw:
                 with open(args.raw, "a") as f:
                     f.write(json.dumps({"point": p, "config": json.loads((model / "config.json").read_text()),
@@ -357,7 +387,8 @@ def main() -> None:
                 worst_held = max(worst_held, abs(err), abs(terr))
             mib = 2**20
             print(f"{label:<44}{pred / mib:>8.1f}MiB{m['measured'] / mib:>8.1f}MiB{err * 100:>6.1f}%"
-                  f"{m['rss_growth'] / mib:>7.0f}MiB{pred_t:>12.3f}{m['seconds_per_step']:>8.3f}{terr * 100:>6.1f}%",
+                  f"{m['rss_growth'] / mib:>7.0f}MiB{pred_t:>12.3f}{m['seconds_per_step']:>8.3f}{terr * 100:>6.1f}%"
+                  f"{spread(m)}",
                   flush=True)
     mem_ok = "MET" if worst_mem <= 0.10 and not failed else "NOT MET"
     time_ok = "MET" if worst_time <= 0.25 and not failed else "NOT MET"

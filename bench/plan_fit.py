@@ -4,6 +4,7 @@ coefficients (engine.plan.ACT) from measured steps, and check them shape by shap
     python bench/plan_accuracy.py --raw steps.jsonl      # measure (about 25 minutes on 2 cores)
     python bench/plan_fit.py steps.jsonl [more.jsonl]    # fit, print, and check
     python bench/plan_fit.py --check steps.jsonl         # the planner as it is now, against those steps
+    python bench/plan_fit.py --repeatability a.jsonl b.jsonl  # the same points measured in two runs
 
 Time: every term of engine.plan.step_work is a count of what a step does; the fit finds the
 non-negative cost per unit that minimises the squared *relative* error over all points
@@ -74,7 +75,10 @@ def load(path: str) -> list[dict]:
 def seconds(r: dict) -> float:
     """A point's seconds per step, by bench/plan_accuracy.py's rule (its seconds_per_step is not read:
     lines written before that rule carry the median); lines written before the tracker was switched
-    off for timing: the median of all the steps after the first, as printed then."""
+    off for timing: the median of all the steps after the first, as printed then; a point measured in
+    several processes: the median of their figures."""
+    if r.get("repeat_seconds"):  # several fresh processes (--repeat): the median of theirs
+        return float(np.median(r["repeat_seconds"]))
     if "tracked_steps" not in r:
         return float(np.median(r["step_times"][1:] or r["step_times"]))
     return timed_seconds(r["step_times"], r["tracked_steps"])
@@ -234,8 +238,43 @@ def check(every: list[dict]) -> None:
           f"(target <= 25 %: {'MET' if worst_t <= 0.25 else 'NOT MET'})")
 
 
+def repeatability(first: list[dict], second: list[dict]) -> dict:
+    """The points two runs both measured (by label): how far the second run's seconds per step are from
+    the first's. Live tensor bytes repeat exactly; a step's time on a shared machine does not, and no
+    prediction can be closer to every measurement than the measurements are to each other."""
+    before = {r["label"]: r for r in first}
+    pairs = [(r["label"], r["seconds"] / before[r["label"]]["seconds"],
+              abs(r["measured_bytes"] - before[r["label"]]["measured_bytes"]) / r["measured_bytes"])
+             for r in second if r["label"] in before]
+    if not pairs:
+        return {"points": 0}
+    ratios = np.array([x for _, x, _ in pairs])
+    off = np.maximum(ratios, 1 / ratios) - 1  # how far apart, as a fraction of the smaller
+    return {"points": len(pairs), "median_ratio": float(np.median(ratios)), "min_ratio": float(ratios.min()),
+            "max_ratio": float(ratios.max()), "apart_over_25": int((off > 0.25).sum()),
+            "apart_over_10": int((off > 0.10).sum()), "memory_apart": max(m for _, _, m in pairs),
+            "widest": sorted(pairs, key=lambda t: -max(t[1], 1 / t[1]))[:5]}
+
+
+def report_repeatability(a: str, b: str) -> None:
+    r = repeatability(load(a), load(b))
+    if not r["points"]:
+        sys.exit(f"{a} and {b} have no point in common (the same shape, stage, plan, length and micro-batch)")
+    print(f"{r['points']} points measured in both runs; seconds per step, {b} over {a}: median "
+          f"{r['median_ratio']:.2f}, from {r['min_ratio']:.2f} to {r['max_ratio']:.2f}; {r['apart_over_25']} of "
+          f"them more than 25 % apart, {r['apart_over_10']} more than 10 %")
+    for label, ratio, _ in r["widest"]:
+        print(f"  {label:<40}{ratio:>6.2f}")
+    print(f"memory (live tensor bytes): at most {r['memory_apart'] * 100:.1f} % apart")
+
+
 def main() -> None:
     args = sys.argv[1:]
+    if args[:1] == ["--repeatability"]:
+        if len(args) != 3 or not all(Path(a).is_file() for a in args[1:]):
+            sys.exit("--repeatability takes two raw files (bench/plan_accuracy.py --raw FILE)")
+        report_repeatability(args[1], args[2])
+        return
     checking = "--check" in args
     args = [a for a in args if a != "--check"]
     if not args or any(a.startswith("-") for a in args):

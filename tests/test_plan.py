@@ -390,6 +390,49 @@ def test_plan_fit_recovers_the_costs_it_was_given(tmp_path):
     assert plan_fit.report_memory(points, plan_fit.fit_memory(points)) < 0.005
 
 
+def test_a_point_measured_in_several_processes_is_timed_by_their_median(tmp_path):
+    """bench/plan_accuracy.py --repeat N: a point's seconds per step is the median of the fresh
+    processes' figures (a step's time differs from one process to the next; its live tensor bytes do
+    not), every process's figure is kept in the raw line, and plan_fit reads the median back."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import plan_accuracy
+        import plan_fit
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    runs = [{"measured": 100, "seconds_per_step": t, "step_times": [1.0, 1.0, 1.0, t, t]}
+            for t in (0.3, 0.1, 0.2)]
+    m = plan_accuracy.combine(runs)
+    assert m["seconds_per_step"] == 0.2 and m["repeat_seconds"] == [0.3, 0.1, 0.2]
+    assert m["repeat_measured"] == [100, 100, 100] and m["step_times"] == runs[0]["step_times"]
+    assert plan_accuracy.spread(m).strip() == "100%"  # (0.3 - 0.1) / 0.2
+    one = plan_accuracy.combine(runs[:1])
+    assert one["seconds_per_step"] == 0.3 and "repeat_seconds" not in one and plan_accuracy.spread(one) == ""
+    cfg = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "vocab_size": 1500}
+    point = {"shape": "a", "stage": "sft", "plan": "lora", "seq": 128, "batch": 1}
+    raw = tmp_path / "steps.jsonl"
+    raw.write_text(json.dumps({"point": point, "config": cfg, "probe": {"flops": 1e11}, "tracked_steps": 3,
+                               **m}) + "\n")
+    assert plan_fit.load(str(raw))[0]["seconds"] == 0.2  # not the first process's own 0.3
+    # two runs of the same points: their times compared point by point, their memory too
+    later = tmp_path / "later.jsonl"
+    point_b = {**point, "seq": 256}
+    later.write_text("".join(json.dumps({"point": pt, "config": cfg, "probe": {"flops": 1e11}, "tracked_steps": 3,
+                                         "measured": 100, "step_times": [1.0] * 3 + [t] * 3}) + "\n"
+                             for pt, t in ((point, 0.3), (point_b, 0.5))))
+    rep = plan_fit.repeatability(plan_fit.load(str(raw)), plan_fit.load(str(later)))
+    assert rep["points"] == 1 and rep["median_ratio"] == pytest.approx(1.5)  # 0.3 against the median 0.2
+    assert rep["apart_over_25"] == 1 and rep["memory_apart"] == 0.0
+    # --repeat takes a whole number of at least 1
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "plan_accuracy.py"), "--repeat", "0"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "--repeat" in r.stderr
+
+
 def test_plan_times_read_at_a_glance():
     from engine.units import format_seconds
 
