@@ -152,6 +152,29 @@ def spread(m: dict) -> str:
     return f"{(max(times) - min(times)) / m['seconds_per_step'] * 100:>6.0f}%" if len(times) > 1 else ""
 
 
+def machine_now() -> dict:
+    """This process's view of the machine just before its steps, for information: memory bandwidth (an
+    elementwise pass over 64 MiB, out of any cache: bytes read and written a second) and a small
+    layer's forward and backward (seconds a call: what a step's fixed per-call costs are made of)."""
+    import torch
+
+    x = torch.randn(16 * 2**20)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(6):
+        t = time.perf_counter()
+        torch.add(x, 1.0, out=y)
+        best = min(best, time.perf_counter() - t)
+    layer = torch.nn.Linear(64, 64)
+    inp = torch.randn(1, 8, 64)
+    calls = []
+    for _ in range(60):
+        t = time.perf_counter()
+        layer(inp).sum().backward()
+        calls.append(time.perf_counter() - t)
+    return {"bw_now": 2 * x.numel() * 4 / best, "call_now": min(calls[10:])}
+
+
 def run_point(point: dict, model: str, data: str, steps: int, device: str = "cpu", budget: int = 0) -> dict:
     import logging
     import warnings
@@ -196,6 +219,7 @@ def run_point(point: dict, model: str, data: str, steps: int, device: str = "cpu
     from engine.plan import matmul_flops
 
     flops_now = matmul_flops("cpu", "fp32")  # this moment's throughput, for information (noise)
+    now = machine_now()
     rss0 = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     with tempfile.TemporaryDirectory() as out:
         trainer = build_trainer(spec, resolve_runtime(spec), Path(out), [Clock()])
@@ -210,7 +234,7 @@ def run_point(point: dict, model: str, data: str, steps: int, device: str = "cpu
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"static": static, "dynamic": tracker.peak, "measured": static + tracker.peak,
             "rss_growth": peak_rss - rss0, "seconds_per_step": timed_seconds(times),
-            "step_times": times, "tracked_steps": MEMORY_STEPS, "flops_now": flops_now}
+            "step_times": times, "tracked_steps": MEMORY_STEPS, "flops_now": flops_now, **now}
 
 
 def _run_point_cuda(spec, budget: int, times: list[float], clock) -> dict:

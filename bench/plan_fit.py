@@ -4,6 +4,7 @@ coefficients (engine.plan.ACT) from measured steps, and check them shape by shap
     python bench/plan_accuracy.py --raw steps.jsonl      # measure (about 25 minutes on 2 cores)
     python bench/plan_fit.py steps.jsonl [more.jsonl]    # fit, print, and check
     python bench/plan_fit.py --check steps.jsonl         # the planner as it is now, against those steps
+    python bench/plan_fit.py --check --median a.jsonl b.jsonl c.jsonl  # each point's median over the runs
     python bench/plan_fit.py --repeatability a.jsonl b.jsonl  # the same points measured in two runs
 
 Time: every term of engine.plan.step_work is a count of what a step does; the fit finds the
@@ -256,6 +257,17 @@ def repeatability(first: list[dict], second: list[dict]) -> dict:
             "widest": sorted(pairs, key=lambda t: -max(t[1], 1 / t[1]))[:5]}
 
 
+def median_of_runs(runs: list[list[dict]]) -> list[dict]:
+    """The points every run measured, each timed by the median of the runs' seconds per step (its live
+    tensor bytes are the same in every run; the first run's are kept)."""
+    by_label = [{r["label"]: r for r in run} for run in runs]
+    out = []
+    for r in runs[0]:
+        if all(r["label"] in run for run in by_label):
+            out.append(dict(r, seconds=float(np.median([run[r["label"]]["seconds"] for run in by_label]))))
+    return out
+
+
 def report_repeatability(a: str, b: str) -> None:
     r = repeatability(load(a), load(b))
     if not r["points"]:
@@ -275,8 +287,10 @@ def main() -> None:
             sys.exit("--repeatability takes two raw files (bench/plan_accuracy.py --raw FILE)")
         report_repeatability(args[1], args[2])
         return
-    checking = "--check" in args
-    args = [a for a in args if a != "--check"]
+    checking, median = "--check" in args, "--median" in args
+    args = [a for a in args if a not in ("--check", "--median")]
+    if median and (not checking or len(args) < 2):
+        sys.exit("--median goes with --check and two or more raw files: each point's median over them")
     if not args or any(a.startswith("-") for a in args):
         sys.exit(__doc__)
     missing = [a for a in args if not Path(a).is_file()]
@@ -285,6 +299,13 @@ def main() -> None:
     every = [r for path in args for r in load(path)]
     if not every:
         sys.exit(f"{', '.join(args)}: no measured points in it")
+    if median:
+        runs = [load(path) for path in args]
+        every = median_of_runs(runs)
+        print(f"the {len(every)} points all {len(runs)} runs measured ({len(runs[0]) - len(every)} of the first "
+              f"run's are missing from another), each timed by its median over the runs")
+        if not every:
+            sys.exit("no point is in every one of those files")
     if checking:
         check(every)
         return

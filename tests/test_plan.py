@@ -427,6 +427,11 @@ def test_a_point_measured_in_several_processes_is_timed_by_their_median(tmp_path
     rep = plan_fit.repeatability(plan_fit.load(str(raw)), plan_fit.load(str(later)))
     assert rep["points"] == 1 and rep["median_ratio"] == pytest.approx(1.5)  # 0.3 against the median 0.2
     assert rep["apart_over_25"] == 1 and rep["memory_apart"] == 0.0
+    # --check --median: only the points every run measured, each timed by its median over the runs
+    third = tmp_path / "third.jsonl"
+    third.write_text(later.read_text().replace("0.3", "0.4"))
+    merged = plan_fit.median_of_runs([plan_fit.load(str(f)) for f in (raw, later, third)])
+    assert [r["seconds"] for r in merged] == [0.3]  # the median of 0.2, 0.3 and 0.4; point_b is not in raw
     # --repeat takes a whole number of at least 1
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "plan_accuracy.py"), "--repeat", "0"],
                        capture_output=True, text=True, stdin=subprocess.DEVNULL)
