@@ -21,7 +21,13 @@ it is a fresh measurement.
 It prints every point and the worst |predicted - measured| / measured for each.
 Targets: <= 10 % for memory on every point, <= 25 % for CPU time per step.
 
-    python bench/plan_accuracy.py [--quick] [--shapes tiny,small] [--steps 4] [--raw FILE]
+    python bench/plan_accuracy.py [--quick] [--shapes tiny,small] [--steps 4] [--repeat N] [--raw FILE]
+
+``--repeat N`` runs each point in N fresh processes and times it by the median of theirs (a
+``spread`` column shows how far apart they were); every raw line also records the machine just
+before its timed steps (``flops_now``, ``bw_now``, ``call_now``), so a run's drift can be set
+against it. ``bench/plan_fit.py --repeatability A B`` compares two runs' measurements of the same
+points, and ``--check --median A B C`` times each point by its median over several runs.
 
 On a GPU, ``--device cuda [--gpu-mem 12GiB] [--shapes tiny,small,1b,7b]`` runs the same grid
 on the card (capped with torch.cuda.set_per_process_memory_fraction to act as a smaller one)
