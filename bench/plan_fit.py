@@ -6,6 +6,7 @@ coefficients (engine.plan.ACT) from measured steps, and check them shape by shap
     python bench/plan_fit.py --check steps.jsonl         # the planner as it is now, against those steps
     python bench/plan_fit.py --check --median a.jsonl b.jsonl c.jsonl  # each point's median over the runs
     python bench/plan_fit.py --repeatability a.jsonl b.jsonl  # the same points measured in two runs
+    python bench/plan_fit.py --cross fit.jsonl other.jsonl   # fit on one run, check on another
 
 Time: every term of engine.plan.step_work is a count of what a step does; the fit finds the
 non-negative cost per unit that minimises the squared *relative* error over all points
@@ -20,6 +21,7 @@ engine/plan.py; bench/plan_accuracy.py on a fresh run is the test of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -212,7 +214,34 @@ def report_memory(points: list[dict], act: dict) -> float:
     return worst
 
 
-def check(every: list[dict]) -> None:
+@contextlib.contextmanager
+def coefficients(time_x: np.ndarray, act: dict):
+    """engine/plan.py's TIME["cpu"] and ACT replaced by these while inside (restored after), so the
+    planner itself predicts with a refit that is not committed."""
+    saved_time, saved_act = dict(TIME["cpu"]), {p: dict(c) for p, c in ACT.items()}
+    try:
+        TIME["cpu"].update({k: float(v) for k, v in zip(TERMS, time_x, strict=True)}, q4=float(time_x[0]))
+        for plan, c in act.items():
+            ACT[plan].update(c)
+        yield
+    finally:
+        TIME["cpu"].clear()
+        TIME["cpu"].update(saved_time)
+        for plan, c in saved_act.items():
+            ACT[plan].clear()
+            ACT[plan].update(c)
+
+
+def cross(fit_on: list[dict], others: list[dict]) -> dict:
+    """Fit on one run's points (the held-back ones left out, as in a refit), then predict another
+    run's with those coefficients: what a refit would do on a run it has not seen."""
+    points = [r for r in fit_on if not r["held_back"]]
+    time_x, act = fit_time(points), fit_memory(points)
+    with coefficients(time_x, act):
+        return check(others)
+
+
+def check(every: list[dict]) -> dict:
     """The planner as it is now (engine/plan.py's ACT and TIME, every counted term) against a run's
     measurements, point by point: what bench/plan_accuracy.py would print for them, without
     running them again. A term added after the run is checked on data it was not fitted to."""
@@ -237,6 +266,7 @@ def check(every: list[dict]) -> None:
     print(f"{len(every)} points: worst memory error {worst_m * 100:.1f} % (target <= 10 %: "
           f"{'MET' if worst_m <= 0.10 else 'NOT MET'}); worst CPU time error {worst_t * 100:.1f} % "
           f"(target <= 25 %: {'MET' if worst_t <= 0.25 else 'NOT MET'})")
+    return {"memory": worst_m, "time": worst_t, "by_shape": by_shape}
 
 
 def repeatability(first: list[dict], second: list[dict]) -> dict:
@@ -286,6 +316,13 @@ def main() -> None:
         if len(args) != 3 or not all(Path(a).is_file() for a in args[1:]):
             sys.exit("--repeatability takes two raw files (bench/plan_accuracy.py --raw FILE)")
         report_repeatability(args[1], args[2])
+        return
+    if args[:1] == ["--cross"]:
+        if len(args) < 3 or not all(Path(a).is_file() for a in args[1:]):
+            sys.exit("--cross takes a raw file to fit on and one or more to check the fit on "
+                     "(bench/plan_accuracy.py --raw FILE)")
+        print(f"fitted on {args[1]} (its held-back points left out), checked on {', '.join(args[2:])}")
+        cross(load(args[1]), [r for a in args[2:] for r in load(a)])
         return
     checking, median = "--check" in args, "--median" in args
     args = [a for a in args if a not in ("--check", "--median")]

@@ -388,6 +388,16 @@ def test_plan_fit_recovers_the_costs_it_was_given(tmp_path):
     # a different set of costs is not what these steps say
     assert plan_fit.report_time(points, x * 1.2, show=False)[0] > 0.15
     assert plan_fit.report_memory(points, plan_fit.fit_memory(points)) < 0.005
+    # --cross: fitted on one run, checked on another; the planner's own coefficients are back after it
+    before = (dict(pl.TIME["cpu"]), {k: dict(v) for k, v in pl.ACT.items()})
+    assert plan_fit.cross(points, points)["time"] < 0.005
+    later = plan_fit.load(str(raw))
+    for r, ref in zip(later, points, strict=True):
+        r["seconds"] = ref["seconds"] * 1.25  # the same steps, a quarter slower on the second run
+    result = plan_fit.cross(points, later)
+    assert result["time"] == pytest.approx(0.2, abs=0.005) and result["memory"] < 0.005
+    assert plan_fit.cross(later, later)["time"] < 0.005  # the refit's own costs, not engine/plan.py's
+    assert (dict(pl.TIME["cpu"]), {k: dict(v) for k, v in pl.ACT.items()}) == before
 
 
 def test_a_point_measured_in_several_processes_is_timed_by_their_median(tmp_path):
