@@ -220,7 +220,8 @@ def coefficients(time_x: np.ndarray, act: dict):
     planner itself predicts with a refit that is not committed."""
     saved_time, saved_act = dict(TIME["cpu"]), {p: dict(c) for p, c in ACT.items()}
     try:
-        TIME["cpu"].update({k: float(v) for k, v in zip(TERMS, time_x, strict=True)}, q4=float(time_x[0]))
+        fitted = {k: float(v) for k, v in zip(TERMS, time_x, strict=True)}
+        TIME["cpu"].update(fitted, q4=fitted["dense"])  # tied on CPU, as in fit_time
         for plan, c in act.items():
             ACT[plan].update(c)
         yield
