@@ -49,7 +49,8 @@ MAX_TILE_WIDTH = 32768
 
 # Activation elements per token, fitted by non-negative least squares (relative error) to the
 # measured live-tensor peaks of real TRL steps on CPU (transformers' Llama and GPT-NeoX, SDPA attention;
-# bench/plan_accuracy.py --raw, then bench/plan_fit.py): eleven shapes, 187 points, 2026-12-02 — the
+# bench/plan_accuracy.py --raw, then bench/plan_fit.py): twelve shapes, refitted 2026-12-03 on two runs
+# together (a full grid and a --quick --repeat 3 one, 272 points, kept in bench/results/) — the
 # original four (vocabularies of 1.5 k to 32 k), five with real models' proportions (Llama-3: MLP 3.5 x
 # hidden, GQA; Qwen2.5: 5.3 x; Gemma-2: 4 x with wide heads; Phi-3: 2.7 x, no GQA; Llama-3 with a 32 k
 # vocabulary), a 12-layer one and a GPT-NeoX (an MLP that is not gated) — checked by leaving each shape
@@ -64,12 +65,12 @@ MAX_TILE_WIDTH = 32768
 # fallback on CPU keep about eight). QLoRA without checkpointing was not measured and keeps the
 # earlier figure (in h only).
 ACT = {
-    "full": {"layer": 0.0, "layer_attn": 0.56, "layer_mlp": 1.86, "layer_mlp_dpo": 2.92, "inputs": 1.11, "nogc": 2.74,
-             "nogc_attn": 1.85, "nogc_mlp": 2.4, "tiles_sft": 8.43, "tiles_dpo": 8.47},
-    "lora": {"layer": 0.0, "layer_attn": 3.4, "layer_mlp": 2.93, "layer_mlp_dpo": 3.25, "inputs": 1.25, "nogc": 8.47,
-             "nogc_attn": 0.54, "nogc_mlp": 1.77, "tiles_sft": 8.32, "tiles_dpo": 8.41},
-    "qlora": {"layer": 0.0, "layer_attn": 2.53, "layer_mlp": 1.9, "layer_mlp_dpo": 3.15, "inputs": 1.12, "nogc": 30.57,
-              "nogc_attn": 0.0, "nogc_mlp": 0.0, "tiles_sft": 8.47, "tiles_dpo": 8.47},
+    "full": {"layer": 0.0, "layer_attn": 0.44, "layer_mlp": 1.85, "layer_mlp_dpo": 2.94, "inputs": 1.23, "nogc": 3.9,
+             "nogc_attn": 1.22, "nogc_mlp": 2.36, "tiles_sft": 8.42, "tiles_dpo": 8.46},
+    "lora": {"layer": 0.0, "layer_attn": 3.55, "layer_mlp": 2.93, "layer_mlp_dpo": 3.24, "inputs": 1.22, "nogc": 9.14,
+             "nogc_attn": 0.35, "nogc_mlp": 1.74, "tiles_sft": 8.31, "tiles_dpo": 8.42},
+    "qlora": {"layer": 0.0, "layer_attn": 2.64, "layer_mlp": 1.88, "layer_mlp_dpo": 3.13, "inputs": 1.1, "nogc": 30.57,
+              "nogc_attn": 0.0, "nogc_mlp": 0.0, "tiles_sft": 8.47, "tiles_dpo": 8.49},
 }
 OPTIMIZER_STEP_TEMPS = 0.2  # foreach AdamW's temporaries, as a fraction of the gradients
 # CUDA, a padded batch (an attention mask): measured on an H200 (bench/gpu_check.py), a
@@ -682,24 +683,29 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 #                   one (counted by activation_kernels: GPT-2's gelu_new, written out in torch operations)
 #   attention_scores  an attention score of a layer pass where the model's own attention dropout is on
 #                   (SFT), which sends CPU attention to the math kernel that materializes the scores
-# CPU: fitted by non-negative least squares on relative error to 168 measured steps of real TRL
+# CPU: fitted by non-negative least squares on relative error to the measured steps of real TRL
 # runs on a 2-core AMD EPYC (bench/plan_accuracy.py --raw: 3 steps under the memory tracker, then 4
-# timed without it, the fastest of the last 3; then bench/plan_fit.py), twelve shapes, 2026-12-02,
-# matmul probe 177 GFLOP/s (the terms in seconds are stored at PROBE_REFERENCE's 132). Worst error 42 %
-# in the fit (mean 9 %), 27 % on the 36 held-back points, 17-49 % on a shape left out (tiny and deep
-# the worst). The fit before this one was fitted to steps timed under the tracker, which sees every
-# operator in Python: its per-call costs were the tracker's as much as the CPU's, and a tiny model's
-# untracked steps took half the time it predicted. The step times of that shared machine are noisy:
-# the same step varies by 10-20 % within a point. The 4-bit costs are scaled by each machine's own
+# timed without it, the fastest of the last 3; then bench/plan_fit.py), twelve shapes, refitted
+# 2026-12-03 on two runs of the grid hours apart taken together (224 points fitted, 48 held back; the
+# raw files are in bench/results/), matmul probe 177 GFLOP/s (the terms in seconds are stored at
+# PROBE_REFERENCE's 132). Worst error 32 % in the fit (mean 9 %), 38 % on the held-back points, 19-39 %
+# on a shape left out. Fitted on either run alone the coefficients moved by up to 6x between runs
+# while predicting both about as well: the terms are partly collinear, and the residuals are mostly
+# the machine (a point's residuals in the two runs correlate at 0.2), so two runs together are the
+# fit least tied to one hour of that machine. (Until 2026-12-02 the costs were fitted to steps timed
+# under the tracker, which sees every operator in Python: their per-call costs were the tracker's as
+# much as the CPU's, and a tiny model's untracked steps took half the time they predicted.)
+# The step times of that shared machine are noisy: the same step varies by 10-20 % within a point
+# and 0.5-1.7x between runs hours apart. The 4-bit costs are scaled by each machine's own
 # probe (q4_probe, probe_scales), and the terms in seconds by the matmul probe (SECONDS_TERMS).
 # CUDA: typical figures, not fitted; checked once, on an H200 (bench/gpu_check.py): 8 B-class steps
 # took 0.6-1.8x the prediction, a 1 B model's up to 4x.
 TIME = {
-    "cpu": {"dense": 1.05, "q4": 1.05, "attention": 3.74, "weight_read": 5.04e-10, "dequant": 6.92e-11,
-            "dequant_large": 9.9e-10, "elementwise": 0.0, "lora_elementwise": 2.79e-9, "dropout": 9.5e-9,
-            "layer_pass": 1.02e-3, "lora_layer_pass": 1.92e-3, "q4_layer_pass": 4.92e-3, "per_logit": 2.05e-8,
-            "per_logit_tile": 2.49e-8, "per_trainable": 6.1e-9, "elementwise_large": 6.74e-9,
-            "per_logit_large": 4.8e-9, "activation_kernels": 4.94e-10, "attention_scores": 5.77e-9},
+    "cpu": {"dense": 1.02, "q4": 1.02, "attention": 0.569, "weight_read": 2.82e-10, "dequant": 4.11e-10,
+            "dequant_large": 9.9e-10, "elementwise": 2.11e-9, "lora_elementwise": 3e-9, "dropout": 9.42e-9,
+            "layer_pass": 1.33e-3, "lora_layer_pass": 0.0, "q4_layer_pass": 1.78e-3, "per_logit": 1.62e-8,
+            "per_logit_tile": 2.26e-8, "per_trainable": 4.66e-9, "elementwise_large": 7.24e-9,
+            "per_logit_large": 9.53e-9, "activation_kernels": 2.45e-10, "attention_scores": 1.03e-8},
     "cuda": {"dense": 2.2, "q4": 2.2, "attention": 2.2, "weight_read": 0.0, "dequant": 3e-12,
              "dequant_large": 3e-12, "elementwise": 1e-11, "lora_elementwise": 5e-12, "dropout": 1e-11,
              "layer_pass": 1.5e-4, "lora_layer_pass": 5e-5, "q4_layer_pass": 5e-5, "per_logit": 1e-11,

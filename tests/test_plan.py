@@ -700,20 +700,21 @@ def test_the_layer_terms_follow_the_layers_own_widths_and_a_plain_mlp_counts_onc
     w, s = pl.Workload(stage="sft", max_length=256), pl.Strategy("full", micro_batch=2)
     tokens, c = 512, pl.ACT["full"]
 
-    # one up projection instead of gate + up: the MLP term once, not twice (weights differ too: compare the parts)
+    # one up projection instead of gate + up: the MLP term once, not twice (weights differ too: compare the parts;
+    # each part is rounded to whole bytes, hence abs=2)
     parts, moments = {}, {}
     for name, sh in (("llama", llama), ("gqa", gqa), ("neox", neox)):
         r = pl.predict_memory(sh, s, w, cpu)
         assert r["moment"] == "backward through a layer"
         parts[name], moments[name] = r["components"]["activations"], r["moments"]["backward through a layer"]
-    assert parts["llama"] - parts["neox"] == pytest.approx(tokens * c["layer_mlp"] * 2048 * 4, rel=1e-6)
+    assert parts["llama"] - parts["neox"] == pytest.approx(tokens * c["layer_mlp"] * 2048 * 4, abs=2)
     # fewer key/value heads: their projections' width, twice (k and v), in the attention term
-    assert parts["llama"] - parts["gqa"] == pytest.approx(tokens * c["layer_attn"] * 2 * (512 - 128) * 4, rel=1e-6)
+    assert parts["llama"] - parts["gqa"] == pytest.approx(tokens * c["layer_attn"] * 2 * (512 - 128) * 4, abs=2)
     assert moments["llama"] > moments["gqa"]
     # without checkpointing every layer keeps all three parts
     ng = pl.Strategy("full", gradient_checkpointing=False, micro_batch=2)
     a = [pl.predict_memory(sh, ng, w, cpu)["components"]["activations"] for sh in (llama, neox)]
-    assert a[0] - a[1] == pytest.approx(tokens * pl.ACT["full"]["nogc_mlp"] * 2048 * 4 * 4, rel=1e-6)
+    assert a[0] - a[1] == pytest.approx(tokens * pl.ACT["full"]["nogc_mlp"] * 2048 * 4 * 4, abs=2)
 
 
 def test_an_activation_written_out_in_torch_operations_and_the_models_own_dropout_are_counted():
