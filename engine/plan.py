@@ -947,10 +947,11 @@ class PlanResult:
 
 def time_uncertainty(d: Device, now: float | None = None) -> str:
     if d.kind == "cpu" and d.calibrated:
-        text = ("±50% (matmul throughput measured on this CPU; step model fitted to 168 real steps of twelve "
-                "shapes on one shared 2-core CPU, its per-call seconds carried to others by the matmul probe: "
-                "worst error 42% in the fit, 27% on held-back points, 17-49% on a shape left out; models far "
-                "larger than its ≤ 60 M-parameter shapes are an extrapolation)")
+        text = ("±50% (matmul throughput measured on this CPU; step model fitted to 224 real steps of twelve "
+                "shapes from two runs hours apart on one shared 2-core CPU, its per-call seconds carried to others "
+                "by the matmul probe: worst error 32% in the fit, 38% on held-back points, 19-39% on a shape left "
+                "out, 50% on a fresh run of 204 steps (mean 12%); models far larger than its ≤ 60 M-parameter "
+                "shapes are an extrapolation)")
         p = d.probe or {}
         if isinstance(p.get("time"), (int, float)):
             age = format_seconds(max(0.0, (time.time() if now is None else now) - p["time"]))
