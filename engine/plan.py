@@ -48,12 +48,13 @@ TOKEN_TILE = 4096  # TRL's fused LM head: tokens per tile
 MAX_TILE_WIDTH = 32768
 
 # Activation elements per token, fitted by non-negative least squares (relative error) to the
-# measured live-tensor peaks of real TRL steps on CPU (transformers' Llama and GPT-NeoX, SDPA attention;
-# bench/plan_accuracy.py --raw, then bench/plan_fit.py): twelve shapes, refitted 2026-12-03 on two runs
-# together (a full grid and a --quick --repeat 3 one, 272 points, kept in bench/results/) — the
-# original four (vocabularies of 1.5 k to 32 k), five with real models' proportions (Llama-3: MLP 3.5 x
-# hidden, GQA; Qwen2.5: 5.3 x; Gemma-2: 4 x with wide heads; Phi-3: 2.7 x, no GQA; Llama-3 with a 32 k
-# vocabulary), a 12-layer one and a GPT-NeoX (an MLP that is not gated) — checked by leaving each shape
+# measured live-tensor peaks of real TRL steps on CPU (transformers' Llama, GPT-NeoX and GPT-2, SDPA
+# attention; bench/plan_accuracy.py --raw, then bench/plan_fit.py): twelve shapes, refitted 2026-12-03
+# on two runs together (a full grid and a --quick --repeat 3 one, 272 points, 224 fitted and 48 held
+# back, kept in bench/results/) — the original four (vocabularies of 1.5 k to 32 k), five with real
+# models' proportions (Llama-3: MLP 3.5 x hidden, GQA; Qwen2.5: 5.3 x; Gemma-2: 4 x with wide heads;
+# Phi-3: 2.7 x, no GQA; Llama-3 with a 32 k vocabulary), a 12-layer one, a GPT-NeoX (an MLP that is
+# not gated) and a GPT-2 (Conv1D, gelu_new, dropout) — checked by leaving each shape
 # out of the fit in turn and on held-back points. Every per-layer term is in the layer's own widths:
 # h (norms, residuals), the attention's q + 2 x kv projection width (heads x head_dim, kv heads x
 # head_dim), and the MLP's width times its up projections (gate and up: 2; GPT-NeoX, GPT-2: 1).
@@ -689,7 +690,7 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 # 2026-12-03 on two runs of the grid hours apart taken together (224 points fitted, 48 held back; the
 # raw files are in bench/results/), matmul probe 177 GFLOP/s (the terms in seconds are stored at
 # PROBE_REFERENCE's 132). Worst error 32 % in the fit (mean 9 %), 38 % on the held-back points, 19-39 %
-# on a shape left out. Fitted on either run alone the coefficients moved by up to 6x between runs
+# on a shape left out. Fitted on either run alone the coefficients changed by up to an order of magnitude (some to 0)
 # while predicting both about as well: the terms are partly collinear, and the residuals are mostly
 # the machine (a point's residuals in the two runs correlate at 0.2), so two runs together are the
 # fit least tied to one hour of that machine. (Until 2026-12-02 the costs were fitted to steps timed
