@@ -690,10 +690,10 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 # 2026-12-03 on two runs of the grid hours apart taken together (224 points fitted, 48 held back; the
 # raw files are in bench/results/), matmul probe 177 GFLOP/s (the terms in seconds are stored at
 # PROBE_REFERENCE's 132). Worst error 32 % in the fit (mean 9 %), 38 % on the held-back points, 19-39 %
-# on a shape left out. Fitted on either run alone the coefficients changed by up to an order of magnitude (some to 0)
-# while predicting both about as well: the terms are partly collinear, and the residuals are mostly
-# the machine (a point's residuals in the two runs correlate at 0.2), so two runs together are the
-# fit least tied to one hour of that machine. (Until 2026-12-02 the costs were fitted to steps timed
+# on a shape left out. Fitted on either run alone the coefficients changed by up to an order of
+# magnitude (some to 0): the terms are partly collinear, and the residuals are mostly the machine (a
+# point's residuals in the two runs correlate at 0.2), so two runs together are the fit least tied
+# to one hour of that machine. (Until 2026-12-02 the costs were fitted to steps timed
 # under the tracker, which sees every operator in Python: their per-call costs were the tracker's as
 # much as the CPU's, and a tiny model's untracked steps took half the time they predicted.)
 # The step times of that shared machine are noisy: the same step varies by 10-20 % within a point
