@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine import methods, stages
+from engine import heap, methods, stages
 from engine.errors import UserError
 from engine.shapes import ModelShape
 from engine.units import format_seconds, human_bytes
@@ -391,6 +391,11 @@ def _cached_probe(key: str, measure, refresh: bool = False) -> dict:
     return data[key]
 
 
+# a cached CPU probe's "heap": its 4-bit probe was taken with the C heap a training step has (engine.heap); one
+# without it was taken with glibc's defaults, under which a large weight's dequantization cost more
+HEAP_PROBED = "training"
+
+
 def q4_probe() -> dict:
     """bitsandbytes' 4-bit layers on this CPU, which vary far more between CPUs than matmuls do (the
     kernels lean on AVX-512-BF16 where it exists): seconds (best of 40) of a small NF4 layer's forward+backward
@@ -418,23 +423,31 @@ def q4_probe() -> dict:
         big = torch.randn(4096, 11008)
         q, state = bf.quantize_4bit(big, quant_type="nf4", compress_statistics=True)
         deq = []
-        for _ in range(5):
-            t = time.perf_counter()
-            bf.dequantize_4bit(q, state)
-            deq.append(time.perf_counter() - t)
+        # with the heap a CPU training step has (engine.heap): the dequantized copy's 180 MB reuse freed pages
+        allocator = heap.keep_freed_memory()
+        try:
+            for _ in range(5):
+                t = time.perf_counter()
+                bf.dequantize_4bit(q, state)
+                deq.append(time.perf_counter() - t)
+        finally:
+            if allocator == heap.REUSE:
+                heap.restore()
         return {"q4_call": min(calls[10:]), "q4_element": min(deq) / big.numel()}
     except Exception:  # no bitsandbytes, or it cannot run here: the reference machine's costs are used
         return {}
 
 
 # The 4-bit probes on the machine the CPU step model was fitted on (TIME["cpu"]): another CPU's 4-bit
-# costs are scaled by its own probes against these (probe_scales). Median of 5 fresh processes, quiet,
-# 2026-11-30. (A probe of a layer's fixed per-call cost was tried on 2026-12-02 and left out: from one
+# costs are scaled by its own probes against these (probe_scales). Median of 5 fresh processes, quiet:
+# "q4_call" 2026-11-30; "q4_element" 2026-12-03, with the heap a training step has (engine.heap). With
+# glibc's defaults it read 1.13e-9 on that machine (1.19e-9 on 2026-11-30): every dequantized copy
+# of that 180 MB weight was a fresh mapping, zero-filled page by page. (A probe of a layer's fixed per-call cost was tried on 2026-12-02 and left out: from one
 # fresh process to the next it read 0.51-0.95 ms on the same quiet machine, noise the scaling would add.)
 # "flops": the matmul throughput TIME["cpu"]'s terms in seconds are expressed at (the machine they were
 # fitted on read it). bench/plan_fit.py normalises every fit to it, so a refit on another machine gives
 # seconds at this same reference: leave it as it is.
-PROBE_REFERENCE = {"q4_call": 8.45e-4, "q4_element": 1.19e-9, "flops": 131.8e9}
+PROBE_REFERENCE = {"q4_call": 8.45e-4, "q4_element": 1.82e-10, "flops": 131.8e9}
 SCALED_BY = {"q4_layer_pass": "q4_call", "dequant": "q4_element"}
 # TIME["cpu"]'s terms in seconds that no probe of their own carries to another CPU (a layer's fixed
 # per-call cost, elementwise passes, the log-softmax, the optimizer): scaled by the matmul probe
@@ -467,8 +480,10 @@ def probe_scales(probe: dict | None) -> dict[str, float]:
 
 
 def _cpu_probe() -> dict:
-    # "q4_probed": the 4-bit probe was tried (it gives nothing where bitsandbytes cannot run)
-    return {"flops": matmul_flops("cpu", "fp32", min_seconds=0.5), **q4_probe(), "q4_probed": True}
+    # "q4_probed": the 4-bit probe was tried (it gives nothing where bitsandbytes cannot run); "heap": the
+    # C heap it was taken with, which a training step's has to match (engine.heap)
+    return {"flops": matmul_flops("cpu", "fp32", min_seconds=0.5), **q4_probe(), "q4_probed": True,
+            "heap": HEAP_PROBED}
 
 
 def cpu_probe_key() -> str:
@@ -481,7 +496,8 @@ def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Dev
 
     key = cpu_probe_key()
     probe = _cached_probe(key, _cpu_probe, refresh)
-    if not probe.get("q4_probed") and not refresh:  # cached before the 4-bit probe existed
+    # cached before the 4-bit probe existed, or before it was taken with a training step's heap
+    if (not probe.get("q4_probed") or probe.get("heap") != HEAP_PROBED) and not refresh:
         probe = _cached_probe(key, _cpu_probe, True)
     if budget_bytes is None:
         budget_bytes = psutil.virtual_memory().available

@@ -196,6 +196,7 @@ class Runtime:
     bf16: bool
     optimizer: str
     notes: list[str]
+    allocator: str = "system"  # the CPU process's C heap: engine.heap's "reuse", or glibc's defaults
 
 
 def resolve_runtime(spec: TrainSpec) -> Runtime:
@@ -216,7 +217,12 @@ def resolve_runtime(spec: TrainSpec) -> Runtime:
     else:
         optimizer = "adamw_torch"
         notes.append("paged 8-bit AdamW needs CUDA: using AdamW with fp32 states on CPU")
-    return Runtime(device, bf16, optimizer, notes)
+    allocator = "system"
+    if device == "cpu":  # a CPU step's large tensors reuse freed heap memory instead of fresh mappings
+        from engine.heap import keep_freed_memory
+
+        allocator = keep_freed_memory()
+    return Runtime(device, bf16, optimizer, notes, allocator)
 
 
 def _dtype(rt: Runtime):
