@@ -51,11 +51,25 @@ def _mallopt():
     return fn
 
 
+def choice() -> str:
+    """What ``ROUNDS_MALLOC`` asks for: ``REUSE`` (unset or empty, the default) or ``SYSTEM``."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("", REUSE):
+        return REUSE
+    if value == SYSTEM:
+        return SYSTEM
+    from engine.errors import UserError
+
+    raise UserError(f"{ENV}={os.environ[ENV]!r} is not a choice of C heap", field=ENV,
+                    hint=f"unset it (freed memory is kept for reuse), or set {ENV}=system for glibc's defaults")
+
+
 def keep_freed_memory() -> str:
     """Keep freed memory in this process's heap for reuse (see the module's docstring). Returns what
     the process's allocator now does: ``REUSE``, or ``SYSTEM`` where ``ROUNDS_MALLOC=system`` asked for
-    glibc's defaults or this is not glibc."""
-    if os.environ.get(ENV, "").strip().lower() == SYSTEM:
+    glibc's defaults or this is not glibc. A value of ``ROUNDS_MALLOC`` that is neither is a UserError.
+    """
+    if choice() == SYSTEM:
         return SYSTEM
     mallopt = _mallopt()
     if mallopt is None:

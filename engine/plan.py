@@ -442,8 +442,9 @@ def q4_probe() -> dict:
 # costs are scaled by its own probes against these (probe_scales). Median of 5 fresh processes, quiet:
 # "q4_call" 2026-11-30; "q4_element" 2026-12-03, with the heap a training step has (engine.heap). With
 # glibc's defaults it read 1.13e-9 on that machine (1.19e-9 on 2026-11-30): every dequantized copy
-# of that 180 MB weight was a fresh mapping, zero-filled page by page. (A probe of a layer's fixed per-call cost was tried on 2026-12-02 and left out: from one
-# fresh process to the next it read 0.51-0.95 ms on the same quiet machine, noise the scaling would add.)
+# of that 180 MB weight was a fresh mapping, zero-filled page by page. (A probe of a layer's fixed
+# per-call cost was tried on 2026-12-02 and left out: from one fresh process to the next it read
+# 0.51-0.95 ms on the same quiet machine, noise the scaling would add.)
 # "flops": the matmul throughput TIME["cpu"]'s terms in seconds are expressed at (the machine they were
 # fitted on read it). bench/plan_fit.py normalises every fit to it, so a refit on another machine gives
 # seconds at this same reference: leave it as it is.
