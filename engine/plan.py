@@ -704,26 +704,28 @@ def predict_memory(shape: ModelShape, s: Strategy, w: Workload, d: Device) -> di
 # CPU: fitted by non-negative least squares on relative error to the measured steps of real TRL
 # runs on a 2-core AMD EPYC (bench/plan_accuracy.py --raw: 3 steps under the memory tracker, then 4
 # timed without it, the fastest of the last 3; then bench/plan_fit.py), twelve shapes, refitted
-# 2026-12-03 on two runs of the grid hours apart taken together (224 points fitted, 48 held back; the
-# raw files are in bench/results/), matmul probe 177 GFLOP/s (the terms in seconds are stored at
-# PROBE_REFERENCE's 132). Worst error 32 % in the fit (mean 9 %), 38 % on the held-back points, 19-39 %
-# on a shape left out. Fitted on either run alone the coefficients changed by up to an order of
-# magnitude (some to 0): the terms are partly collinear, and the residuals are mostly the machine (a
-# point's residuals in the two runs correlate at 0.2), so two runs together are the fit least tied
-# to one hour of that machine. (Until 2026-12-02 the costs were fitted to steps timed
-# under the tracker, which sees every operator in Python: their per-call costs were the tracker's as
-# much as the CPU's, and a tiny model's untracked steps took half the time they predicted.)
+# 2026-12-03 on one full run of the grid taken with the heap a CPU training process now has
+# (engine.heap: freed memory reused, no fresh mmap for each block over 32 MiB): 167 points fitted, 36
+# held back (bench/results/plan_accuracy-2026-12-03-heap.jsonl, one point dropped: measured while
+# tests ran beside it). Matmul probe 189 GFLOP/s (the terms in seconds are stored at PROBE_REFERENCE's
+# 132). Worst error 33 % in the fit (mean 9 %), 26 % on the held-back points, 13-32 % on a shape left
+# out but `tiny` (72 %: its steps are mostly per-call costs no other shape pins down). With the heap
+# the *_large terms (pages of a fresh mapping zero-filled every step) fitted to 0, and the logit
+# costs halved. Fitted on one run, the coefficients carry that run's hour of a shared machine (fits
+# to different runs moved some terms by an order of magnitude; a point's residuals in two runs
+# correlate at 0.2); the fits before this one are in docs/planner-accuracy.md. (Until 2026-12-02 the
+# costs were fitted to steps timed under the tracker, which sees every operator in Python.)
 # The step times of that shared machine are noisy: the same step varies by 10-20 % within a point
 # and 0.5-1.7x between runs hours apart. The 4-bit costs are scaled by each machine's own
 # probe (q4_probe, probe_scales), and the terms in seconds by the matmul probe (SECONDS_TERMS).
 # CUDA: typical figures, not fitted; checked once, on an H200 (bench/gpu_check.py): 8 B-class steps
 # took 0.6-1.8x the prediction, a 1 B model's up to 4x.
 TIME = {
-    "cpu": {"dense": 1.02, "q4": 1.02, "attention": 0.569, "weight_read": 2.82e-10, "dequant": 4.11e-10,
-            "dequant_large": 9.9e-10, "elementwise": 2.11e-9, "lora_elementwise": 3e-9, "dropout": 9.42e-9,
-            "layer_pass": 1.33e-3, "lora_layer_pass": 0.0, "q4_layer_pass": 1.78e-3, "per_logit": 1.62e-8,
-            "per_logit_tile": 2.26e-8, "per_trainable": 4.66e-9, "elementwise_large": 7.24e-9,
-            "per_logit_large": 9.53e-9, "activation_kernels": 2.45e-10, "attention_scores": 1.03e-8},
+    "cpu": {"dense": 1.01, "q4": 1.01, "attention": 2.86, "weight_read": 3.09e-10, "dequant": 8.41e-10,
+            "dequant_large": 9.9e-10, "elementwise": 6.76e-9, "lora_elementwise": 2e-9, "dropout": 1.08e-8,
+            "layer_pass": 1.2e-3, "lora_layer_pass": 3.27e-3, "q4_layer_pass": 0.0, "per_logit": 8.79e-9,
+            "per_logit_tile": 1.21e-8, "per_trainable": 1.44e-9, "elementwise_large": 0.0,
+            "per_logit_large": 0.0, "activation_kernels": 3.32e-10, "attention_scores": 1.63e-8},
     "cuda": {"dense": 2.2, "q4": 2.2, "attention": 2.2, "weight_read": 0.0, "dequant": 3e-12,
              "dequant_large": 3e-12, "elementwise": 1e-11, "lora_elementwise": 5e-12, "dropout": 1e-11,
              "layer_pass": 1.5e-4, "lora_layer_pass": 5e-5, "q4_layer_pass": 5e-5, "per_logit": 1e-11,
@@ -965,11 +967,11 @@ class PlanResult:
 
 def time_uncertainty(d: Device, now: float | None = None) -> str:
     if d.kind == "cpu" and d.calibrated:
-        text = ("±50% (matmul throughput measured on this CPU; step model fitted to 224 real steps of twelve "
-                "shapes from two runs hours apart on one shared 2-core CPU, its per-call seconds carried to others "
-                "by the matmul probe: worst error 32% in the fit, 38% on held-back points, 19-39% on a shape left "
-                "out, 50% on a fresh run of 204 steps (mean 12%); models far larger than its ≤ 60 M-parameter "
-                "shapes are an extrapolation)")
+        text = ("±50% (matmul throughput measured on this CPU; step model fitted to 167 real steps of twelve "
+                "shapes from one run on a shared 2-core CPU, its per-call seconds carried to others by the "
+                "matmul probe: worst error 33% in the fit, 26% on held-back points, 13-32% on a shape left out "
+                "(72% for the smallest); not yet checked on a fresh run; models far larger than its "
+                "≤ 60 M-parameter shapes are an extrapolation)")
         p = d.probe or {}
         if isinstance(p.get("time"), (int, float)):
             age = format_seconds(max(0.0, (time.time() if now is None else now) - p["time"]))
