@@ -10,8 +10,8 @@ machine this was measured on, that was half the step of a model with a 32,000-to
 block stays in the heap and the next step's block of the same size reuses its pages.
 
 What it costs: memory freed in the middle of a run is not given back to the system until the
-process ends. A step's peak is reached again on every step, so the process's peak resident size is
-much the same either way (its peak resident size, measured, was the same). ``ROUNDS_MALLOC=system`` leaves
+process ends, and freed blocks a little too small for the next request stay beside it: the peak
+resident size measured up to a third higher on big-vocabulary steps (bench/cpu_heap.py). ``ROUNDS_MALLOC=system`` leaves
 glibc's defaults as they are.
 """
 
