@@ -11,8 +11,8 @@ block stays in the heap and the next step's block of the same size reuses its pa
 
 What it costs: memory freed in the middle of a run is not given back to the system until the
 process ends, and freed blocks a little too small for the next request stay beside it: the peak
-resident size measured up to a third higher on big-vocabulary steps (bench/cpu_heap.py). ``ROUNDS_MALLOC=system`` leaves
-glibc's defaults as they are.
+resident size measured up to a third higher on big-vocabulary steps (bench/cpu_heap.py).
+``ROUNDS_MALLOC=system`` leaves glibc's defaults as they are.
 """
 
 from __future__ import annotations
