@@ -217,11 +217,10 @@ def resolve_runtime(spec: TrainSpec) -> Runtime:
     else:
         optimizer = "adamw_torch"
         notes.append("paged 8-bit AdamW needs CUDA: using AdamW with fp32 states on CPU")
-    allocator = "system"
-    if device == "cpu":  # a CPU step's large tensors reuse freed heap memory instead of fresh mappings
-        from engine.heap import keep_freed_memory
+    from engine import heap
 
-        allocator = keep_freed_memory()
+    # a CPU step's large tensors reuse freed heap memory instead of fresh mappings
+    allocator = heap.keep_freed_memory() if device == "cpu" else heap.SYSTEM
     return Runtime(device, bf16, optimizer, notes, allocator)
 
 
