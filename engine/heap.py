@@ -35,6 +35,8 @@ ENV = "ROUNDS_MALLOC"
 REUSE = "reuse"  # what keep_freed_memory() did, as recorded in a run's runtime ("allocator")
 SYSTEM = "system"
 
+_kept = False  # keep_freed_memory() is in force in this process (until restore())
+
 
 def _mallopt():
     """glibc's ``mallopt``, or None (not Linux, or a C library without it, such as musl)."""
@@ -74,16 +76,29 @@ def keep_freed_memory() -> str:
     mallopt = _mallopt()
     if mallopt is None:
         return SYSTEM
+    global _kept
     # mallopt returns 1 on success
     if mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
         restore()
         return SYSTEM
+    _kept = True
     return REUSE
+
+
+def kept() -> bool:
+    """Whether keep_freed_memory() is in force in this process (a probe taken inside a training process
+    must leave it so)."""
+    return _kept
 
 
 def restore() -> None:
     """glibc's defaults again (a probe that measured under keep_freed_memory, in a process that goes on)."""
+    global _kept
+    _kept = False
     mallopt = _mallopt()
     if mallopt is not None:
         mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
         mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        # and what the heap kept meanwhile goes back to the system where it can (free memory at the heap's
+        # top; blocks freed below a live one may still serve the next large requests)
+        ctypes.CDLL(None).malloc_trim(0)

@@ -344,9 +344,14 @@ def others_busy(measure) -> tuple[dict, float]:
     return out, max(0.0, min(1.0, others / max(1e-9, wall * (os.cpu_count() or 1))))
 
 
-def probe_is_stale(result: dict, now: float | None = None, here: dict | None = None) -> str | None:
-    """Why a cached probe must be taken again, or None: too old, another machine (a home folder shared
-    between hosts), or taken busy while the machine is quiet now."""
+def probe_is_stale(result: dict, now: float | None = None, here: dict | None = None,
+                   expect: dict | None = None) -> str | None:
+    """Why a cached probe must be taken again, or None: taken by an earlier version of the probe (a field
+    of ``expect`` missing or different), too old, another machine (a home folder shared between hosts),
+    or taken busy while the machine is quiet now."""
+    for k, v in (expect or {}).items():
+        if result.get(k) != v:
+            return f"taken by an earlier version of the probe ({k} {result.get(k)!r}, now {v!r})"
     now = time.time() if now is None else now
     here = here or machine()
     taken = result.get("time")
@@ -364,10 +369,11 @@ def probe_is_stale(result: dict, now: float | None = None, here: dict | None = N
     return None
 
 
-def _cached_probe(key: str, measure, refresh: bool = False) -> dict:
+def _cached_probe(key: str, measure, refresh: bool = False, expect: dict | None = None) -> dict:
     """The probe result stored under ``key`` in the cache file, measured (and stored) when absent,
-    stale (``probe_is_stale``) or ``refresh``; it carries when, where and under what load it was
-    taken. A damaged or unwritable cache never stops a plan: the probe is then simply re-run."""
+    stale (``probe_is_stale``, with ``expect``: fields the current probe writes) or ``refresh``; it
+    carries when, where and under what load it was taken. A damaged or unwritable cache never stops a
+    plan: the probe is then simply re-run."""
     cache = _probe_cache()
     data = {}
     if cache.exists():
@@ -377,7 +383,7 @@ def _cached_probe(key: str, measure, refresh: bool = False) -> dict:
             data = {}
     data = data if isinstance(data, dict) else {}
     old = data.get(key)
-    if refresh or not isinstance(old, dict) or not old.get("flops") or probe_is_stale(old):
+    if refresh or not isinstance(old, dict) or not old.get("flops") or probe_is_stale(old, expect=expect):
         measured, busy = others_busy(measure)
         result = {**machine(), **measured, "others_busy": round(busy, 2), "time": time.time()}
         if not result.get("flops"):
@@ -423,7 +429,9 @@ def q4_probe() -> dict:
         big = torch.randn(4096, 11008)
         q, state = bf.quantize_4bit(big, quant_type="nf4", compress_statistics=True)
         deq = []
-        # with the heap a CPU training step has (engine.heap): the dequantized copy's 180 MB reuse freed pages
+        # with the heap a CPU training step has (engine.heap): the dequantized copy's 180 MB reuse freed pages;
+        # a process that already had that heap (a training run planning again) keeps it afterwards
+        already = heap.kept()
         allocator = heap.keep_freed_memory()
         try:
             for _ in range(5):
@@ -431,7 +439,7 @@ def q4_probe() -> dict:
                 bf.dequantize_4bit(q, state)
                 deq.append(time.perf_counter() - t)
         finally:
-            if allocator == heap.REUSE:
+            if allocator == heap.REUSE and not already:
                 heap.restore()
         return {"q4_call": min(calls[10:]), "q4_element": min(deq) / big.numel()}
     except Exception:  # no bitsandbytes, or it cannot run here: the reference machine's costs are used
@@ -480,11 +488,14 @@ def probe_scales(probe: dict | None) -> dict[str, float]:
     return out
 
 
+# fields every CPU probe now writes: "q4_probed", the 4-bit probe was tried (it gives nothing where
+# bitsandbytes cannot run); "heap", the C heap it was taken with, which a training step's has to match
+# (engine.heap). A cached probe without them was taken by an earlier version and is taken again.
+CPU_PROBE_MARKERS = {"q4_probed": True, "heap": HEAP_PROBED}
+
+
 def _cpu_probe() -> dict:
-    # "q4_probed": the 4-bit probe was tried (it gives nothing where bitsandbytes cannot run); "heap": the
-    # C heap it was taken with, which a training step's has to match (engine.heap)
-    return {"flops": matmul_flops("cpu", "fp32", min_seconds=0.5), **q4_probe(), "q4_probed": True,
-            "heap": HEAP_PROBED}
+    return {"flops": matmul_flops("cpu", "fp32", min_seconds=0.5), **q4_probe(), **CPU_PROBE_MARKERS}
 
 
 def cpu_probe_key() -> str:
@@ -496,10 +507,7 @@ def calibrate_cpu(budget_bytes: int | None = None, refresh: bool = False) -> Dev
     import psutil
 
     key = cpu_probe_key()
-    probe = _cached_probe(key, _cpu_probe, refresh)
-    # cached before the 4-bit probe existed, or before it was taken with a training step's heap
-    if (not probe.get("q4_probed") or probe.get("heap") != HEAP_PROBED) and not refresh:
-        probe = _cached_probe(key, _cpu_probe, True)
+    probe = _cached_probe(key, _cpu_probe, refresh, expect=CPU_PROBE_MARKERS)
     if budget_bytes is None:
         budget_bytes = psutil.virtual_memory().available
     return Device("cpu", budget_bytes, "fp32", probe["flops"], name=f"CPU ({os.cpu_count()} cores)",

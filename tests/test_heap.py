@@ -20,10 +20,13 @@ from engine.errors import UserError
 FAULTS = """
 import json, resource, sys
 import torch
-from engine.heap import keep_freed_memory, restore
-mode = keep_freed_memory() if sys.argv[1] in ("reuse", "restored") else "system"
+from engine.heap import keep_freed_memory, kept, restore
+mode = keep_freed_memory() if sys.argv[1] in ("reuse", "restored", "probed") else "system"
 if sys.argv[1] == "restored":  # glibc's defaults again before any large tensor: as if never changed
     restore()
+if sys.argv[1] in ("probed", "probe-only"):  # the 4-bit probe, which measures under the training heap
+    from engine.plan import q4_probe
+    assert q4_probe(), "the 4-bit probe gave nothing"
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
@@ -31,7 +34,7 @@ for _ in range(10):
 before = faults()
 for _ in range(5):
     x = torch.ones(16 * 2**20); del x
-print(json.dumps({"mode": mode, "faults": faults() - before}))
+print(json.dumps({"mode": mode, "faults": faults() - before, "kept": kept()}))
 """
 
 
@@ -52,6 +55,18 @@ def test_freed_large_tensors_are_reused_not_mapped_afresh():
     assert reuse["mode"] == heap.REUSE and reuse["faults"] < pages * 0.1
     # restore(): glibc's defaults, every large tensor a fresh mapping again
     assert _faults("restored")["faults"] >= pages * 0.9
+
+
+@pytest.mark.skipif(heap._mallopt() is None, reason="not glibc: there is no mallopt to call")
+def test_the_4bit_probe_leaves_the_heap_as_it_found_it():
+    """The probe dequantizes under the training heap, then puts glibc's defaults back, but only where it
+    was the one that changed them: in a process that already kept freed memory (a training run that plans
+    again) the heap stays as the run set it."""
+    pages = 5 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    probed = _faults("probed")
+    assert probed["kept"] and probed["faults"] < pages * 0.1
+    # alone, it sets glibc's defaults back (the blocks it freed meanwhile may still serve the next requests)
+    assert _faults("probe-only")["kept"] is False
 
 
 @pytest.mark.skipif(heap._mallopt() is None, reason="not glibc: there is no mallopt to call")

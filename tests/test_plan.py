@@ -565,6 +565,14 @@ def test_the_probe_is_taken_again_when_stale_and_says_when_it_was_taken(tmp_path
     assert len(calls) == 2  # a week later: taken again
     pl._cached_probe("cpu:2", measure, refresh=True)
     assert len(calls) == 3  # --refresh-probe
+    # taken by an earlier version of the probe (before the 4-bit probe, or with glibc's heap): taken again
+    marks = {"q4_probed": True, "heap": "training"}
+    taken = base["time"]
+    assert "earlier version" in pl.probe_is_stale(base, taken, here, expect=marks)
+    assert "heap" in pl.probe_is_stale({**base, "q4_probed": True}, taken, here, expect=marks)
+    assert pl.probe_is_stale({**base, **marks}, taken, here, expect=marks) is None
+    pl._cached_probe("cpu:2", measure, expect=marks)
+    assert len(calls) == 4  # the cached one lacked the markers
     d = pl.Device("cpu", 2**34, flops=1e11, calibrated=True, probe={**base, "time": now - 3 * 3600, "load": 0.9})
     text = pl.time_uncertainty(d, now)
     assert "probe taken 3.0 h ago at load 0.9 a core" in text and "busy machine" in text
